@@ -1,0 +1,37 @@
+# Developer entry points. `make demo` shows the system working; `make test` runs every test.
+CARGO ?= cargo
+# Debian packages the test suite needs (installed by `make test` when missing).
+TEST_PACKAGES := ca-certificates curl
+BENCH_PACKAGES := nginx curl bc
+
+.PHONY: all build release demo test lint fmt bench clean
+
+all: build
+
+build:
+	$(CARGO) build --workspace
+
+release:
+	$(CARGO) build --release --workspace --bins
+
+demo: release
+	bash scripts/demo.sh
+
+test:
+	bash scripts/ensure-deps.sh $(TEST_PACKAGES)
+	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace --doc
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+bench: release
+	bash scripts/ensure-deps.sh $(BENCH_PACKAGES)
+	bash bench/standalone.sh
+
+clean:
+	$(CARGO) clean

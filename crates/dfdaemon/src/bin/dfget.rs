@@ -1,0 +1,197 @@
+//! `dfget`: download a URL to a file.
+//!
+//! Without a local daemon it downloads straight from the source, pieces in parallel.
+
+use anyhow::Context as _;
+use clap::Parser;
+use dfdaemon::download::{self, DownloadRequest, Progress};
+use dragonfly_common::digest::Digest;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+#[derive(Parser, Debug)]
+#[command(name = "dfget", version, about = "Download a file, peer to peer when a dfdaemon runs here")]
+struct Cli {
+    /// URL to download (http or https).
+    #[arg(value_name = "URL", required_unless_present = "url_flag")]
+    url: Option<String>,
+    /// URL to download (the form Dragonfly's docs use: `dfget -u URL -O FILE`).
+    #[arg(short = 'u', long = "url", value_name = "URL", conflicts_with = "url")]
+    url_flag: Option<String>,
+    /// Where to write the file.
+    #[arg(short = 'O', long, value_name = "FILE")]
+    output: PathBuf,
+    /// Expected digest of the content: sha256:<hex>, sha512:<hex> or crc32:<hex>.
+    #[arg(long, value_name = "ALGO:HEX")]
+    digest: Option<String>,
+    /// Extra request header, `Name: value` (repeatable).
+    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
+    headers: Vec<String>,
+    /// Give up when the whole download takes longer than this (e.g. 30s, 10m).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    /// Replace the output file if it exists.
+    #[arg(long)]
+    overwrite: bool,
+    /// Print nothing but errors.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Pieces fetched at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    concurrency: u16,
+    /// Piece length (e.g. 4Mi); default picks it from the content length.
+    #[arg(long, value_name = "SIZE")]
+    piece_length: Option<String>,
+    /// Skip TLS certificate verification of the origin.
+    #[arg(long)]
+    insecure: bool,
+}
+
+fn parse_headers(raw: &[String]) -> anyhow::Result<HeaderMap> {
+    let mut map = HeaderMap::new();
+    for h in raw {
+        let (name, value) = h
+            .split_once(':')
+            .with_context(|| format!("header {h:?} is not of the form \"Name: value\""))?;
+        let name = HeaderName::from_bytes(name.trim().as_bytes())
+            .with_context(|| format!("header {h:?}: {:?} is not a valid header name", name.trim()))?;
+        let value = HeaderValue::from_str(value.trim())
+            .with_context(|| format!("header {h:?}: the value is not a valid header value"))?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+fn parse_size(raw: &str) -> anyhow::Result<u64> {
+    raw.parse::<u64>() // TEMP until config::Size lands
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .map_err(|e| anyhow::anyhow!("--piece-length: {e}"))
+}
+
+/// Progress on a terminal: an indicatif bar on stderr.
+struct Bar(ProgressBar);
+
+impl Progress for Bar {
+    fn set_length(&self, length: Option<u64>) {
+        if let Some(len) = length {
+            self.0.set_length(len);
+        }
+    }
+    fn set_position(&self, done: u64) {
+        self.0.set_position(done);
+    }
+}
+
+/// Progress when stderr is not a terminal: a plain line at most every 2 seconds.
+struct Lines {
+    state: Mutex<(Option<u64>, Instant)>,
+    started: Instant,
+}
+
+impl Progress for Lines {
+    fn set_length(&self, length: Option<u64>) {
+        if let Ok(mut s) = self.state.lock() {
+            s.0 = length;
+        }
+    }
+    fn set_position(&self, done: u64) {
+        let Ok(mut s) = self.state.lock() else { return };
+        if s.1.elapsed() < Duration::from_secs(2) {
+            return;
+        }
+        s.1 = Instant::now();
+        let rate = done as f64 / self.started.elapsed().as_secs_f64().max(1e-3);
+        match s.0 {
+            Some(len) if len > 0 => eprintln!(
+                "dfget: {:.0}% {} / {} ({}/s)",
+                done as f64 * 100.0 / len as f64,
+                bytesize::ByteSize(done).display().iec(),
+                bytesize::ByteSize(len).display().iec(),
+                bytesize::ByteSize(rate as u64).display().iec()
+            ),
+            _ => eprintln!("dfget: {}", bytesize::ByteSize(done).display().iec()),
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let url = cli.url.or(cli.url_flag).context("no URL given")?;
+    let mut req = DownloadRequest::new(url.clone(), cli.output.clone());
+    req.headers = parse_headers(&cli.headers)?;
+    req.overwrite = cli.overwrite;
+    req.timeout = cli.timeout;
+    req.concurrency = usize::from(cli.concurrency);
+    req.source.insecure = cli.insecure;
+    req.digest = cli
+        .digest
+        .as_deref()
+        .map(str::parse::<Digest>)
+        .transpose()
+        .context("--digest")?;
+    req.piece_length = cli.piece_length.as_deref().map(parse_size).transpose()?;
+
+    let mut bar = None;
+    let lines;
+    let progress: &dyn Progress = if cli.quiet {
+        &()
+    } else if std::io::stderr().is_terminal() {
+        let pb = ProgressBar::new(0);
+        pb.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] [{wide_bar}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        &*bar.insert(Bar(pb))
+    } else {
+        lines = Lines {
+            state: Mutex::new((None, Instant::now())),
+            started: Instant::now(),
+        };
+        &lines
+    };
+    let result = download::download(&req, progress).await;
+    if let Some(Bar(pb)) = &bar {
+        pb.finish_and_clear();
+    }
+    let summary = result?;
+    if !cli.quiet {
+        let secs = summary.elapsed.as_secs_f64().max(1e-6);
+        let mut line = format!(
+            "dfget: {} -> {}: {} in {:.2}s ({}/s)",
+            url,
+            cli.output.display(),
+            bytesize::ByteSize(summary.content_length).display().iec(),
+            secs,
+            bytesize::ByteSize((summary.content_length as f64 / secs) as u64).display().iec(),
+        );
+        if let Some(d) = &summary.digest {
+            line.push_str(&format!(", digest {d} verified"));
+        }
+        println!("{line}");
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dfget: error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dfget: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

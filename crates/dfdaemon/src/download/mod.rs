@@ -1,0 +1,11 @@
+//! The download engine used by dfget without a daemon: pieces fetched from the source in
+//! parallel with `Range` requests, written at their offsets, each with a crc32, and the whole
+//! content verified against an expected digest before the output appears under its name.
+
+mod error;
+mod output;
+mod standalone;
+
+pub use error::{DownloadError, error_chain};
+pub use output::{prepare_output, validate_url};
+pub use standalone::{DownloadRequest, Mode, Progress, Summary, download};

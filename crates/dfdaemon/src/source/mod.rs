@@ -1,0 +1,5 @@
+//! Sources: where bytes come from when no peer has them (the "back-to-source" path).
+
+pub mod http;
+
+pub use http::{HttpSource, Probe, SourceOptions};

@@ -1,0 +1,468 @@
+//! An HTTP/1.1 origin for tests and the demo: serves registered resources (memory or file) with
+//! single-range `Range` support, counts requests and body bytes, and misbehaves on request.
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::net::TcpListener;
+
+type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// Size of the body frames the origin sends.
+const FRAME: usize = 64 * 1024;
+
+/// How a resource misbehaves. The default is a well-behaved server.
+#[derive(Debug, Clone, Default)]
+pub struct Behavior {
+    /// Answer every GET with 200 and the whole body, whatever `Range` says.
+    pub ignore_range: bool,
+    /// Answer HEAD with 405 Method Not Allowed.
+    pub refuse_head: bool,
+    /// Answer every request with this status and a short text body.
+    pub status: Option<u16>,
+    /// Wait this long before sending response headers.
+    pub header_delay: Duration,
+    /// Wait this long between body frames (64 KiB each).
+    pub frame_delay: Duration,
+    /// Flip one byte in every body frame (content that will not match its digest).
+    pub corrupt: bool,
+    /// Answer 401 unless the request carries this header (name, value).
+    pub require_header: Option<(String, String)>,
+    /// Answer the first N GETs of this resource with 503.
+    pub fail_first_gets: u64,
+}
+
+/// Where a resource's bytes come from.
+#[derive(Debug, Clone)]
+pub enum Content {
+    /// Bytes held in memory.
+    Memory(Bytes),
+    /// A file on disk, read per request.
+    File(PathBuf),
+}
+
+/// A resource served at one path.
+#[derive(Debug, Clone)]
+pub struct Resource {
+    /// The bytes.
+    pub content: Content,
+    /// How the server behaves for it.
+    pub behavior: Behavior,
+}
+
+impl Resource {
+    /// A well-behaved in-memory resource.
+    pub fn bytes(data: impl Into<Bytes>) -> Self {
+        Self {
+            content: Content::Memory(data.into()),
+            behavior: Behavior::default(),
+        }
+    }
+
+    /// A well-behaved resource backed by a file.
+    pub fn file(path: impl Into<PathBuf>) -> Self {
+        Self {
+            content: Content::File(path.into()),
+            behavior: Behavior::default(),
+        }
+    }
+
+    /// The same resource with another behaviour.
+    pub fn with(mut self, behavior: Behavior) -> Self {
+        self.behavior = behavior;
+        self
+    }
+}
+
+/// Counters of what the origin served.
+#[derive(Debug, Default)]
+pub struct Stats {
+    requests: AtomicU64,
+    gets: AtomicU64,
+    body_bytes: AtomicU64,
+    per_path: Mutex<HashMap<String, (u64, u64)>>,
+}
+
+impl Stats {
+    /// All requests seen (any method).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+    /// GET requests seen.
+    pub fn gets(&self) -> u64 {
+        self.gets.load(Ordering::Relaxed)
+    }
+    /// Body bytes handed to the connection (all paths).
+    pub fn body_bytes(&self) -> u64 {
+        self.body_bytes.load(Ordering::Relaxed)
+    }
+    /// (GET requests, body bytes) for one path.
+    pub fn for_path(&self, path: &str) -> (u64, u64) {
+        self.per_path
+            .lock()
+            .map(|m| m.get(path).copied().unwrap_or_default())
+            .unwrap_or_default()
+    }
+    fn add_bytes(&self, path: &str, n: u64) {
+        self.body_bytes.fetch_add(n, Ordering::Relaxed);
+        if let Ok(mut m) = self.per_path.lock() {
+            m.entry(path.to_string()).or_default().1 += n;
+        }
+    }
+    fn add_get(&self, path: &str) {
+        self.gets.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut m) = self.per_path.lock() {
+            m.entry(path.to_string()).or_default().0 += 1;
+        }
+    }
+    /// The counters as a JSON object (served at `/_stats`).
+    pub fn to_json(&self) -> String {
+        format!(
+            "{{\"requests\":{},\"gets\":{},\"bytes\":{}}}",
+            self.requests(),
+            self.gets(),
+            self.body_bytes()
+        )
+    }
+}
+
+/// The origin's routing table and counters. Cheap to clone; clones share state.
+#[derive(Clone, Default)]
+pub struct Origin {
+    routes: Arc<Mutex<HashMap<String, Resource>>>,
+    dir: Option<PathBuf>,
+    stats: Arc<Stats>,
+}
+
+impl Origin {
+    /// An origin with no resources (every path is 404).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An origin that also serves the files under `dir` (paths with `..` are refused).
+    pub fn with_dir(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: Some(dir.into()),
+            ..Self::default()
+        }
+    }
+
+    /// Serve `resource` at `path` (e.g. `/blob`).
+    pub fn route(&self, path: &str, resource: Resource) -> &Self {
+        if let Ok(mut r) = self.routes.lock() {
+            r.insert(path.to_string(), resource);
+        }
+        self
+    }
+
+    /// The shared counters.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    /// Bind `127.0.0.1:0` and serve in the background until the handle is dropped.
+    pub async fn spawn(&self) -> std::io::Result<RunningOrigin> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let origin = self.clone();
+        tokio::spawn(async move {
+            serve(listener, origin, async {
+                let _ = rx.await;
+            })
+            .await
+        });
+        Ok(RunningOrigin {
+            addr,
+            stats: self.stats.clone(),
+            _shutdown: tx,
+        })
+    }
+
+    fn lookup(&self, path: &str) -> Option<Resource> {
+        if let Some(r) = self.routes.lock().ok()?.get(path) {
+            return Some(r.clone());
+        }
+        let dir = self.dir.as_ref()?;
+        let rel = Path::new(path.trim_start_matches('/'));
+        if rel
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_)))
+        {
+            return None;
+        }
+        let full = dir.join(rel);
+        full.is_file().then(|| Resource::file(full))
+    }
+}
+
+/// A running origin; it stops when this is dropped.
+pub struct RunningOrigin {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// Its counters.
+    pub stats: Arc<Stats>,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+impl RunningOrigin {
+    /// `http://127.0.0.1:PORT{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+/// Serve `origin` on `listener` until `shutdown` completes.
+pub async fn serve(listener: TcpListener, origin: Origin, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(_) => continue,
+            },
+        };
+        let origin = origin.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let origin = origin.clone();
+                async move { Ok::<_, Infallible>(handle(&origin, req).await) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn text(status: StatusCode, msg: &str) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(Bytes::from(msg.to_string()))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *r.status_mut() = status;
+    r
+}
+
+/// A parsed single `Range: bytes=...` header, resolved against the length.
+fn parse_range(value: &str, len: u64) -> Option<Result<(u64, u64), ()>> {
+    let spec = value.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None; // multi-range: serve the whole body
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (start, end) = match (a.trim(), b.trim()) {
+        ("", suffix) => {
+            let n: u64 = suffix.parse().ok()?;
+            if n == 0 {
+                return Some(Err(()));
+            }
+            (len.saturating_sub(n), len.checked_sub(1)?)
+        }
+        (s, "") => (s.parse().ok()?, len.checked_sub(1).unwrap_or(0)),
+        (s, e) => (s.parse().ok()?, e.parse::<u64>().ok()?.min(len.saturating_sub(1))),
+    };
+    if start >= len || start > end {
+        return Some(Err(()));
+    }
+    Some(Ok((start, end)))
+}
+
+async fn handle(origin: &Origin, req: Request<Incoming>) -> Response<Body> {
+    let stats = origin.stats.clone();
+    stats.requests.fetch_add(1, Ordering::Relaxed);
+    let path = req.uri().path().to_string();
+    if path == "/_stats" {
+        return text(StatusCode::OK, &stats.to_json());
+    }
+    let Some(resource) = origin.lookup(&path) else {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    };
+    let b = &resource.behavior;
+    if !b.header_delay.is_zero() {
+        tokio::time::sleep(b.header_delay).await;
+    }
+    if let Some(code) = b.status {
+        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return text(status, &format!("status {code} on purpose\n"));
+    }
+    if let Some((name, value)) = &b.require_header {
+        let ok = req
+            .headers()
+            .get_all(name.as_str())
+            .iter()
+            .any(|v| v.as_bytes() == value.as_bytes());
+        if !ok {
+            return text(StatusCode::UNAUTHORIZED, "missing required header\n");
+        }
+    }
+    let is_head = req.method() == Method::HEAD;
+    if !is_head && b.fail_first_gets > 0 {
+        let seen = stats.for_path(&path).0;
+        if seen < b.fail_first_gets {
+            stats.add_get(&path);
+            return text(StatusCode::SERVICE_UNAVAILABLE, "failing on purpose\n");
+        }
+    }
+    if is_head && b.refuse_head {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "HEAD not allowed\n");
+    }
+    if !is_head && req.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+    }
+    let len = match &resource.content {
+        Content::Memory(b) => b.len() as u64,
+        Content::File(p) => match tokio::fs::metadata(p).await {
+            Ok(m) => m.len(),
+            Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        },
+    };
+    let range = req
+        .headers()
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| !b.ignore_range)
+        .and_then(|v| parse_range(v, len));
+    let (status, start, end_incl) = match range {
+        Some(Ok((s, e))) => (StatusCode::PARTIAL_CONTENT, s, e),
+        Some(Err(())) => {
+            let mut r = text(StatusCode::RANGE_NOT_SATISFIABLE, "");
+            if let Ok(v) = format!("bytes */{len}").parse() {
+                r.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return r;
+        }
+        None => (StatusCode::OK, 0, len.saturating_sub(1)),
+    };
+    let count = if len == 0 { 0 } else { end_incl - start + 1 };
+    let mut builder = Response::builder()
+        .status(status)
+        .header(header::CONTENT_LENGTH, count)
+        .header(header::CONTENT_TYPE, "application/octet-stream");
+    if !b.ignore_range {
+        builder = builder.header(header::ACCEPT_RANGES, "bytes");
+    }
+    if status == StatusCode::PARTIAL_CONTENT {
+        builder = builder.header(
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{end_incl}/{len}"),
+        );
+    }
+    if is_head {
+        let body = Full::new(Bytes::new()).map_err(|n| match n {}).boxed_unsync();
+        return builder
+            .body(body)
+            .unwrap_or_else(|e| text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()));
+    }
+    stats.add_get(&path);
+    let frames = body_frames(resource.content.clone(), start, count);
+    let delay = b.frame_delay;
+    let corrupt = b.corrupt;
+    let counted = frames.then(move |item| {
+        let stats = stats.clone();
+        let path = path.clone();
+        async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            item.map(|chunk| {
+                let chunk = if corrupt && !chunk.is_empty() {
+                    let mut v = chunk.to_vec();
+                    v[0] ^= 0xff;
+                    Bytes::from(v)
+                } else {
+                    chunk
+                };
+                stats.add_bytes(&path, chunk.len() as u64);
+                Frame::data(chunk)
+            })
+        }
+    });
+    builder
+        .body(BodyExt::boxed_unsync(StreamBody::new(counted)))
+        .unwrap_or_else(|e| text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))
+}
+
+/// The body bytes `[start, start+count)` as a stream of frames of at most [`FRAME`] bytes.
+fn body_frames(
+    content: Content,
+    start: u64,
+    count: u64,
+) -> std::pin::Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>> {
+    match content {
+        Content::Memory(bytes) => {
+            let s = start as usize;
+            let e = s + count as usize;
+            let mut chunks = Vec::new();
+            let mut at = s;
+            while at < e {
+                let n = FRAME.min(e - at);
+                chunks.push(Ok(bytes.slice(at..at + n)));
+                at += n;
+            }
+            Box::pin(futures::stream::iter(chunks))
+        }
+        Content::File(path) => Box::pin(futures::stream::unfold(
+            (None::<tokio::fs::File>, path, start, count),
+            |(file, path, pos, left)| async move {
+                if left == 0 {
+                    return None;
+                }
+                let mut f = match file {
+                    Some(f) => f,
+                    None => {
+                        let opened = async {
+                            let mut f = tokio::fs::File::open(&path).await?;
+                            f.seek(std::io::SeekFrom::Start(pos)).await?;
+                            Ok::<_, std::io::Error>(f)
+                        };
+                        match opened.await {
+                            Ok(f) => f,
+                            Err(e) => return Some((Err(e), (None, path, pos, 0))),
+                        }
+                    }
+                };
+                let mut buf = vec![0u8; (FRAME as u64).min(left) as usize];
+                match f.read_exact(&mut buf).await {
+                    Ok(_) => {
+                        let n = buf.len() as u64;
+                        Some((Ok(Bytes::from(buf)), (Some(f), path, pos + n, left - n)))
+                    }
+                    Err(e) => Some((Err(e), (None, path, pos, 0))),
+                }
+            },
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9", 100), Some(Ok((0, 9))));
+        assert_eq!(parse_range("bytes=90-200", 100), Some(Ok((90, 99))));
+        assert_eq!(parse_range("bytes=95-", 100), Some(Ok((95, 99))));
+        assert_eq!(parse_range("bytes=-10", 100), Some(Ok((90, 99))));
+        assert_eq!(parse_range("bytes=100-", 100), Some(Err(())));
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), None);
+        assert_eq!(parse_range("items=0-1", 100), None);
+    }
+}
