@@ -12,6 +12,7 @@ const MIB: usize = 1 << 20;
 async fn dfget(args: &[&str]) -> Output {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_dfget"))
         .args(args)
+        .env("DFGET_DAEMON_SOCK", "/nonexistent/dfdaemon.sock")
         .output()
         .await
         .expect("run dfget")

@@ -459,10 +459,11 @@ fn sync_pieces_response_embeds_piece_metadata_only() {
         }),
         content_length: Some(10 << 20),
         piece_count: Some(3),
+        piece_length: Some(4 << 20),
     };
     let bytes = resp.encode_to_vec();
     // No piece bytes on gRPC: the whole message is tiny.
-    assert!(bytes.len() < 32, "{} bytes", bytes.len());
+    assert!(bytes.len() < 40, "{} bytes", bytes.len());
     let decoded = SyncPiecesResponse::decode(bytes.as_slice()).unwrap();
     let p = decoded.piece.unwrap();
     assert_eq!(p.crc32_digest().as_deref(), Some("crc32:cbf43926"));

@@ -70,6 +70,7 @@ impl DfdaemonUpload for Parent {
                     piece: Some(stored_piece(n)),
                     content_length: Some(3 * PIECE_LEN),
                     piece_count: Some(3),
+                    piece_length: Some(PIECE_LEN),
                 };
                 if tx.send(Ok(msg)).await.is_err() {
                     return; // child went away

@@ -14,17 +14,24 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 #[derive(Parser, Debug)]
-#[command(name = "dfget", version, about = "Download a file, peer to peer when a dfdaemon runs here")]
+#[command(
+    name = "dfget",
+    version,
+    about = "Download a file, peer to peer when a dfdaemon runs here",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// URL to download (http or https).
-    #[arg(value_name = "URL", required_unless_present = "url_flag")]
+    #[arg(value_name = "URL")]
     url: Option<String>,
     /// URL to download (the form Dragonfly's docs use: `dfget -u URL -O FILE`).
     #[arg(short = 'u', long = "url", value_name = "URL", conflicts_with = "url")]
     url_flag: Option<String>,
     /// Where to write the file.
     #[arg(short = 'O', long, value_name = "FILE")]
-    output: PathBuf,
+    output: Option<PathBuf>,
     /// Expected digest of the content: sha256:<hex>, sha512:<hex> or crc32:<hex>.
     #[arg(long, value_name = "ALGO:HEX")]
     digest: Option<String>,
@@ -49,6 +56,18 @@ struct Cli {
     /// Skip TLS certificate verification of the origin.
     #[arg(long)]
     insecure: bool,
+    /// The local daemon's socket; dfget downloads through the daemon when it answers there.
+    #[arg(long, env = "DFGET_DAEMON_SOCK", default_value = "/var/run/dragonfly/dfdaemon.sock")]
+    daemon_sock: PathBuf,
+    /// Never use the daemon: download straight from the source.
+    #[arg(long)]
+    standalone: bool,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Run the daemon (the same as `dfdaemon`).
+    Daemon(dfdaemon::daemon::cli::DaemonArgs),
 }
 
 fn parse_headers(raw: &[String]) -> anyhow::Result<HeaderMap> {
@@ -67,8 +86,8 @@ fn parse_headers(raw: &[String]) -> anyhow::Result<HeaderMap> {
 }
 
 fn parse_size(raw: &str) -> anyhow::Result<u64> {
-    raw.parse::<u64>() // TEMP until config::Size lands
-        .map_err(|e| anyhow::anyhow!("{e}"))
+    raw.parse::<dragonfly_common::config::Size>()
+        .map(|s| s.as_u64())
         .map_err(|e| anyhow::anyhow!("--piece-length: {e}"))
 }
 
@@ -118,9 +137,30 @@ impl Progress for Lines {
     }
 }
 
+/// The daemon client, unless told not to use one or none answers.
+async fn daemon_client(
+    socket: &std::path::Path,
+    standalone: bool,
+    quiet: bool,
+) -> Option<dragonfly_proto::DfdaemonDownloadClient<tonic::transport::Channel>> {
+    if standalone {
+        return None;
+    }
+    match dfdaemon::client::connect(socket).await {
+        Ok(c) => Some(c),
+        Err(why) => {
+            if !quiet && socket.exists() {
+                eprintln!("dfget: {why}; downloading without the daemon");
+            }
+            None
+        }
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let url = cli.url.or(cli.url_flag).context("no URL given")?;
-    let mut req = DownloadRequest::new(url.clone(), cli.output.clone());
+    let url = cli.url.or(cli.url_flag).context("no URL given (dfget URL -O FILE)")?;
+    let output = cli.output.context("no output file given (-O FILE)")?;
+    let mut req = DownloadRequest::new(url.clone(), output.clone());
     req.headers = parse_headers(&cli.headers)?;
     req.overwrite = cli.overwrite;
     req.timeout = cli.timeout;
@@ -154,7 +194,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         };
         &lines
     };
-    let result = download::download(&req, progress).await;
+    let result = match daemon_client(&cli.daemon_sock, cli.standalone, cli.quiet).await {
+        Some(mut client) => dfdaemon::client::download(&mut client, &req, progress).await,
+        None => download::download(&req, progress).await,
+    };
     if let Some(Bar(pb)) = &bar {
         pb.finish_and_clear();
     }
@@ -164,13 +207,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let mut line = format!(
             "dfget: {} -> {}: {} in {:.2}s ({}/s)",
             url,
-            cli.output.display(),
+            output.display(),
             bytesize::ByteSize(summary.content_length).display().iec(),
             secs,
             bytesize::ByteSize((summary.content_length as f64 / secs) as u64).display().iec(),
         );
         if let Some(d) = &summary.digest {
             line.push_str(&format!(", digest {d} verified"));
+        }
+        if summary.mode == download::Mode::Daemon {
+            line.push_str(" (through the local daemon)");
         }
         println!("{line}");
     }
@@ -179,6 +225,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Daemon(args)) = &cli.command {
+        return dfdaemon::daemon::cli::run(args);
+    }
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

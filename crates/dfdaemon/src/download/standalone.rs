@@ -67,6 +67,8 @@ pub enum Mode {
     Pieces,
     /// One plain GET (the origin ignores Range or gave no length).
     SingleStream,
+    /// Through the local daemon (peer to peer, or its own source fetch).
+    Daemon,
 }
 
 /// The result of a finished download.

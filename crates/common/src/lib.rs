@@ -1,0 +1,7 @@
+//! Shared building blocks of dfdaemon, dfget and the scheduler.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod digest;
+pub mod piece;
+pub mod task_id;

@@ -1,0 +1,110 @@
+//! The daemon's command line, shared by `dfdaemon` and `dfget daemon`.
+
+use crate::config::{self, ConfigError, ConfigOrigin, DfdaemonConfig, LoadedFrom};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Options of `dfdaemon` / `dfget daemon`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DaemonArgs {
+    /// Config file [default: /etc/dragonfly/dfget.yaml, then /etc/dragonfly/dfdaemon.yaml,
+    /// else built-in defaults].
+    #[arg(short, long, env = "DFDAEMON_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the effective config (shapes folded, defaults filled in) as YAML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// Load the config, print it or run the daemon until SIGINT/SIGTERM; the process exit code.
+pub fn run(args: &DaemonArgs) -> ExitCode {
+    let loaded = match load(args) {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for warning in &loaded.warnings {
+        eprintln!("warning: {warning}");
+    }
+    if let ConfigOrigin::Defaults { .. } = loaded.origin {
+        eprintln!("note: using {}", loaded.origin);
+    }
+    if args.print_config {
+        return match loaded.value.to_yaml() {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("error: {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let cfg = loaded.value;
+    let _guard = match super::logging::init(&cfg.log_dir, cfg.verbose) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("error: cannot write logs to {}: {e}", cfg.log_dir.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(config = %loaded.origin, "dfdaemon starting");
+    runtime.block_on(async move {
+        match super::start(cfg, shutdown_signal()).await {
+            Ok((_bound, serve)) => {
+                serve.await;
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "dfdaemon cannot start");
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Loads the config named on the command line (or the default one), with the file as context
+/// of value errors.
+fn load(args: &DaemonArgs) -> anyhow::Result<LoadedFrom<DfdaemonConfig>> {
+    config::load_for_cli(args.config.as_deref()).map_err(with_context)
+}
+
+fn with_context(err: ConfigError) -> anyhow::Error {
+    match &err {
+        ConfigError::Invalid { file, .. } => {
+            let context = format!("invalid config {file}");
+            anyhow::Error::new(err).context(context)
+        }
+        ConfigError::NotFound { .. } => anyhow::anyhow!(
+            "{err} (omit --config and DFDAEMON_CONFIG to use the default path or built-in defaults)"
+        ),
+        _ => anyhow::Error::new(err),
+    }
+}

@@ -1,0 +1,247 @@
+//! `DfdaemonDownload` on the local unix socket: dfget asks the daemon to download a task and
+//! write it to `-O` (hardlink with `storage.multiplex`, else copy), following its pieces.
+
+use crate::download::validate_url;
+use crate::storage::PieceRecord;
+use crate::task::{Parent, Phase, TaskManager, TaskRequest};
+use dragonfly_common::digest::Digest;
+use dragonfly_common::task_id::TaskId;
+use dragonfly_proto::DfdaemonDownload;
+use dragonfly_proto::common::v1::{Piece, Task as ProtoTask};
+use dragonfly_proto::dfdaemon::v1::{
+    DeleteTaskRequest, DownloadPieceFinishedResponse, DownloadTaskRequest, DownloadTaskResponse,
+    DownloadTaskStartedResponse, StatTaskRequest, download_task_response,
+};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+type Msgs<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The local download service.
+pub struct DownloadService {
+    engine: TaskManager,
+    multiplex: bool,
+    parents: Vec<Parent>,
+}
+
+impl DownloadService {
+    /// A service over `engine`; `multiplex` hardlinks outputs to the stored content;
+    /// `parents` are static parents to try before the source.
+    pub fn new(engine: TaskManager, multiplex: bool, parents: Vec<Parent>) -> Self {
+        Self {
+            engine,
+            multiplex,
+            parents,
+        }
+    }
+}
+
+fn proto_piece(p: &PieceRecord) -> Piece {
+    Piece {
+        number: p.number,
+        offset: p.offset,
+        length: p.length,
+        crc32: Some(p.crc32),
+        parent_id: p.parent_id.clone().unwrap_or_default(),
+        ..Default::default()
+    }
+}
+
+fn headers(raw: &std::collections::HashMap<String, String>) -> Result<HeaderMap, Status> {
+    let mut map = HeaderMap::new();
+    for (k, v) in raw {
+        let name = HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| Status::invalid_argument(format!("request header name {k:?} is not valid")))?;
+        let value = HeaderValue::from_str(v)
+            .map_err(|_| Status::invalid_argument(format!("request header {k:?} has an invalid value")))?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+/// Put the task's content at `out`: hardlink when allowed and on the same file system, else copy;
+/// through a temporary name, so `out` never holds a partial file.
+pub fn write_output(content: &Path, out: &Path, hardlink: bool) -> std::io::Result<&'static str> {
+    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp: PathBuf = dir.join(format!(".{name}.dfdaemon-{:016x}.part", rand::random::<u64>()));
+    let how = if hardlink && std::fs::hard_link(content, &tmp).is_ok() {
+        "hardlink"
+    } else {
+        std::fs::copy(content, &tmp)?;
+        "copy"
+    };
+    if let Err(e) = std::fs::rename(&tmp, out) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(how)
+}
+
+#[tonic::async_trait]
+impl DfdaemonDownload for DownloadService {
+    type DownloadTaskStream = Msgs<DownloadTaskResponse>;
+
+    async fn download_task(&self, req: Request<DownloadTaskRequest>) -> Result<Response<Self::DownloadTaskStream>, Status> {
+        let d = req
+            .into_inner()
+            .download
+            .ok_or_else(|| Status::invalid_argument("download is missing"))?;
+        validate_url(&d.url).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let digest = d
+            .digest
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(str::parse::<Digest>)
+            .transpose()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let output = d.output_path.clone().filter(|p| !p.is_empty()).map(PathBuf::from);
+        if let Some(out) = &output {
+            if !out.is_absolute() {
+                return Err(Status::invalid_argument(format!("output path {} is not absolute", out.display())));
+            }
+        }
+        let treq = TaskRequest {
+            url: d.url.clone(),
+            headers: headers(&d.request_header)?,
+            tag: d.tag.clone(),
+            application: d.application.clone(),
+            piece_length: d.piece_length,
+            digest,
+            filtered_query_params: d.filtered_query_params.clone(),
+            task_id: None,
+            parents: self.parents.clone(),
+        };
+        let task = self
+            .engine
+            .download(treq)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let mut updates = task.subscribe();
+        let layout = task.layout().await.map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let (storage, id) = (self.engine.storage().clone(), task.id.clone());
+        let (s, i) = (storage.clone(), id.clone());
+        let stored = tokio::task::spawn_blocking(move || s.pieces(&i))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let host_id = self.engine.host_id().to_string();
+        let multiplex = self.multiplex;
+        let (tx, rx) = mpsc::channel(64);
+        let peer_id = task.peer_id.clone();
+        let msg = move |r: download_task_response::Response| DownloadTaskResponse {
+            host_id: host_id.clone(),
+            task_id: id.to_string(),
+            peer_id: peer_id.clone(),
+            response: Some(r),
+        };
+        let pin = self.engine.pin(&task.id);
+        tokio::spawn(async move {
+            let _pin = pin;
+            let mut sent: HashSet<u32> = stored.iter().map(|p| p.number).collect();
+            let finished_now = sent.len() as u32 == layout.piece_count();
+            let started = DownloadTaskStartedResponse {
+                content_length: Some(layout.content_length()),
+                piece_length: Some(layout.piece_length()),
+                pieces: stored.iter().map(proto_piece).collect(),
+                is_finished: finished_now,
+            };
+            if tx.send(Ok(msg(started.into()))).await.is_err() {
+                return;
+            }
+            let mut watch = task.watch();
+            loop {
+                let phase = watch.borrow().phase.clone();
+                match phase {
+                    Phase::Failed(e) => {
+                        let _ = tx.send(Err(Status::aborted(e.to_string()))).await;
+                        return;
+                    }
+                    Phase::Finished => {
+                        while let Ok(p) = updates.try_recv() {
+                            if sent.insert(p.number) {
+                                let _ = tx.send(Ok(msg(DownloadPieceFinishedResponse { piece: Some(proto_piece(&p)) }.into()))).await;
+                            }
+                        }
+                        break;
+                    }
+                    _ => {}
+                }
+                tokio::select! {
+                    got = updates.recv() => match got {
+                        Ok(p) => {
+                            if sent.insert(p.number) {
+                                let m = msg(DownloadPieceFinishedResponse { piece: Some(proto_piece(&p)) }.into());
+                                if tx.send(Ok(m)).await.is_err() { return; }
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => {}
+                    },
+                    changed = watch.changed() => if changed.is_err() { break },
+                }
+            }
+            if let Some(out) = output {
+                let content = storage.content_path(&task.id);
+                let o = out.clone();
+                match tokio::task::spawn_blocking(move || write_output(&content, &o, multiplex)).await {
+                    Ok(Ok(how)) => tracing::info!(task = %task.id, output = %out.display(), how, "output written"),
+                    Ok(Err(e)) => {
+                        let _ = tx.send(Err(Status::internal(format!("writing {}: {e}", out.display())))).await;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn stat_task(&self, req: Request<StatTaskRequest>) -> Result<Response<ProtoTask>, Status> {
+        let id: TaskId = req
+            .into_inner()
+            .task_id
+            .parse()
+            .map_err(|e| Status::invalid_argument(format!("task_id: {e}")))?;
+        let s = self.engine.storage().clone();
+        let i = id.clone();
+        let rec = tokio::task::spawn_blocking(move || s.task(&i))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?
+            .ok_or_else(|| Status::not_found(format!("task {id} is not on this node")))?;
+        Ok(Response::new(ProtoTask {
+            id: rec.id.to_string(),
+            url: rec.url,
+            digest: rec.digest,
+            content_length: Some(rec.content_length),
+            piece_length: Some(rec.piece_length),
+            piece_count: Some(rec.piece_count),
+            ..Default::default()
+        }))
+    }
+
+    async fn delete_task(&self, req: Request<DeleteTaskRequest>) -> Result<Response<()>, Status> {
+        let id: TaskId = req
+            .into_inner()
+            .task_id
+            .parse()
+            .map_err(|e| Status::invalid_argument(format!("task_id: {e}")))?;
+        if self.engine.is_running(&id) {
+            return Err(Status::failed_precondition(format!("task {id} is being downloaded")));
+        }
+        let s = self.engine.storage().clone();
+        tokio::task::spawn_blocking(move || s.delete_task(&id))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(()))
+    }
+}

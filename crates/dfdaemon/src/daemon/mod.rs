@@ -1,0 +1,218 @@
+//! The daemon process: storage, task engine, upload server, local download socket, GC.
+
+pub mod cli;
+pub mod download_service;
+pub mod logging;
+
+use crate::config::DfdaemonConfig;
+use crate::storage::{GcPolicy, Storage};
+use crate::task::{EngineOptions, Parent, TaskManager};
+use crate::upload::{self, UploadLimits};
+use download_service::DownloadService;
+use dragonfly_proto::DfdaemonDownloadServer;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Why the daemon could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Local storage would not open.
+    #[error("cannot open storage in {dir}: {reason}")]
+    Storage {
+        /// The data directory.
+        dir: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A listener would not bind.
+    #[error("cannot listen on {what} {addr}: {reason}")]
+    Listen {
+        /// Which listener.
+        what: &'static str,
+        /// The address or socket path.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// A config value does not work at run time.
+    #[error("config {key}: {reason}")]
+    Config {
+        /// The key.
+        key: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The GC policy the config asks for.
+pub fn gc_policy(cfg: &DfdaemonConfig) -> GcPolicy {
+    let s = &cfg.storage;
+    GcPolicy {
+        task_ttl: s.task_expire_time.get(),
+        quota_bytes: (!s.disk_gc_threshold.is_zero()).then(|| s.disk_gc_threshold.as_u64()),
+        disk_used_percent: (!s.disk_gc_threshold_percent.is_zero()).then(|| s.disk_gc_threshold_percent.get()),
+    }
+}
+
+/// Where the daemon's parts listen, once bound.
+#[derive(Debug, Clone)]
+pub struct Bound {
+    /// The upload server.
+    pub upload: SocketAddr,
+    /// The local download socket.
+    pub socket: PathBuf,
+}
+
+/// Static parents from `download.parents` (`host:port` of their upload servers).
+fn static_parents(cfg: &DfdaemonConfig) -> Result<Vec<Parent>, DaemonError> {
+    cfg.download
+        .parents
+        .iter()
+        .map(|raw| {
+            raw.parse::<SocketAddr>()
+                .map(|addr| Parent {
+                    id: raw.clone(),
+                    addr,
+                })
+                .map_err(|e| DaemonError::Config {
+                    key: "download.parents",
+                    reason: format!("{raw:?} is not an ip:port address: {e}"),
+                })
+        })
+        .collect()
+}
+
+/// Start the daemon; returns once everything is bound, with a future that runs it until
+/// `shutdown` completes.
+pub async fn start(
+    cfg: DfdaemonConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(Bound, impl Future<Output = ()>), DaemonError> {
+    let dir = cfg.data_dir.clone();
+    let storage = {
+        let d = dir.clone();
+        tokio::task::spawn_blocking(move || Storage::open(&d))
+            .await
+            .map_err(|e| DaemonError::Storage {
+                dir: dir.clone(),
+                reason: e.to_string(),
+            })?
+            .map_err(|e| DaemonError::Storage {
+                dir: dir.clone(),
+                reason: e.to_string(),
+            })?
+    };
+    let report = storage.recovery_report().clone();
+    tracing::info!(dir = %dir.display(), ?report, "storage opened");
+    let host_id = match &cfg.host.hostname {
+        Some(h) if !h.is_empty() => h.clone(),
+        _ => std::env::var("HOSTNAME").unwrap_or_else(|_| "dfdaemon".to_string()),
+    };
+    let policy = gc_policy(&cfg);
+    let opts = EngineOptions {
+        host_id: format!("{host_id}-{}", cfg.upload.tcp_listen.port.ports().next().unwrap_or(0)),
+        concurrent_pieces: (cfg.download.concurrent_piece_count as usize).max(1),
+        piece_timeout: cfg.download.piece_download_timeout.get(),
+        gc: Some(policy.clone()),
+        ..EngineOptions::default()
+    };
+    let engine = TaskManager::new(storage, opts).map_err(|e| DaemonError::Config {
+        key: "download",
+        reason: e.to_string(),
+    })?;
+
+    // Upload server: the first port of the range that binds.
+    let ip = cfg.upload.tcp_listen.listen;
+    let mut upload_listener = None;
+    let mut last_err = String::new();
+    for port in cfg.upload.tcp_listen.port.ports() {
+        match tokio::net::TcpListener::bind((ip, port)).await {
+            Ok(l) => {
+                upload_listener = Some(l);
+                break;
+            }
+            Err(e) => last_err = format!("{ip}:{port}: {e}"),
+        }
+    }
+    let upload_listener = upload_listener.ok_or_else(|| DaemonError::Listen {
+        what: "upload.tcpListen",
+        addr: ip.to_string(),
+        reason: last_err,
+    })?;
+    let upload_addr = upload_listener.local_addr().map_err(|e| DaemonError::Listen {
+        what: "upload.tcpListen",
+        addr: ip.to_string(),
+        reason: e.to_string(),
+    })?;
+
+    // Local download socket for dfget.
+    let socket = cfg.download.unix_listen.socket.clone();
+    let listen_err = |e: std::io::Error| DaemonError::Listen {
+        what: "download.unixListen.socket",
+        addr: socket.display().to_string(),
+        reason: e.to_string(),
+    };
+    if let Some(parent) = socket.parent() {
+        std::fs::create_dir_all(parent).map_err(listen_err)?;
+    }
+    if socket.exists() {
+        // A socket left by a daemon that was killed; a live one would answer.
+        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+            return Err(listen_err(std::io::Error::other("another daemon is listening there")));
+        }
+        std::fs::remove_file(&socket).map_err(listen_err)?;
+    }
+    let unix = tokio::net::UnixListener::bind(&socket).map_err(listen_err)?;
+
+    let limits = UploadLimits {
+        concurrent_total: if cfg.upload.concurrent_limit == 0 { usize::MAX >> 4 } else { cfg.upload.concurrent_limit as usize },
+        concurrent_per_peer: 16,
+        rate_limit: (!cfg.upload.rate_limit.is_zero()).then(|| cfg.upload.rate_limit.as_u64()),
+    };
+    let parents = static_parents(&cfg)?;
+    let service = DownloadService::new(engine.clone(), cfg.storage.multiplex, parents);
+    let gc_interval = cfg.gc_interval.get().max(std::time::Duration::from_secs(1));
+    let bound = Bound {
+        upload: upload_addr,
+        socket: socket.clone(),
+    };
+    tracing::info!(upload = %upload_addr, socket = %socket.display(), "dfdaemon ready");
+    let run = async move {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let up = tokio::spawn(upload::serve(upload_listener, engine.clone(), limits, stopped(stop_rx.clone())));
+        let grpc = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(DfdaemonDownloadServer::new(service))
+                .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(unix), stopped(stop_rx.clone())),
+        );
+        let gc_engine = engine.clone();
+        let gc = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(gc_interval);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let (e, p) = (gc_engine.clone(), policy.clone());
+                let storage = gc_engine.storage().clone();
+                match tokio::task::spawn_blocking(move || storage.gc(&p, &|id| e.in_use(id), 0)).await {
+                    Ok(Ok(r)) if !r.evicted.is_empty() => {
+                        tracing::info!(evicted = r.evicted.len(), bytes_freed = r.bytes_freed, "gc")
+                    }
+                    Ok(Err(e)) => tracing::warn!(error = %e, "gc failed"),
+                    _ => {}
+                }
+            }
+        });
+        shutdown.await;
+        tracing::info!("dfdaemon shutting down");
+        let _ = stop_tx.send(true);
+        gc.abort();
+        let _ = up.await;
+        let _ = grpc.await;
+        let _ = std::fs::remove_file(&socket);
+    };
+    Ok((bound, run))
+}

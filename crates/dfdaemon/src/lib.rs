@@ -1,0 +1,11 @@
+//! dfdaemon: the per-node daemon of the P2P distribution system, and the engine behind dfget.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod client;
+pub mod daemon;
+pub mod download;
+pub mod source;
+pub mod storage;
+pub mod task;
+pub mod upload;

@@ -1,0 +1,429 @@
+//! The task engine: one download per task per node, however many callers join.
+//!
+//! A [`TaskManager`] owns the local [`Storage`], the origin client and the set of tasks in
+//! flight. [`TaskManager::download`] returns a shared [`Task`] handle: callers watch its pieces
+//! land ([`Task::wait_piece`], [`Task::subscribe`]) or read its bytes in order
+//! ([`Task::reader`]). Pieces come from parents (other daemons' upload servers) when any are
+//! known and have them, else from the source; every piece is verified (crc32) before it is
+//! stored, and a parent that fails or lies is remembered and not asked again.
+
+mod driver;
+mod parent;
+mod reader;
+
+pub use parent::Parent;
+pub use reader::TaskReader;
+
+use crate::source::{HttpSource, SourceOptions};
+use crate::storage::{PieceRecord, Storage, StorageError};
+use dashmap::DashMap;
+use dragonfly_common::digest::Digest;
+use dragonfly_common::piece::PieceLayout;
+use dragonfly_common::task_id::TaskId;
+use http::HeaderMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, watch};
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// This daemon's host id (peer ids are derived from it).
+    pub host_id: String,
+    /// Pieces in flight per task.
+    pub concurrent_pieces: usize,
+    /// Longest wait for one piece from a parent before trying elsewhere.
+    pub piece_timeout: Duration,
+    /// How long to wait for parents to say how long the content is before asking the source.
+    pub parent_metadata_timeout: Duration,
+    /// Origin client options.
+    pub source: SourceOptions,
+    /// Disk GC policy applied before a new task is stored (`None`: no GC on admission).
+    pub gc: Option<crate::storage::GcPolicy>,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            host_id: "local".to_string(),
+            concurrent_pieces: 16,
+            piece_timeout: Duration::from_secs(30),
+            parent_metadata_timeout: Duration::from_secs(5),
+            source: SourceOptions::default(),
+            gc: None,
+        }
+    }
+}
+
+/// What to download.
+#[derive(Debug, Clone, Default)]
+pub struct TaskRequest {
+    /// The source URL.
+    pub url: String,
+    /// Headers sent to the source.
+    pub headers: HeaderMap,
+    /// Task tag (different tags make different tasks of one URL).
+    pub tag: String,
+    /// Application name (part of the task id).
+    pub application: String,
+    /// Piece length; `None` picks it from the content length.
+    pub piece_length: Option<u64>,
+    /// Expected digest of the whole content.
+    pub digest: Option<Digest>,
+    /// Query parameters left out of the task id (signed-URL noise).
+    pub filtered_query_params: Vec<String>,
+    /// Use this task id instead of deriving one from the URL (e.g. an OCI blob digest).
+    pub task_id: Option<TaskId>,
+    /// Parents to fetch pieces from before going to the source.
+    pub parents: Vec<Parent>,
+}
+
+impl TaskRequest {
+    /// The task id this request maps to.
+    pub fn task_id(&self) -> TaskId {
+        self.task_id.clone().unwrap_or_else(|| {
+            TaskId::for_url(
+                &self.url,
+                &self.tag,
+                &self.application,
+                self.piece_length,
+                &self.filtered_query_params,
+            )
+        })
+    }
+}
+
+/// Why a task failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TaskError {
+    /// The source failed (status, unreachable, bad response).
+    #[error("{0}")]
+    Source(String),
+    /// Local storage failed.
+    #[error("storage: {0}")]
+    Storage(String),
+    /// The content does not match the expected digest; nothing was kept.
+    #[error("digest mismatch for {url}: expected {expected}, got {actual}")]
+    DigestMismatch {
+        /// The URL.
+        url: String,
+        /// Expected digest.
+        expected: String,
+        /// Computed digest.
+        actual: String,
+    },
+    /// The engine shut down.
+    #[error("the daemon is shutting down")]
+    Shutdown,
+}
+
+impl From<StorageError> for TaskError {
+    fn from(e: StorageError) -> Self {
+        TaskError::Storage(e.to_string())
+    }
+}
+
+/// Where a task is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// Learning the content length.
+    Preparing,
+    /// Fetching pieces.
+    Running,
+    /// Every piece stored and verified.
+    Finished,
+    /// Failed for good.
+    Failed(TaskError),
+}
+
+impl PartialEq for TaskError {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+impl Eq for TaskError {}
+
+/// A snapshot of a task's progress.
+#[derive(Debug, Clone)]
+pub struct TaskView {
+    /// The layout, once the length is known.
+    pub layout: Option<PieceLayout>,
+    /// Which pieces are stored.
+    pub have: Vec<bool>,
+    /// How many pieces are stored.
+    pub done: u32,
+    /// The phase.
+    pub phase: Phase,
+}
+
+impl TaskView {
+    fn new() -> Self {
+        Self {
+            layout: None,
+            have: Vec::new(),
+            done: 0,
+            phase: Phase::Preparing,
+        }
+    }
+}
+
+/// One task as seen by its callers. Cheap to share.
+pub struct Task {
+    /// The task id.
+    pub id: TaskId,
+    /// The peer id of this node's download of it.
+    pub peer_id: String,
+    /// The source URL.
+    pub url: String,
+    storage: Storage,
+    view: watch::Sender<TaskView>,
+    pieces: broadcast::Sender<PieceRecord>,
+}
+
+impl Task {
+    fn new(id: TaskId, peer_id: String, url: String, storage: Storage) -> Arc<Self> {
+        let (view, _) = watch::channel(TaskView::new());
+        let (pieces, _) = broadcast::channel(1024);
+        Arc::new(Self {
+            id,
+            peer_id,
+            url,
+            storage,
+            view,
+            pieces,
+        })
+    }
+
+    /// The current progress.
+    pub fn view(&self) -> TaskView {
+        self.view.borrow().clone()
+    }
+
+    /// A receiver of progress changes.
+    pub fn watch(&self) -> watch::Receiver<TaskView> {
+        self.view.subscribe()
+    }
+
+    /// Pieces stored from now on (pair with [`Task::view`] for those stored before).
+    pub fn subscribe(&self) -> broadcast::Receiver<PieceRecord> {
+        self.pieces.subscribe()
+    }
+
+    /// The storage the task's bytes live in.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// Wait for the layout (content length known) or failure.
+    pub async fn layout(&self) -> Result<PieceLayout, TaskError> {
+        let mut rx = self.view.subscribe();
+        let v = rx
+            .wait_for(|v| v.layout.is_some() || matches!(v.phase, Phase::Failed(_)))
+            .await
+            .map_err(|_| TaskError::Shutdown)?;
+        match (&v.layout, &v.phase) {
+            (Some(l), _) => Ok(*l),
+            (None, Phase::Failed(e)) => Err(e.clone()),
+            _ => Err(TaskError::Shutdown),
+        }
+    }
+
+    /// Wait until piece `number` is stored, or the task failed.
+    pub async fn wait_piece(&self, number: u32) -> Result<(), TaskError> {
+        let mut rx = self.view.subscribe();
+        let v = rx
+            .wait_for(|v| {
+                v.have.get(number as usize).copied().unwrap_or(false)
+                    || matches!(v.phase, Phase::Failed(_) | Phase::Finished)
+            })
+            .await
+            .map_err(|_| TaskError::Shutdown)?;
+        if v.have.get(number as usize).copied().unwrap_or(false) {
+            return Ok(());
+        }
+        match &v.phase {
+            Phase::Failed(e) => Err(e.clone()),
+            _ => Err(TaskError::Storage(format!(
+                "piece {number} is not part of task {}",
+                self.id
+            ))),
+        }
+    }
+
+    /// Wait until the task finished or failed.
+    pub async fn wait_finished(&self) -> Result<(), TaskError> {
+        let mut rx = self.view.subscribe();
+        let v = rx
+            .wait_for(|v| matches!(v.phase, Phase::Finished | Phase::Failed(_)))
+            .await
+            .map_err(|_| TaskError::Shutdown)?;
+        match &v.phase {
+            Phase::Failed(e) => Err(e.clone()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Read the bytes `[start, end)` in order as pieces land (`end: None` = to the end).
+    pub fn reader(self: &Arc<Self>, start: u64, end: Option<u64>) -> TaskReader {
+        TaskReader::new(self.clone(), start, end)
+    }
+
+    fn set_layout(&self, layout: PieceLayout) {
+        self.view.send_modify(|v| {
+            v.layout = Some(layout);
+            v.have = vec![false; layout.piece_count() as usize];
+            v.phase = Phase::Running;
+        });
+    }
+
+    fn piece_stored(&self, record: PieceRecord) {
+        let n = record.number as usize;
+        self.view.send_modify(|v| {
+            if let Some(slot) = v.have.get_mut(n) {
+                if !*slot {
+                    *slot = true;
+                    v.done += 1;
+                }
+            }
+        });
+        let _ = self.pieces.send(record);
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        self.view.send_modify(|v| v.phase = phase);
+    }
+}
+
+struct Inner {
+    storage: Storage,
+    source: HttpSource,
+    opts: EngineOptions,
+    tasks: DashMap<TaskId, Arc<Task>>,
+    pins: Arc<DashMap<TaskId, usize>>,
+    parents: parent::ParentClient,
+}
+
+/// Keeps a task from being evicted while it is served; released on drop.
+pub struct TaskPin {
+    pins: Arc<DashMap<TaskId, usize>>,
+    id: TaskId,
+}
+
+impl Drop for TaskPin {
+    fn drop(&mut self) {
+        // Decrement and remove at zero under the entry's lock, so pins never leak.
+        if let dashmap::Entry::Occupied(mut e) = self.pins.entry(self.id.clone()) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+}
+
+/// The node's task engine. Clones share state.
+#[derive(Clone)]
+pub struct TaskManager {
+    inner: Arc<Inner>,
+}
+
+impl TaskManager {
+    /// An engine over `storage`.
+    pub fn new(storage: Storage, opts: EngineOptions) -> Result<Self, TaskError> {
+        let source = HttpSource::new(&opts.source).map_err(|e| TaskError::Source(e.to_string()))?;
+        let parents = parent::ParentClient::new(&opts)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                storage,
+                source,
+                opts,
+                tasks: DashMap::new(),
+                pins: Arc::new(DashMap::new()),
+                parents,
+            }),
+        })
+    }
+
+    /// The storage.
+    pub fn storage(&self) -> &Storage {
+        &self.inner.storage
+    }
+
+    /// This node's host id.
+    pub fn host_id(&self) -> &str {
+        &self.inner.opts.host_id
+    }
+
+    /// The task in flight with this id, if any.
+    pub fn running(&self, id: &TaskId) -> Option<Arc<Task>> {
+        self.inner.tasks.get(id).map(|t| t.clone())
+    }
+
+    /// Whether a task is being downloaded right now (GC must not evict it).
+    pub fn is_running(&self, id: &TaskId) -> bool {
+        self.inner.tasks.contains_key(id)
+    }
+
+    /// Mark the task in use (being served) until the pin is dropped.
+    pub fn pin(&self, id: &TaskId) -> TaskPin {
+        *self.inner.pins.entry(id.clone()).or_insert(0) += 1;
+        TaskPin {
+            pins: self.inner.pins.clone(),
+            id: id.clone(),
+        }
+    }
+
+    /// Whether GC must keep the task: being downloaded or served.
+    pub fn in_use(&self, id: &TaskId) -> bool {
+        self.inner.tasks.contains_key(id) || self.inner.pins.contains_key(id)
+    }
+
+    /// Start or join the download of `req`; a finished task in storage is served as is.
+    pub async fn download(&self, req: TaskRequest) -> Result<Arc<Task>, TaskError> {
+        let id = req.task_id();
+        if let Some(t) = self.running(&id) {
+            return Ok(t);
+        }
+        let storage = self.inner.storage.clone();
+        let lookup = id.clone();
+        let (record, pieces) = tokio::task::spawn_blocking(move || -> Result<_, StorageError> {
+            let record = storage.task(&lookup)?;
+            let pieces = match &record {
+                Some(r) if r.is_finished() => storage.pieces(&lookup)?,
+                _ => Vec::new(),
+            };
+            Ok((record, pieces))
+        })
+        .await
+        .map_err(|e| TaskError::Storage(e.to_string()))??;
+        if let Some(record) = record.filter(|r| r.is_finished()) {
+            let task = Task::new(id.clone(), self.peer_id(&id), req.url.clone(), self.inner.storage.clone());
+            task.set_layout(record.layout()?);
+            for p in pieces {
+                task.piece_stored(p);
+            }
+            task.set_phase(Phase::Finished);
+            let storage = self.inner.storage.clone();
+            let _ = tokio::task::spawn_blocking(move || storage.touch(&id)).await;
+            tracing::info!(task = %task.id, peer = %task.peer_id, "task served from local storage");
+            return Ok(task);
+        }
+        let entry = self.inner.tasks.entry(id.clone());
+        let task = match entry {
+            dashmap::Entry::Occupied(o) => return Ok(o.get().clone()),
+            dashmap::Entry::Vacant(v) => {
+                let task = Task::new(id.clone(), self.peer_id(&id), req.url.clone(), self.inner.storage.clone());
+                v.insert(task.clone());
+                task
+            }
+        };
+        let engine = self.clone();
+        let t = task.clone();
+        tokio::spawn(async move { driver::drive(engine, t, req).await });
+        Ok(task)
+    }
+
+    fn peer_id(&self, id: &TaskId) -> String {
+        format!("{}-{}-{:08x}", self.inner.opts.host_id, &id.as_str()[..8], rand::random::<u32>())
+    }
+}

@@ -1,0 +1,133 @@
+//! Upload limits: pieces served at once (in total and per remote address) and bytes per second.
+
+use dashmap::DashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+/// How much this node uploads at most.
+#[derive(Debug, Clone)]
+pub struct UploadLimits {
+    /// Pieces being sent at once, all children together.
+    pub concurrent_total: usize,
+    /// Pieces being sent at once to one remote address.
+    pub concurrent_per_peer: usize,
+    /// Bytes per second, all children together (`None`: unlimited).
+    pub rate_limit: Option<u64>,
+}
+
+impl Default for UploadLimits {
+    fn default() -> Self {
+        Self {
+            concurrent_total: 128,
+            concurrent_per_peer: 16,
+            rate_limit: None,
+        }
+    }
+}
+
+/// Permits held while a piece is sent.
+pub(crate) struct Permit {
+    _total: Option<OwnedSemaphorePermit>,
+    _peer: Option<OwnedSemaphorePermit>,
+}
+
+pub(crate) struct Limiter {
+    total: Arc<Semaphore>,
+    per_peer: DashMap<IpAddr, Arc<Semaphore>>,
+    per_peer_limit: usize,
+    rate: Option<Arc<RateLimiter>>,
+}
+
+impl Limiter {
+    pub(crate) fn new(limits: UploadLimits) -> Self {
+        Self {
+            total: Arc::new(Semaphore::new(limits.concurrent_total.max(1))),
+            per_peer: DashMap::new(),
+            per_peer_limit: limits.concurrent_per_peer.max(1),
+            rate: limits.rate_limit.filter(|r| *r > 0).map(|r| Arc::new(RateLimiter::new(r))),
+        }
+    }
+
+    /// Wait for a slot for `ip` (its own slot first, then a global one).
+    pub(crate) async fn acquire(&self, ip: IpAddr) -> Permit {
+        let peer = self
+            .per_peer
+            .entry(ip)
+            .or_insert_with(|| Arc::new(Semaphore::new(self.per_peer_limit)))
+            .clone();
+        let peer = peer.acquire_owned().await.ok();
+        let total = self.total.clone().acquire_owned().await.ok();
+        Permit {
+            _total: total,
+            _peer: peer,
+        }
+    }
+
+    pub(crate) fn rate(&self) -> Option<Arc<RateLimiter>> {
+        self.rate.clone()
+    }
+}
+
+/// A token bucket of bytes, one second deep.
+pub(crate) struct RateLimiter {
+    rate: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl RateLimiter {
+    pub(crate) fn new(bytes_per_sec: u64) -> Self {
+        Self {
+            rate: bytes_per_sec as f64,
+            state: Mutex::new((bytes_per_sec as f64, Instant::now())),
+        }
+    }
+
+    /// Wait until `n` bytes may be sent. Callers queue on the lock, so they are served in turn.
+    pub(crate) async fn take(&self, n: u64) {
+        let mut s = self.state.lock().await;
+        let now = Instant::now();
+        s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() * self.rate).min(self.rate);
+        s.1 = now;
+        s.0 -= n as f64;
+        if s.0 < 0.0 {
+            tokio::time::sleep(Duration::from_secs_f64(-s.0 / self.rate)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limiter_spaces_out_bytes() {
+        let r = RateLimiter::new(1000);
+        let start = Instant::now();
+        r.take(1000).await; // the bucket starts full
+        assert!(start.elapsed() < Duration::from_millis(1));
+        r.take(500).await;
+        r.take(500).await;
+        let e = start.elapsed();
+        assert!(e >= Duration::from_millis(999) && e < Duration::from_millis(1100), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn per_peer_limit_queues_the_next_request() {
+        let l = Limiter::new(UploadLimits {
+            concurrent_total: 10,
+            concurrent_per_peer: 1,
+            rate_limit: None,
+        });
+        let ip: IpAddr = "127.0.0.2".parse().unwrap();
+        let first = l.acquire(ip).await;
+        let blocked = tokio::time::timeout(Duration::from_millis(50), l.acquire(ip)).await;
+        assert!(blocked.is_err(), "a second piece for the same peer must wait");
+        let other = tokio::time::timeout(Duration::from_millis(50), l.acquire("127.0.0.3".parse().unwrap())).await;
+        assert!(other.is_ok(), "another peer is not held up");
+        drop(first);
+        assert!(tokio::time::timeout(Duration::from_millis(50), l.acquire(ip)).await.is_ok());
+    }
+}

@@ -1,0 +1,171 @@
+//! `DfdaemonUpload` gRPC: SyncPieces (piece metadata pushed as pieces land).
+
+use crate::storage::PieceRecord;
+use crate::task::{Phase, TaskManager};
+use dragonfly_common::task_id::TaskId;
+use dragonfly_proto::DfdaemonUpload;
+use dragonfly_proto::common::v1::{Piece, Task as ProtoTask};
+use dragonfly_proto::dfdaemon::v1::{
+    DeleteTaskRequest, DownloadTaskRequest, DownloadTaskResponse, StatTaskRequest, SyncPiecesRequest,
+    SyncPiecesResponse,
+};
+use std::collections::HashSet;
+use std::pin::Pin;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+type Msgs<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+pub(crate) struct SyncService {
+    engine: TaskManager,
+}
+
+impl SyncService {
+    pub(crate) fn new(engine: TaskManager) -> Self {
+        Self { engine }
+    }
+}
+
+fn piece_msg(p: &PieceRecord, content_length: u64, piece_length: u64, piece_count: u32) -> SyncPiecesResponse {
+    SyncPiecesResponse {
+        piece: Some(Piece {
+            number: p.number,
+            offset: p.offset,
+            length: p.length,
+            crc32: Some(p.crc32),
+            ..Default::default()
+        }),
+        content_length: Some(content_length),
+        piece_count: Some(piece_count),
+        piece_length: Some(piece_length),
+    }
+}
+
+fn storage_status(e: impl std::fmt::Display) -> Status {
+    Status::internal(e.to_string())
+}
+
+#[tonic::async_trait]
+impl DfdaemonUpload for SyncService {
+    type SyncPiecesStream = Msgs<SyncPiecesResponse>;
+    type DownloadTaskStream = Msgs<DownloadTaskResponse>;
+
+    async fn sync_pieces(&self, req: Request<SyncPiecesRequest>) -> Result<Response<Self::SyncPiecesStream>, Status> {
+        let req = req.into_inner();
+        let id: TaskId = req
+            .task_id
+            .parse()
+            .map_err(|e| Status::invalid_argument(format!("task_id: {e}")))?;
+        let wanted: HashSet<u32> = req.interested_piece_numbers.into_iter().collect();
+        let keep = move |n: u32| wanted.is_empty() || wanted.contains(&n);
+        let storage = self.engine.storage().clone();
+        let running = self.engine.running(&id);
+        // Subscribe before reading what is stored, so no piece falls between the two.
+        let mut updates = running.as_ref().map(|t| (t.subscribe(), t.watch()));
+        let layout = match &running {
+            Some(t) => Some(t.layout().await.map_err(|e| Status::unavailable(e.to_string()))?),
+            None => None,
+        };
+        let (s, i) = (storage.clone(), id.clone());
+        let (record, stored) = tokio::task::spawn_blocking(move || Ok::<_, crate::storage::StorageError>((s.task(&i)?, s.pieces(&i)?)))
+            .await
+            .map_err(storage_status)?
+            .map_err(storage_status)?;
+        let layout = match (layout, &record) {
+            (Some(l), _) => l,
+            (None, Some(r)) if r.is_finished() => r.layout().map_err(storage_status)?,
+            _ => return Err(Status::not_found(format!("task {id} is not on this node"))),
+        };
+        let (len, pl, count) = (layout.content_length(), layout.piece_length(), layout.piece_count());
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut sent = HashSet::new();
+            for p in stored.iter().filter(|p| keep(p.number)) {
+                if tx.send(Ok(piece_msg(p, len, pl, count))).await.is_err() {
+                    return;
+                }
+                sent.insert(p.number);
+            }
+            let Some((pieces, mut phase)) = updates.take().map(|(a, b)| (a, b)) else { return };
+            let mut pieces = pieces;
+            loop {
+                tokio::select! {
+                    got = pieces.recv() => match got {
+                        Ok(p) => {
+                            if keep(p.number) && sent.insert(p.number)
+                                && tx.send(Ok(piece_msg(&p, len, pl, count))).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            // Missed some: catch up from storage.
+                            let (s, i) = (storage.clone(), id.clone());
+                            let Ok(Ok(all)) = tokio::task::spawn_blocking(move || s.pieces(&i)).await else { return };
+                            for p in all.iter().filter(|p| keep(p.number)) {
+                                if sent.insert(p.number) && tx.send(Ok(piece_msg(p, len, pl, count))).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                    changed = phase.changed() => {
+                        if changed.is_err() { return; }
+                        let ph = phase.borrow().phase.clone();
+                        match ph {
+                            Phase::Finished => {
+                                // Drain what is queued, then end the stream.
+                                while let Ok(p) = pieces.try_recv() {
+                                    if keep(p.number) && sent.insert(p.number) && tx.send(Ok(piece_msg(&p, len, pl, count))).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                return;
+                            }
+                            Phase::Failed(e) => {
+                                let _ = tx.send(Err(Status::aborted(format!("task {id} failed here: {e}")))).await;
+                                return;
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn download_task(&self, _req: Request<DownloadTaskRequest>) -> Result<Response<Self::DownloadTaskStream>, Status> {
+        Err(Status::unimplemented("DownloadTask on the upload port arrives with the scheduler (seed peers)"))
+    }
+
+    async fn stat_task(&self, req: Request<StatTaskRequest>) -> Result<Response<ProtoTask>, Status> {
+        let id: TaskId = req
+            .into_inner()
+            .task_id
+            .parse()
+            .map_err(|e| Status::invalid_argument(format!("task_id: {e}")))?;
+        let s = self.engine.storage().clone();
+        let i = id.clone();
+        let rec = tokio::task::spawn_blocking(move || s.task(&i))
+            .await
+            .map_err(storage_status)?
+            .map_err(storage_status)?
+            .ok_or_else(|| Status::not_found(format!("task {id} is not on this node")))?;
+        Ok(Response::new(ProtoTask {
+            id: rec.id.to_string(),
+            url: rec.url,
+            digest: rec.digest,
+            content_length: Some(rec.content_length),
+            piece_length: Some(rec.piece_length),
+            piece_count: Some(rec.piece_count),
+            ..Default::default()
+        }))
+    }
+
+    async fn delete_task(&self, _req: Request<DeleteTaskRequest>) -> Result<Response<()>, Status> {
+        Err(Status::permission_denied("tasks are deleted by the node's own GC, not by other peers"))
+    }
+}

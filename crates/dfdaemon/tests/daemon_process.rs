@@ -1,0 +1,205 @@
+//! Real daemon processes (`dfget daemon`) and dfget talking to them over the unix socket.
+
+use dragonfly_common::digest::{Algorithm, Digest};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+use testkit::data::random_bytes;
+use testkit::origin::{Behavior, Origin, Resource};
+
+const MIB: usize = 1 << 20;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Daemon {
+    child: Child,
+    dir: PathBuf,
+    upload_port: u16,
+}
+
+impl Daemon {
+    fn socket(&self) -> PathBuf {
+        self.dir.join("dfdaemon.sock")
+    }
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log/core.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_daemon(dir: &Path, parents: &[u16], upload_port: u16, multiplex: bool) -> Daemon {
+    std::fs::create_dir_all(dir).unwrap();
+    let parents: Vec<String> = parents.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+    let cfg = format!(
+        "dataDir: {d}/data\nlogDir: {d}/log\ngcInterval: 1m\n\
+         download:\n  unixListen:\n    socket: {d}/dfdaemon.sock\n  parents: [{p}]\n\
+         upload:\n  tcpListen:\n    listen: 127.0.0.1\n    port: {upload_port}\n\
+         storage:\n  multiplex: {multiplex}\n",
+        d = dir.display(),
+        p = parents.join(", ")
+    );
+    std::fs::write(dir.join("dfget.yaml"), cfg).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_dfget"))
+        .args(["daemon", "--config"])
+        .arg(dir.join("dfget.yaml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(dir.join("stderr.log")).unwrap()))
+        .spawn()
+        .unwrap();
+    let d = Daemon {
+        child,
+        dir: dir.to_path_buf(),
+        upload_port,
+    };
+    for _ in 0..200 {
+        if std::os::unix::net::UnixStream::connect(d.socket()).is_ok() {
+            return d;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "daemon in {} did not start: {}",
+        dir.display(),
+        std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default()
+    );
+}
+
+async fn dfget(socket: &Path, args: &[&str]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_dfget"))
+        .args(args)
+        .env("DFGET_DAEMON_SOCK", socket)
+        .output()
+        .await
+        .unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(o.status.success(), "dfget failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dfget_through_two_daemons_takes_pieces_from_the_parent() {
+    let data = random_bytes(21, 40 * MIB + 7);
+    let digest = Digest::of(Algorithm::Sha256, &data).to_string();
+    let origin = Origin::new();
+    origin.route("/file", Resource::bytes(data.clone()));
+    let o = origin.spawn().await.unwrap();
+    let url = o.url("/file");
+    let work = tempfile::tempdir().unwrap();
+    let a = start_daemon(&work.path().join("a"), &[], free_port(), true);
+    let b = start_daemon(&work.path().join("b"), &[a.upload_port], free_port(), false);
+
+    let out_a = work.path().join("out-a");
+    let s = ok(&dfget(&a.socket(), &[&url, "-O", out_a.to_str().unwrap(), "--digest", &digest]).await);
+    assert!(s.contains("through the local daemon"), "{s}");
+    assert!(std::fs::read(&out_a).unwrap() == data);
+    assert!(
+        std::fs::metadata(&out_a).unwrap().nlink() >= 2,
+        "with storage.multiplex the output is a hardlink to the stored content"
+    );
+
+    let out_b = work.path().join("out-b");
+    ok(&dfget(&b.socket(), &["-u", &url, "-O", out_b.to_str().unwrap(), "--digest", &digest]).await);
+    assert!(std::fs::read(&out_b).unwrap() == data);
+    assert_eq!(std::fs::metadata(&out_b).unwrap().nlink(), 1, "without multiplex the output is a copy");
+    assert_eq!(o.stats.for_path("/file").1, data.len() as u64, "the origin served the file once");
+
+    // Both daemons logged the finished task the way Dragonfly users grep for it.
+    for d in [&a, &b] {
+        let log = d.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("peer task done, cost: "))
+            .unwrap_or_else(|| panic!("no 'peer task done' in {}:\n{log}", d.dir.display()));
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(v["msg"].as_str().unwrap().starts_with("peer task done, cost: "), "{line}");
+        assert_eq!(v["task"].as_str().unwrap().len(), 64, "{line}");
+        assert!(!v["peer"].as_str().unwrap().is_empty(), "{line}");
+    }
+
+    // A second download on A is served from storage (no origin traffic).
+    let again = work.path().join("again");
+    ok(&dfget(&a.socket(), &[&url, "-O", again.to_str().unwrap()]).await);
+    assert!(std::fs::read(&again).unwrap() == data);
+    assert_eq!(o.stats.for_path("/file").1, data.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_errors_reach_dfget_and_leave_nothing() {
+    let data = random_bytes(22, 5 * MIB);
+    let origin = Origin::new();
+    let corrupt = Behavior {
+        corrupt: true,
+        ..Behavior::default()
+    };
+    origin.route("/bad", Resource::bytes(data.clone()).with(corrupt));
+    let o = origin.spawn().await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let a = start_daemon(&work.path().join("a"), &[], free_port(), false);
+    let out = work.path().join("out");
+    let digest = Digest::of(Algorithm::Sha256, &data).to_string();
+    let r = dfget(&a.socket(), &[&o.url("/bad"), "-O", out.to_str().unwrap(), "--digest", &digest]).await;
+    assert!(!r.status.success());
+    assert!(String::from_utf8_lossy(&r.stderr).contains("digest mismatch"), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(!out.exists());
+    let r = dfget(&a.socket(), &[&o.url("/missing"), "-O", out.to_str().unwrap()]).await;
+    assert!(String::from_utf8_lossy(&r.stderr).contains("404 Not Found"), "{}", String::from_utf8_lossy(&r.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_daemon_resumes_from_the_pieces_it_has() {
+    let data = random_bytes(23, 48 * MIB);
+    let digest = Digest::of(Algorithm::Sha256, &data).to_string();
+    let origin = Origin::new();
+    let slow = Behavior {
+        frame_delay: Duration::from_millis(3),
+        ..Behavior::default()
+    };
+    origin.route("/file", Resource::bytes(data.clone()).with(slow));
+    let o = origin.spawn().await.unwrap();
+    let url = o.url("/file");
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("a");
+    let port = free_port();
+    let mut a = start_daemon(&dir, &[], port, false);
+    let out = work.path().join("out");
+    let socket = a.socket();
+    let first = tokio::spawn({
+        let (url, out) = (url.clone(), out.clone());
+        async move { dfget(&socket, &[&url, "-O", out.to_str().unwrap()]).await }
+    });
+    // Wait until some of the content has been served, then kill -9 the daemon.
+    for _ in 0..400 {
+        if o.stats.for_path("/file").1 > 16 * MIB as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let r = first.await.unwrap();
+    assert!(!r.status.success(), "dfget must fail when its daemon dies");
+    assert!(!out.exists());
+    let served_before = o.stats.for_path("/file").1;
+    assert!(served_before < data.len() as u64, "killed mid-download");
+    drop(a);
+    let a = start_daemon(&dir, &[], port, false);
+    ok(&dfget(&a.socket(), &[&url, "-O", out.to_str().unwrap(), "--digest", &digest]).await);
+    assert!(std::fs::read(&out).unwrap() == data);
+    let total = o.stats.for_path("/file").1;
+    assert!(
+        total < 2 * data.len() as u64 - 8 * MIB as u64,
+        "the restart resumed from stored pieces (origin served {total} bytes for {})",
+        data.len()
+    );
+}

@@ -1,0 +1,166 @@
+//! The task engine and upload server in one process: a child follows a parent that is still
+//! downloading, and falls back to the source when the parent fails or lies.
+
+use dfdaemon::storage::Storage;
+use dfdaemon::task::{EngineOptions, Parent, TaskManager, TaskRequest};
+use dfdaemon::upload::{self, UploadLimits};
+use dragonfly_common::digest::{Algorithm, Digest};
+use futures::StreamExt;
+use std::net::SocketAddr;
+use std::time::Duration;
+use testkit::data::random_bytes;
+use testkit::origin::{Behavior, Origin, Resource};
+
+const MIB: usize = 1 << 20;
+
+struct Node {
+    engine: TaskManager,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn node(name: &str) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path()).unwrap();
+    let engine = TaskManager::new(
+        storage,
+        EngineOptions {
+            host_id: name.to_string(),
+            ..EngineOptions::default()
+        },
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(upload::serve(listener, engine.clone(), UploadLimits::default(), async {
+        let _ = rx.await;
+    }));
+    Node {
+        engine,
+        addr,
+        _dir: dir,
+        _stop: tx,
+    }
+}
+
+fn request(url: &str, data: &[u8], parents: Vec<Parent>) -> TaskRequest {
+    TaskRequest {
+        url: url.to_string(),
+        digest: Some(Digest::of(Algorithm::Sha256, data)),
+        parents,
+        ..TaskRequest::default()
+    }
+}
+
+async fn read_all(task: &std::sync::Arc<dfdaemon::task::Task>) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut r = task.reader(0, None);
+    while let Some(chunk) = r.next().await {
+        out.extend_from_slice(&chunk.expect("read"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_follows_a_parent_that_is_still_downloading() {
+    let data = random_bytes(11, 48 * MIB);
+    let origin = Origin::new();
+    // Slow enough that the child joins while the parent is mid-download.
+    let slow = Behavior {
+        frame_delay: Duration::from_millis(2),
+        ..Behavior::default()
+    };
+    origin.route("/blob", Resource::bytes(data.clone()).with(slow));
+    let o = origin.spawn().await.unwrap();
+    let url = o.url("/blob");
+    let a = node("a").await;
+    let b = node("b").await;
+    let ta = a.engine.download(request(&url, &data, vec![])).await.unwrap();
+    ta.layout().await.unwrap();
+    let parent = Parent {
+        id: "a".into(),
+        addr: a.addr,
+    };
+    let tb = b.engine.download(request(&url, &data, vec![parent])).await.unwrap();
+    assert!(ta.view().done < ta.view().have.len() as u32, "parent still downloading when the child starts");
+    let got = read_all(&tb).await;
+    tb.wait_finished().await.unwrap();
+    assert!(got == data, "child content differs");
+    assert!(read_all(&ta).await == data);
+    let (_, bytes) = o.stats.for_path("/blob");
+    assert_eq!(bytes, data.len() as u64, "the origin served the content once");
+    let from_parent = b
+        .engine
+        .storage()
+        .pieces(&tb.id)
+        .unwrap()
+        .iter()
+        .filter(|p| p.parent_id.as_deref() == Some("a"))
+        .count();
+    assert_eq!(from_parent, tb.view().have.len(), "every piece of the child came from the parent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joiners_share_one_download_and_finished_tasks_come_from_storage() {
+    let data = random_bytes(12, 9 * MIB);
+    let origin = Origin::new();
+    origin.route("/blob", Resource::bytes(data.clone()));
+    let o = origin.spawn().await.unwrap();
+    let url = o.url("/blob");
+    let a = node("a").await;
+    let t1 = a.engine.download(request(&url, &data, vec![])).await.unwrap();
+    let t2 = a.engine.download(request(&url, &data, vec![])).await.unwrap();
+    assert!(std::sync::Arc::ptr_eq(&t1, &t2), "one download per task");
+    let (x, y) = tokio::join!(read_all(&t1), read_all(&t2));
+    assert!(x == data && y == data);
+    t1.wait_finished().await.unwrap();
+    let t3 = a.engine.download(request(&url, &data, vec![])).await.unwrap();
+    assert!(read_all(&t3).await == data);
+    assert_eq!(o.stats.for_path("/blob").1, data.len() as u64);
+    // A range in the middle, across a piece boundary.
+    let mut r = t3.reader(4 * MIB as u64 - 10, Some(4 * MIB as u64 + 10));
+    let mut part = Vec::new();
+    while let Some(c) = r.next().await {
+        part.extend_from_slice(&c.unwrap());
+    }
+    assert_eq!(part, &data[4 * MIB - 10..4 * MIB + 10]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_parent_means_back_to_source() {
+    let data = random_bytes(13, 9 * MIB);
+    let origin = Origin::new();
+    origin.route("/blob", Resource::bytes(data.clone()));
+    let o = origin.spawn().await.unwrap();
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let b = node("b").await;
+    let parent = Parent {
+        id: "dead".into(),
+        addr: dead,
+    };
+    let t = b.engine.download(request(&o.url("/blob"), &data, vec![parent])).await.unwrap();
+    assert!(read_all(&t).await == data);
+    t.wait_finished().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_content_fails_the_task_and_keeps_nothing() {
+    let data = random_bytes(14, 6 * MIB);
+    let origin = Origin::new();
+    let corrupt = Behavior {
+        corrupt: true,
+        ..Behavior::default()
+    };
+    origin.route("/blob", Resource::bytes(data.clone()).with(corrupt));
+    let o = origin.spawn().await.unwrap();
+    let a = node("a").await;
+    let t = a.engine.download(request(&o.url("/blob"), &data, vec![])).await.unwrap();
+    let err = t.wait_finished().await.unwrap_err();
+    assert!(err.to_string().contains("digest mismatch"), "{err}");
+    assert!(a.engine.storage().task(&t.id).unwrap().is_none(), "nothing of a wrong content is kept");
+}

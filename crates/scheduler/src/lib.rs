@@ -1,0 +1,4 @@
+//! scheduler library
+#![forbid(unsafe_code)]
+
+pub mod config;
