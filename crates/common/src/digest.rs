@@ -55,10 +55,14 @@ pub struct Digest {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DigestError {
     /// No `algo:` prefix.
-    #[error("digest {0:?} has no algorithm prefix (expected sha256:<hex>, sha512:<hex> or crc32:<hex>)")]
+    #[error(
+        "digest {0:?} has no algorithm prefix (expected sha256:<hex>, sha512:<hex> or crc32:<hex>)"
+    )]
     MissingAlgorithm(String),
     /// Unknown algorithm name.
-    #[error("digest {value:?} uses unsupported algorithm {algorithm:?} (supported: sha256, sha512, crc32)")]
+    #[error(
+        "digest {value:?} uses unsupported algorithm {algorithm:?} (supported: sha256, sha512, crc32)"
+    )]
     UnsupportedAlgorithm {
         /// The whole digest string.
         value: String,
@@ -189,7 +193,10 @@ mod tests {
 
     #[test]
     fn known_values() {
-        assert_eq!(Digest::of(Algorithm::Crc32, b"123456789").to_string(), "crc32:cbf43926");
+        assert_eq!(
+            Digest::of(Algorithm::Crc32, b"123456789").to_string(),
+            "crc32:cbf43926"
+        );
         assert_eq!(
             Digest::of(Algorithm::Sha512, b"abc").hex()[..16].to_string(),
             "ddaf35a193617aba"
@@ -204,9 +211,15 @@ mod tests {
             "digest \"md5:abc\" uses unsupported algorithm \"md5\" (supported: sha256, sha512, crc32)"
         );
         let e = "sha256:xyz".parse::<Digest>().unwrap_err();
-        assert_eq!(e.to_string(), "digest \"sha256:xyz\" is not 64 hex characters of sha256");
+        assert_eq!(
+            e.to_string(),
+            "digest \"sha256:xyz\" is not 64 hex characters of sha256"
+        );
         let e = "deadbeef".parse::<Digest>().unwrap_err();
-        assert!(e.to_string().starts_with("digest \"deadbeef\" has no algorithm prefix"));
+        assert!(
+            e.to_string()
+                .starts_with("digest \"deadbeef\" has no algorithm prefix")
+        );
     }
 
     #[test]

@@ -57,7 +57,10 @@ pub enum LayoutError {
     #[error("piece length must be greater than zero")]
     ZeroPieceLength,
     /// More pieces than a u32 can number.
-    #[error("{content_length} bytes in pieces of {piece_length} bytes is more than {} pieces", u32::MAX)]
+    #[error(
+        "{content_length} bytes in pieces of {piece_length} bytes is more than {} pieces",
+        u32::MAX
+    )]
     TooManyPieces {
         /// Content length asked for.
         content_length: u64,

@@ -100,7 +100,7 @@ fn normalize_url(raw: &str, filtered: &[String]) -> String {
                     .next()
                     .map(|(k, _)| k.into_owned())
                     .unwrap_or_default();
-                !filtered.iter().any(|f| *f == key)
+                !filtered.contains(&key)
             })
             .collect();
         let kept = kept.join("&");
@@ -198,8 +198,14 @@ mod tests {
             assert!(bad.parse::<TaskId>().is_err(), "{bad:?} accepted");
         }
         let e = "../x".parse::<TaskId>().unwrap_err();
-        assert_eq!(e.to_string(), "task id \"../x\" is not 64 lowercase hex characters");
-        assert_eq!("x".repeat(1000).parse::<TaskId>().unwrap_err().value.len(), 80);
+        assert_eq!(
+            e.to_string(),
+            "task id \"../x\" is not 64 lowercase hex characters"
+        );
+        assert_eq!(
+            "x".repeat(1000).parse::<TaskId>().unwrap_err().value.len(),
+            80
+        );
     }
 
     #[test]
@@ -213,7 +219,13 @@ mod tests {
     #[test]
     fn filtered_params_are_ignored_and_order_kept() {
         let f = vec!["X-Amz-Signature".to_string(), "Expires".to_string()];
-        let a = TaskId::for_url("https://h/o?a=1&X-Amz-Signature=abc&b=2&Expires=9", "", "", None, &f);
+        let a = TaskId::for_url(
+            "https://h/o?a=1&X-Amz-Signature=abc&b=2&Expires=9",
+            "",
+            "",
+            None,
+            &f,
+        );
         let b = TaskId::for_url("https://h/o?a=1&b=2&X-Amz-Signature=zzz", "", "", None, &f);
         let c = TaskId::for_url("https://h/o?a=1&b=2", "", "", None, &[]);
         assert_eq!(a, b);
@@ -224,7 +236,10 @@ mod tests {
         let only = TaskId::for_url("https://h/o?Expires=1", "", "", None, &f);
         assert_eq!(only, id("https://h/o"));
         // Kept params are not re-encoded.
-        assert_eq!(normalize_url("https://h/o?a=b%20c&Expires=1", &f), "https://h/o?a=b%20c");
+        assert_eq!(
+            normalize_url("https://h/o?a=b%20c&Expires=1", &f),
+            "https://h/o?a=b%20c"
+        );
         assert_eq!(normalize_url("HTTPS://H:443/o#frag", &[]), "https://h/o");
     }
 
@@ -248,7 +263,10 @@ mod tests {
     fn blob_ids_depend_on_the_digest_only() {
         let d1: Digest = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
         let d2: Digest = format!("sha256:{}", "cd".repeat(32)).parse().unwrap();
-        assert_eq!(TaskId::for_blob_digest(&d1), TaskId::for_blob_digest(&d1.clone()));
+        assert_eq!(
+            TaskId::for_blob_digest(&d1),
+            TaskId::for_blob_digest(&d1.clone())
+        );
         assert_ne!(TaskId::for_blob_digest(&d1), TaskId::for_blob_digest(&d2));
         // A blob id never equals the id of a URL spelling the digest.
         assert_ne!(TaskId::for_blob_digest(&d1), id(&d1.to_string()));

@@ -3,7 +3,9 @@
 use crate::download::{DownloadError, DownloadRequest, Mode, Progress, Summary, prepare_output};
 use dragonfly_proto::DfdaemonDownloadClient;
 use dragonfly_proto::common::v1::Download;
-use dragonfly_proto::dfdaemon::v1::{DownloadTaskRequest, download_task_response::Response as Event};
+use dragonfly_proto::dfdaemon::v1::{
+    DownloadTaskRequest, download_task_response::Response as Event,
+};
 use hyper_util::rt::TokioIo;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -17,13 +19,21 @@ pub async fn connect(socket: &Path) -> Result<DfdaemonDownloadClient<Channel>, S
     let path = socket.to_path_buf();
     let connector = tower::service_fn(move |_: Uri| {
         let path = path.clone();
-        async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+        async move {
+            Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+        }
     });
     let channel = Endpoint::from_static("http://dfdaemon.local")
         .connect_timeout(Duration::from_secs(2))
         .connect_with_connector(connector)
         .await
-        .map_err(|e| format!("daemon socket {}: {}", socket.display(), crate::download::error_chain(&e)))?;
+        .map_err(|e| {
+            format!(
+                "daemon socket {}: {}",
+                socket.display(),
+                crate::download::error_chain(&e)
+            )
+        })?;
     Ok(DfdaemonDownloadClient::new(channel).max_decoding_message_size(64 << 20))
 }
 
@@ -37,7 +47,8 @@ pub async fn download(
     crate::download::validate_url(&req.url)?;
     // Same checks as standalone; the daemon writes through its own temp name.
     drop(prepare_output(&req.output, req.overwrite)?);
-    let output = std::path::absolute(&req.output).map_err(|e| DownloadError::io("resolving", &req.output, e))?;
+    let output = std::path::absolute(&req.output)
+        .map_err(|e| DownloadError::io("resolving", &req.output, e))?;
     let started = Instant::now();
     let download = Download {
         url: req.url.clone(),
@@ -86,10 +97,14 @@ pub async fn download(
         Ok::<_, DownloadError>((len, piece_length))
     };
     let (len, piece_length) = match req.timeout {
-        Some(limit) => tokio::time::timeout(limit, work).await.map_err(|_| DownloadError::Timeout {
-            url: req.url.clone(),
-            after: limit,
-        })??,
+        Some(limit) => {
+            tokio::time::timeout(limit, work)
+                .await
+                .map_err(|_| DownloadError::Timeout {
+                    url: req.url.clone(),
+                    after: limit,
+                })??
+        }
         None => work.await?,
     };
     Ok(Summary {

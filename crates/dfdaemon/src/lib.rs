@@ -1,8 +1,8 @@
 //! dfdaemon: the per-node daemon of the P2P distribution system, and the engine behind dfget.
 #![forbid(unsafe_code)]
 
-pub mod config;
 pub mod client;
+pub mod config;
 pub mod daemon;
 pub mod download;
 pub mod source;

@@ -161,7 +161,8 @@ fn a_port_in_use_is_a_clear_startup_error() {
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(
-        err.contains("cannot listen on upload.tcpListen") && err.contains(&format!("127.0.0.1:{port}")),
+        err.contains("cannot listen on upload.tcpListen")
+            && err.contains(&format!("127.0.0.1:{port}")),
         "{err}"
     );
 }

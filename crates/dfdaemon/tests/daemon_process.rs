@@ -11,7 +11,11 @@ use testkit::origin::{Behavior, Origin, Resource};
 const MIB: usize = 1 << 20;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Daemon {
@@ -38,7 +42,10 @@ impl Drop for Daemon {
 
 fn start_daemon(dir: &Path, parents: &[u16], upload_port: u16, multiplex: bool) -> Daemon {
     std::fs::create_dir_all(dir).unwrap();
-    let parents: Vec<String> = parents.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+    let parents: Vec<String> = parents
+        .iter()
+        .map(|p| format!("\"127.0.0.1:{p}\""))
+        .collect();
     let cfg = format!(
         "dataDir: {d}/data\nlogDir: {d}/log\ngcInterval: 1m\n\
          download:\n  unixListen:\n    socket: {d}/dfdaemon.sock\n  parents: [{p}]\n\
@@ -52,7 +59,9 @@ fn start_daemon(dir: &Path, parents: &[u16], upload_port: u16, multiplex: bool) 
         .args(["daemon", "--config"])
         .arg(dir.join("dfget.yaml"))
         .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(dir.join("stderr.log")).unwrap()))
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.join("stderr.log")).unwrap(),
+        ))
         .spawn()
         .unwrap();
     let d = Daemon {
@@ -83,7 +92,11 @@ async fn dfget(socket: &Path, args: &[&str]) -> Output {
 }
 
 fn ok(o: &Output) -> String {
-    assert!(o.status.success(), "dfget failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "dfget failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -100,7 +113,11 @@ async fn dfget_through_two_daemons_takes_pieces_from_the_parent() {
     let b = start_daemon(&work.path().join("b"), &[a.upload_port], free_port(), false);
 
     let out_a = work.path().join("out-a");
-    let s = ok(&dfget(&a.socket(), &[&url, "-O", out_a.to_str().unwrap(), "--digest", &digest]).await);
+    let s = ok(&dfget(
+        &a.socket(),
+        &[&url, "-O", out_a.to_str().unwrap(), "--digest", &digest],
+    )
+    .await);
     assert!(s.contains("through the local daemon"), "{s}");
     assert!(std::fs::read(&out_a).unwrap() == data);
     assert!(
@@ -109,10 +126,29 @@ async fn dfget_through_two_daemons_takes_pieces_from_the_parent() {
     );
 
     let out_b = work.path().join("out-b");
-    ok(&dfget(&b.socket(), &["-u", &url, "-O", out_b.to_str().unwrap(), "--digest", &digest]).await);
+    ok(&dfget(
+        &b.socket(),
+        &[
+            "-u",
+            &url,
+            "-O",
+            out_b.to_str().unwrap(),
+            "--digest",
+            &digest,
+        ],
+    )
+    .await);
     assert!(std::fs::read(&out_b).unwrap() == data);
-    assert_eq!(std::fs::metadata(&out_b).unwrap().nlink(), 1, "without multiplex the output is a copy");
-    assert_eq!(o.stats.for_path("/file").1, data.len() as u64, "the origin served the file once");
+    assert_eq!(
+        std::fs::metadata(&out_b).unwrap().nlink(),
+        1,
+        "without multiplex the output is a copy"
+    );
+    assert_eq!(
+        o.stats.for_path("/file").1,
+        data.len() as u64,
+        "the origin served the file once"
+    );
 
     // Both daemons logged the finished task the way Dragonfly users grep for it.
     for d in [&a, &b] {
@@ -122,7 +158,13 @@ async fn dfget_through_two_daemons_takes_pieces_from_the_parent() {
             .find(|l| l.contains("peer task done, cost: "))
             .unwrap_or_else(|| panic!("no 'peer task done' in {}:\n{log}", d.dir.display()));
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        assert!(v["msg"].as_str().unwrap().starts_with("peer task done, cost: "), "{line}");
+        assert!(
+            v["msg"]
+                .as_str()
+                .unwrap()
+                .starts_with("peer task done, cost: "),
+            "{line}"
+        );
         assert_eq!(v["task"].as_str().unwrap().len(), 64, "{line}");
         assert!(!v["peer"].as_str().unwrap().is_empty(), "{line}");
     }
@@ -148,12 +190,34 @@ async fn daemon_errors_reach_dfget_and_leave_nothing() {
     let a = start_daemon(&work.path().join("a"), &[], free_port(), false);
     let out = work.path().join("out");
     let digest = Digest::of(Algorithm::Sha256, &data).to_string();
-    let r = dfget(&a.socket(), &[&o.url("/bad"), "-O", out.to_str().unwrap(), "--digest", &digest]).await;
+    let r = dfget(
+        &a.socket(),
+        &[
+            &o.url("/bad"),
+            "-O",
+            out.to_str().unwrap(),
+            "--digest",
+            &digest,
+        ],
+    )
+    .await;
     assert!(!r.status.success());
-    assert!(String::from_utf8_lossy(&r.stderr).contains("digest mismatch"), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("digest mismatch"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
     assert!(!out.exists());
-    let r = dfget(&a.socket(), &[&o.url("/missing"), "-O", out.to_str().unwrap()]).await;
-    assert!(String::from_utf8_lossy(&r.stderr).contains("404 Not Found"), "{}", String::from_utf8_lossy(&r.stderr));
+    let r = dfget(
+        &a.socket(),
+        &[&o.url("/missing"), "-O", out.to_str().unwrap()],
+    )
+    .await;
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("404 Not Found"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,7 +258,11 @@ async fn killed_daemon_resumes_from_the_pieces_it_has() {
     assert!(served_before < data.len() as u64, "killed mid-download");
     drop(a);
     let a = start_daemon(&dir, &[], port, false);
-    ok(&dfget(&a.socket(), &[&url, "-O", out.to_str().unwrap(), "--digest", &digest]).await);
+    ok(&dfget(
+        &a.socket(),
+        &[&url, "-O", out.to_str().unwrap(), "--digest", &digest],
+    )
+    .await);
     assert!(std::fs::read(&out).unwrap() == data);
     let total = o.stats.for_path("/file").1;
     assert!(
@@ -202,4 +270,159 @@ async fn killed_daemon_resumes_from_the_pieces_it_has() {
         "the restart resumed from stored pieces (origin served {total} bytes for {})",
         data.len()
     );
+}
+
+/// Wait until the origin has served more than `bytes` of `path`.
+async fn wait_served(o: &testkit::origin::RunningOrigin, path: &str, bytes: u64) {
+    for _ in 0..800 {
+        if o.stats.for_path(path).1 > bytes {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("origin never served {bytes} bytes of {path}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_gets_every_piece_from_a_parent_that_is_still_downloading() {
+    let data = random_bytes(24, 256 * MIB);
+    let digest = Digest::of(Algorithm::Sha256, &data).to_string();
+    let origin = Origin::new();
+    let slow = Behavior {
+        frame_delay: Duration::from_millis(4),
+        ..Behavior::default()
+    };
+    origin.route("/big", Resource::bytes(data.clone()).with(slow));
+    let o = origin.spawn().await.unwrap();
+    let url = o.url("/big");
+    let work = tempfile::tempdir().unwrap();
+    let a = start_daemon(&work.path().join("a"), &[], free_port(), false);
+    let b = start_daemon(&work.path().join("b"), &[a.upload_port], free_port(), false);
+    let (out_a, out_b) = (work.path().join("out-a"), work.path().join("out-b"));
+    let first = tokio::spawn({
+        let (s, url, out, d) = (a.socket(), url.clone(), out_a.clone(), digest.clone());
+        async move { dfget(&s, &[&url, "-O", out.to_str().unwrap(), "--digest", &d]).await }
+    });
+    wait_served(&o, "/big", 8 * MIB as u64).await;
+    assert!(
+        !out_a.exists(),
+        "the parent is still downloading when the child starts"
+    );
+    ok(&dfget(
+        &b.socket(),
+        &[&url, "-O", out_b.to_str().unwrap(), "--digest", &digest],
+    )
+    .await);
+    ok(&first.await.unwrap());
+    assert!(std::fs::read(&out_a).unwrap() == data);
+    assert!(std::fs::read(&out_b).unwrap() == data);
+    assert_eq!(
+        o.stats.for_path("/big").1,
+        data.len() as u64,
+        "origin served the bytes once: every piece of the child came from the parent"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_finishes_from_the_source_when_its_parent_is_killed() {
+    let data = random_bytes(25, 96 * MIB);
+    let digest = Digest::of(Algorithm::Sha256, &data).to_string();
+    let origin = Origin::new();
+    let slow = Behavior {
+        frame_delay: Duration::from_millis(4),
+        ..Behavior::default()
+    };
+    origin.route("/big", Resource::bytes(data.clone()).with(slow));
+    let o = origin.spawn().await.unwrap();
+    let url = o.url("/big");
+    let work = tempfile::tempdir().unwrap();
+    let mut a = start_daemon(&work.path().join("a"), &[], free_port(), false);
+    let b = start_daemon(&work.path().join("b"), &[a.upload_port], free_port(), false);
+    let out_b = work.path().join("out-b");
+    let first = tokio::spawn({
+        let (s, url, out) = (a.socket(), url.clone(), work.path().join("out-a"));
+        async move { dfget(&s, &[&url, "-O", out.to_str().unwrap()]).await }
+    });
+    wait_served(&o, "/big", 8 * MIB as u64).await;
+    let second = tokio::spawn({
+        let (s, url, out, d) = (b.socket(), url.clone(), out_b.clone(), digest.clone());
+        async move { dfget(&s, &[&url, "-O", out.to_str().unwrap(), "--digest", &d]).await }
+    });
+    wait_served(&o, "/big", 24 * MIB as u64).await;
+    a.child.kill().unwrap(); // kill -9 the parent mid-transfer
+    a.child.wait().unwrap();
+    let _ = first.await;
+    ok(&second.await.unwrap());
+    assert!(
+        std::fs::read(&out_b).unwrap() == data,
+        "child content is correct"
+    );
+    let log = b.log();
+    assert!(
+        log.contains("parent stream failed") || log.contains("parent failed; not asking it again"),
+        "the child noticed its parent went away: {log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_serving_corrupted_pieces_is_detected_and_the_piece_refetched() {
+    let data = random_bytes(26, 32 * MIB);
+    let digest = Digest::of(Algorithm::Sha256, &data).to_string();
+    let origin = Origin::new();
+    origin.route("/file", Resource::bytes(data.clone()));
+    let o = origin.spawn().await.unwrap();
+    let url = o.url("/file");
+    let work = tempfile::tempdir().unwrap();
+    let a = start_daemon(&work.path().join("a"), &[], free_port(), false);
+    ok(&dfget(
+        &a.socket(),
+        &[&url, "-O", work.path().join("out-a").to_str().unwrap()],
+    )
+    .await);
+    // Flip bytes inside piece 3 of the parent's stored content; its metadata still has the old crc32.
+    let content = find_content_file(&work.path().join("a/data"));
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&content)
+            .unwrap();
+        f.write_all_at(b"garbage!", 3 * 4 * MIB as u64 + 100)
+            .unwrap();
+    }
+    let b = start_daemon(&work.path().join("b"), &[a.upload_port], free_port(), false);
+    let out_b = work.path().join("out-b");
+    ok(&dfget(
+        &b.socket(),
+        &[&url, "-O", out_b.to_str().unwrap(), "--digest", &digest],
+    )
+    .await);
+    assert!(
+        std::fs::read(&out_b).unwrap() == data,
+        "the corrupted piece never reached the output"
+    );
+    let log = b.log();
+    assert!(
+        log.contains("parent failed; not asking it again") && log.contains("crc"),
+        "the bad piece was detected: {log}"
+    );
+    assert!(
+        o.stats.for_path("/file").1 > data.len() as u64,
+        "the bad piece was refetched from the source"
+    );
+}
+
+fn find_content_file(data_dir: &Path) -> PathBuf {
+    let mut stack = vec![data_dir.join("content")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                return p;
+            }
+        }
+    }
+    panic!("no content file under {}", data_dir.display());
 }

@@ -49,11 +49,21 @@ async fn downloads_in_parallel_pieces_and_verifies_digest() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("blob");
     let digest = sha256(&data);
-    let r = dfget(&[&o.url("/blob"), "-O", out.to_str().unwrap(), "--digest", &digest]).await;
+    let r = dfget(&[
+        &o.url("/blob"),
+        "-O",
+        out.to_str().unwrap(),
+        "--digest",
+        &digest,
+    ])
+    .await;
     assert!(r.status.success(), "dfget failed: {}", stderr(&r));
     assert!(std::fs::read(&out).unwrap() == data, "content differs");
     let stdout = String::from_utf8_lossy(&r.stdout);
-    assert!(stdout.contains(&format!("digest {digest} verified")), "stdout: {stdout}");
+    assert!(
+        stdout.contains(&format!("digest {digest} verified")),
+        "stdout: {stdout}"
+    );
     let (gets, bytes) = o.stats.for_path("/blob");
     assert_eq!(gets, 6, "one ranged GET per piece");
     assert_eq!(bytes, data.len() as u64, "origin served each byte once");
@@ -76,7 +86,15 @@ async fn url_flag_form_and_headers_are_sent() {
     let r = dfget(&["-u", &url, "-O", out.to_str().unwrap()]).await;
     assert!(!r.status.success());
     assert!(stderr(&r).contains("401 Unauthorized"), "{}", stderr(&r));
-    let r = dfget(&["-u", &url, "-O", out.to_str().unwrap(), "-H", "X-Token: s3cret"]).await;
+    let r = dfget(&[
+        "-u",
+        &url,
+        "-O",
+        out.to_str().unwrap(),
+        "-H",
+        "X-Token: s3cret",
+    ])
+    .await;
     assert!(r.status.success(), "{}", stderr(&r));
     assert!(std::fs::read(&out).unwrap() == data);
 }
@@ -93,11 +111,21 @@ async fn origin_without_range_gets_a_single_stream() {
     let o = origin.spawn().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("f");
-    let r = dfget(&[&o.url("/norange"), "-O", out.to_str().unwrap(), "--digest", &sha256(&data)]).await;
+    let r = dfget(&[
+        &o.url("/norange"),
+        "-O",
+        out.to_str().unwrap(),
+        "--digest",
+        &sha256(&data),
+    ])
+    .await;
     assert!(r.status.success(), "{}", stderr(&r));
     assert!(std::fs::read(&out).unwrap() == data);
     let (gets, bytes) = o.stats.for_path("/norange");
-    assert_eq!(gets, 1, "the first ranged GET's 200 answer is used as the single stream");
+    assert_eq!(
+        gets, 1,
+        "the first ranged GET's 200 answer is used as the single stream"
+    );
     assert_eq!(bytes, data.len() as u64);
 }
 
@@ -132,10 +160,20 @@ async fn transient_5xx_on_pieces_is_retried() {
     let o = origin.spawn().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("f");
-    let r = dfget(&[&o.url("/flaky"), "-O", out.to_str().unwrap(), "--digest", &sha256(&data)]).await;
+    let r = dfget(&[
+        &o.url("/flaky"),
+        "-O",
+        out.to_str().unwrap(),
+        "--digest",
+        &sha256(&data),
+    ])
+    .await;
     assert!(r.status.success(), "{}", stderr(&r));
     assert!(std::fs::read(&out).unwrap() == data);
-    assert!(o.stats.for_path("/flaky").0 >= 5, "failed GETs were retried");
+    assert!(
+        o.stats.for_path("/flaky").0 >= 5,
+        "failed GETs were retried"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,7 +187,10 @@ async fn http_errors_show_the_status_and_leave_nothing() {
     let o = origin.spawn().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("f");
-    for (path, status) in [("/missing", "404 Not Found"), ("/forbidden", "403 Forbidden")] {
+    for (path, status) in [
+        ("/missing", "404 Not Found"),
+        ("/forbidden", "403 Forbidden"),
+    ] {
         let r = dfget(&[&o.url(path), "-O", out.to_str().unwrap()]).await;
         assert_eq!(r.status.code(), Some(1));
         let err = stderr(&r);
@@ -193,7 +234,11 @@ async fn digest_mismatch_removes_partial_output() {
         assert!(r.status.success(), "{d}: {}", stderr(&r));
         let bad = Digest::of(algo, b"x").to_string();
         let r = dfget(&[&o.url("/blob"), "-O", out, "--digest", &bad, "--overwrite"]).await;
-        assert!(stderr(&r).contains("digest mismatch"), "{bad}: {}", stderr(&r));
+        assert!(
+            stderr(&r).contains("digest mismatch"),
+            "{bad}: {}",
+            stderr(&r)
+        );
     }
 }
 
@@ -208,7 +253,14 @@ async fn slow_origin_hits_the_timeout() {
     let o = origin.spawn().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("f");
-    let r = dfget(&[&o.url("/slow"), "-O", out.to_str().unwrap(), "--timeout", "1s"]).await;
+    let r = dfget(&[
+        &o.url("/slow"),
+        "-O",
+        out.to_str().unwrap(),
+        "--timeout",
+        "1s",
+    ])
+    .await;
     assert!(!r.status.success());
     let err = stderr(&r);
     assert!(err.contains("timed out after 1s"), "{err}");
@@ -224,19 +276,36 @@ async fn output_path_errors() {
     let missing = dir.path().join("no/such/dir/f");
     let r = dfget(&[&o.url("/blob"), "-O", missing.to_str().unwrap()]).await;
     assert!(!r.status.success());
-    let want = format!("output directory {} does not exist", dir.path().join("no/such/dir").display());
+    let want = format!(
+        "output directory {} does not exist",
+        dir.path().join("no/such/dir").display()
+    );
     assert!(stderr(&r).contains(&want), "{}", stderr(&r));
     let existing = dir.path().join("existing");
     std::fs::write(&existing, b"precious").unwrap();
     let r = dfget(&[&o.url("/blob"), "-O", existing.to_str().unwrap()]).await;
     assert!(!r.status.success());
-    assert!(stderr(&r).contains("already exists (use --overwrite"), "{}", stderr(&r));
-    assert_eq!(std::fs::read(&existing).unwrap(), b"precious", "existing file untouched");
+    assert!(
+        stderr(&r).contains("already exists (use --overwrite"),
+        "{}",
+        stderr(&r)
+    );
+    assert_eq!(
+        std::fs::read(&existing).unwrap(),
+        b"precious",
+        "existing file untouched"
+    );
     let r = dfget(&[&o.url("/blob"), "-O", dir.path().to_str().unwrap()]).await;
     assert!(stderr(&r).contains("is a directory"), "{}", stderr(&r));
     // Output checks come before any network traffic.
     assert_eq!(o.stats.requests(), 0);
-    let r = dfget(&[&o.url("/blob"), "-O", existing.to_str().unwrap(), "--overwrite"]).await;
+    let r = dfget(&[
+        &o.url("/blob"),
+        "-O",
+        existing.to_str().unwrap(),
+        "--overwrite",
+    ])
+    .await;
     assert!(r.status.success(), "{}", stderr(&r));
     assert_eq!(std::fs::read(&existing).unwrap(), b"hello");
 }
@@ -247,11 +316,23 @@ async fn bad_urls_and_unreachable_hosts() {
     let out = dir.path().join("f");
     let out = out.to_str().unwrap();
     let r = dfget(&["example.com/file", "-O", out]).await;
-    assert!(stderr(&r).contains("\"example.com/file\" is not an absolute URL"), "{}", stderr(&r));
+    assert!(
+        stderr(&r).contains("\"example.com/file\" is not an absolute URL"),
+        "{}",
+        stderr(&r)
+    );
     let r = dfget(&["ftp://example.com/file", "-O", out]).await;
-    assert!(stderr(&r).contains("unsupported scheme \"ftp\""), "{}", stderr(&r));
+    assert!(
+        stderr(&r).contains("unsupported scheme \"ftp\""),
+        "{}",
+        stderr(&r)
+    );
     let r = dfget(&["http://127.0.0.1:9/x", "-O", out, "--digest", "md5:00"]).await;
-    assert!(stderr(&r).contains("unsupported algorithm \"md5\""), "{}", stderr(&r));
+    assert!(
+        stderr(&r).contains("unsupported algorithm \"md5\""),
+        "{}",
+        stderr(&r)
+    );
     // A port nobody listens on.
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -260,7 +341,11 @@ async fn bad_urls_and_unreachable_hosts() {
     let url = format!("http://127.0.0.1:{port}/x");
     let r = dfget(&[&url, "-O", out]).await;
     assert_eq!(r.status.code(), Some(1));
-    assert!(stderr(&r).contains(&format!("cannot reach {url}")), "{}", stderr(&r));
+    assert!(
+        stderr(&r).contains(&format!("cannot reach {url}")),
+        "{}",
+        stderr(&r)
+    );
     assert_dir_holds_only(dir.path(), &[]);
 }
 
@@ -273,7 +358,14 @@ async fn empty_and_tiny_files() {
     let dir = tempfile::tempdir().unwrap();
     for (path, data) in [("/empty", &b""[..]), ("/tiny", &b"x"[..])] {
         let out = dir.path().join(path.trim_start_matches('/'));
-        let r = dfget(&[&o.url(path), "-O", out.to_str().unwrap(), "--digest", &sha256(data)]).await;
+        let r = dfget(&[
+            &o.url(path),
+            "-O",
+            out.to_str().unwrap(),
+            "--digest",
+            &sha256(data),
+        ])
+        .await;
         assert!(r.status.success(), "{path}: {}", stderr(&r));
         assert_eq!(std::fs::read(&out).unwrap(), data);
     }

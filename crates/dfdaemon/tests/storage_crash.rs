@@ -55,7 +55,11 @@ fn child_loop(s: Storage, seed: u64) -> ! {
                 12..20 => {
                     let piece = rng.random_range(0..len.div_ceil(PIECE_LENGTH) as u32);
                     let bytes = s.read_piece(&t, piece, true)?;
-                    assert_eq!(bytes, piece_bytes(n, piece, bytes.len() as u64), "wrong bytes read");
+                    assert_eq!(
+                        bytes,
+                        piece_bytes(n, piece, bytes.len() as u64),
+                        "wrong bytes read"
+                    );
                     Ok(())
                 }
                 _ => {
@@ -81,7 +85,8 @@ fn child_loop(s: Storage, seed: u64) -> ! {
                             return Ok(()); // dropped half written
                         }
                     }
-                    w.commit(Some(crc32fast::hash(&bytes)), Some("")).map(|_| ())
+                    w.commit(Some(crc32fast::hash(&bytes)), Some(""))
+                        .map(|_| ())
                 }
             }
         })();
@@ -110,7 +115,10 @@ fn crash_child() {
         return;
     };
     let s = Storage::open(&dir).unwrap();
-    let seed: u64 = std::env::var("STORAGE_CRASH_SEED").unwrap().parse().unwrap();
+    let seed: u64 = std::env::var("STORAGE_CRASH_SEED")
+        .unwrap()
+        .parse()
+        .unwrap();
     std::fs::write(Path::new(&dir).join("child-ready"), b"").unwrap();
     let other = s.clone();
     std::thread::spawn(move || child_loop(other, seed.wrapping_mul(31).wrapping_add(7)));
@@ -134,22 +142,50 @@ fn check_invariants(dir: &Path, round: u64) -> usize {
     );
     // Bytes go before piece records, files before task records and after their removal: a
     // kill leaves at most orphan files and unfinished tasks, never a record to drop.
-    assert!(r.dropped_pieces.is_empty(), "round {round}: {:?}", r.dropped_pieces);
-    assert!(r.dropped_tasks.is_empty(), "round {round}: {:?}", r.dropped_tasks);
+    assert!(
+        r.dropped_pieces.is_empty(),
+        "round {round}: {:?}",
+        r.dropped_pieces
+    );
+    assert!(
+        r.dropped_tasks.is_empty(),
+        "round {round}: {:?}",
+        r.dropped_tasks
+    );
     let tasks = s.tasks().unwrap();
     let mut pieces_checked = 0;
     let mut owned = HashSet::new();
     for t in &tasks {
-        let n = (0..TASKS).find(|n| id(*n) == t.id).expect("only the child's tasks exist");
-        assert_ne!(t.state, TaskState::Running, "round {round}: {} still running", t.id);
+        let n = (0..TASKS)
+            .find(|n| id(*n) == t.id)
+            .expect("only the child's tasks exist");
+        assert_ne!(
+            t.state,
+            TaskState::Running,
+            "round {round}: {} still running",
+            t.id
+        );
         assert_eq!(t.content_length, content_length(n));
         let path = s.content_path(&t.id);
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), t.content_length, "round {round}");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            t.content_length,
+            "round {round}"
+        );
         owned.insert(path);
         let pieces = s.pieces(&t.id).unwrap();
-        assert_eq!(t.finished_pieces as usize, pieces.len(), "round {round}: {}", t.id);
+        assert_eq!(
+            t.finished_pieces as usize,
+            pieces.len(),
+            "round {round}: {}",
+            t.id
+        );
         if t.state == TaskState::Finished {
-            assert_eq!(pieces.len() as u32, t.piece_count, "round {round}: finished but incomplete");
+            assert_eq!(
+                pieces.len() as u32,
+                t.piece_count,
+                "round {round}: finished but incomplete"
+            );
         }
         for p in pieces {
             let bytes = s
@@ -166,7 +202,11 @@ fn check_invariants(dir: &Path, round: u64) -> usize {
         }
     }
     for f in &files {
-        assert!(owned.contains(f), "round {round}: orphan file {}", f.display());
+        assert!(
+            owned.contains(f),
+            "round {round}: orphan file {}",
+            f.display()
+        );
     }
     pieces_checked
 }
@@ -201,7 +241,10 @@ fn kill_during_writes_keeps_storage_consistent() {
             if let Some(status) = child.try_wait().unwrap() {
                 panic!("round {round} (seed {seed}): child exited early: {status}");
             }
-            assert!(started.elapsed() < Duration::from_secs(60), "child never got ready");
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "child never got ready"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         std::thread::sleep(Duration::from_millis(rng.random_range(20..400)));

@@ -24,7 +24,8 @@ impl Fixture {
         let dir = tempfile::tempdir().unwrap();
         let now = Arc::new(AtomicU64::new(1_000_000));
         let n = now.clone();
-        let s = Storage::open_with_clock(dir.path(), Arc::new(move || n.load(Ordering::SeqCst))).unwrap();
+        let s = Storage::open_with_clock(dir.path(), Arc::new(move || n.load(Ordering::SeqCst)))
+            .unwrap();
         Fixture { _dir: dir, s, now }
     }
 
@@ -71,8 +72,10 @@ fn ttl_evicts_tasks_not_accessed_within_it() {
     f.s.touch(&touched).unwrap();
     f.at(100 * SEC);
 
-    let report = f.s.gc(&policy(Duration::from_secs(60), None), &|_| false, 0).unwrap();
-    assert_eq!(ids(&report), [old.clone()]);
+    let report =
+        f.s.gc(&policy(Duration::from_secs(60), None), &|_| false, 0)
+            .unwrap();
+    assert_eq!(ids(&report), std::slice::from_ref(&old));
     assert_eq!(report.evicted[0].reason, EvictionReason::Expired);
     assert_eq!(report.evicted[0].bytes, 10);
     assert_eq!(report.bytes_freed, 10);
@@ -84,9 +87,19 @@ fn ttl_evicts_tasks_not_accessed_within_it() {
 
     // Exactly at the TTL is not past it; zero disables expiry.
     f.at(110 * SEC);
-    assert!(f.s.gc(&policy(Duration::from_secs(60), None), &|_| false, 0).unwrap().evicted.is_empty());
+    assert!(
+        f.s.gc(&policy(Duration::from_secs(60), None), &|_| false, 0)
+            .unwrap()
+            .evicted
+            .is_empty()
+    );
     f.at(10_000 * SEC);
-    assert!(f.s.gc(&policy(Duration::ZERO, None), &|_| false, 0).unwrap().evicted.is_empty());
+    assert!(
+        f.s.gc(&policy(Duration::ZERO, None), &|_| false, 0)
+            .unwrap()
+            .evicted
+            .is_empty()
+    );
     assert_eq!(f.s.usage_bytes().unwrap(), 50);
 }
 
@@ -106,12 +119,25 @@ fn quota_evicts_least_recently_accessed_first() {
 
     let ttl = Duration::from_secs(3600);
     let report = f.s.gc(&policy(ttl, Some(350)), &|_| false, 0).unwrap();
-    assert_eq!(ids(&report), [all[1].clone(), all[2].clone(), all[4].clone()]);
-    assert!(report.evicted.iter().all(|e| e.reason == EvictionReason::Quota));
+    assert_eq!(
+        ids(&report),
+        [all[1].clone(), all[2].clone(), all[4].clone()]
+    );
+    assert!(
+        report
+            .evicted
+            .iter()
+            .all(|e| e.reason == EvictionReason::Quota)
+    );
     assert_eq!(report.bytes_freed, 300);
     assert_eq!(report.usage_bytes, 300);
     assert!(report.target_reached);
-    assert!(report.evicted.windows(2).all(|w| w[0].last_access <= w[1].last_access));
+    assert!(
+        report
+            .evicted
+            .windows(2)
+            .all(|w| w[0].last_access <= w[1].last_access)
+    );
 
     // Room for an incoming task of 150 bytes.
     let report = f.s.gc(&policy(ttl, Some(350)), &|_| false, 150).unwrap();
@@ -135,8 +161,10 @@ fn in_use_and_running_tasks_are_never_evicted() {
 
     let in_use = |t: &TaskId| *t == served;
     // Everything is expired and the quota is zero: only the idle task may go.
-    let report = f.s.gc(&policy(Duration::from_secs(1), Some(0)), &in_use, 0).unwrap();
-    assert_eq!(ids(&report), [idle.clone()]);
+    let report =
+        f.s.gc(&policy(Duration::from_secs(1), Some(0)), &in_use, 0)
+            .unwrap();
+    assert_eq!(ids(&report), std::slice::from_ref(&idle));
     assert_eq!(report.evicted[0].reason, EvictionReason::Expired);
     let mut skipped = report.skipped.clone();
     skipped.sort();
@@ -151,7 +179,9 @@ fn in_use_and_running_tasks_are_never_evicted() {
     // Once the download stops and nobody serves it, it can go.
     f.s.fail_task(&running).unwrap();
     f.at(2_000 * SEC);
-    let report = f.s.gc(&policy(Duration::ZERO, Some(100)), &in_use, 0).unwrap();
+    let report =
+        f.s.gc(&policy(Duration::ZERO, Some(100)), &in_use, 0)
+            .unwrap();
     assert_eq!(ids(&report), [running]);
     assert!(report.target_reached);
 }

@@ -20,11 +20,19 @@ fn new_task(id: &TaskId, len: u64, piece_length: u64) -> NewTask {
 }
 
 fn content(len: usize) -> Vec<u8> {
-    (0..len as u64).map(|i| (i * 2654435761 >> 13) as u8).collect()
+    (0..len as u64)
+        .map(|i| ((i * 2654435761) >> 13) as u8)
+        .collect()
 }
 
 /// Writes piece `number` of `data` (laid out in `piece_length` pieces) in uneven chunks.
-fn write_piece(s: &Storage, id: &TaskId, data: &[u8], piece_length: usize, number: u32) -> PieceRecord {
+fn write_piece(
+    s: &Storage,
+    id: &TaskId,
+    data: &[u8],
+    piece_length: usize,
+    number: u32,
+) -> PieceRecord {
     let start = number as usize * piece_length;
     let bytes = &data[start..(start + piece_length).min(data.len())];
     let mut w = s.piece_writer(id, number).unwrap();
@@ -45,8 +53,14 @@ fn pieces_written_out_of_order_read_back() {
     let rec = s.create_task(new_task(&t, len as u64, pl as u64)).unwrap();
     assert_eq!(rec.piece_count, 7);
     assert_eq!(rec.state, TaskState::Pending);
-    assert_eq!(std::fs::metadata(s.content_path(&t)).unwrap().len(), len as u64);
-    assert!(s.content_path(&t).starts_with(dir.path().join("content").join(&t.as_str()[..2])));
+    assert_eq!(
+        std::fs::metadata(s.content_path(&t)).unwrap().len(),
+        len as u64
+    );
+    assert!(
+        s.content_path(&t)
+            .starts_with(dir.path().join("content").join(&t.as_str()[..2]))
+    );
 
     for n in [6, 2, 0, 5, 3, 1, 4] {
         let p = write_piece(&s, &t, &data, pl, n);
@@ -55,7 +69,10 @@ fn pieces_written_out_of_order_read_back() {
         assert_eq!(p.parent_id.as_deref(), Some(""));
     }
     let pieces = s.pieces(&t).unwrap();
-    assert_eq!(pieces.iter().map(|p| p.number).collect::<Vec<_>>(), (0..7).collect::<Vec<_>>());
+    assert_eq!(
+        pieces.iter().map(|p| p.number).collect::<Vec<_>>(),
+        (0..7).collect::<Vec<_>>()
+    );
     assert_eq!(pieces[6].length, (len - 6 * pl) as u64);
     assert_eq!(s.task(&t).unwrap().unwrap().finished_pieces, 7);
 
@@ -76,7 +93,10 @@ fn pieces_written_out_of_order_read_back() {
     let done = s.finish_task(&t).unwrap();
     assert_eq!(done.state, TaskState::Finished);
     let mut on_disk = Vec::new();
-    std::fs::File::open(s.content_path(&t)).unwrap().read_to_end(&mut on_disk).unwrap();
+    std::fs::File::open(s.content_path(&t))
+        .unwrap()
+        .read_to_end(&mut on_disk)
+        .unwrap();
     assert_eq!(on_disk, data);
 }
 
@@ -88,9 +108,16 @@ fn crc_mismatch_on_commit_is_rejected_and_not_recorded() {
     s.create_task(new_task(&t, 10, 4)).unwrap();
     let mut w = s.piece_writer(&t, 0).unwrap();
     w.write(b"abcd").unwrap();
-    let err = w.commit(Some(crc32fast::hash(b"abce")), Some("peer-1")).unwrap_err();
+    let err = w
+        .commit(Some(crc32fast::hash(b"abce")), Some("peer-1"))
+        .unwrap_err();
     match &err {
-        StorageError::PieceDigestMismatch { task, piece, expected, actual } => {
+        StorageError::PieceDigestMismatch {
+            task,
+            piece,
+            expected,
+            actual,
+        } => {
             assert_eq!(task, &t);
             assert_eq!(*piece, 0);
             assert_eq!(*expected, crc32fast::hash(b"abce"));
@@ -102,12 +129,16 @@ fn crc_mismatch_on_commit_is_rejected_and_not_recorded() {
     assert!(!s.has_piece(&t, 0).unwrap());
     assert_eq!(s.piece_record(&t, 0).unwrap(), None);
     assert_eq!(s.task(&t).unwrap().unwrap().finished_pieces, 0);
-    assert!(matches!(s.read_piece(&t, 0, false), Err(StorageError::PieceNotFound { .. })));
+    assert!(matches!(
+        s.read_piece(&t, 0, false),
+        Err(StorageError::PieceNotFound { .. })
+    ));
 
     // The right bytes then go in.
     let mut w = s.piece_writer(&t, 0).unwrap();
     w.write(b"abcd").unwrap();
-    w.commit(Some(crc32fast::hash(b"abcd")), Some("peer-2")).unwrap();
+    w.commit(Some(crc32fast::hash(b"abcd")), Some("peer-2"))
+        .unwrap();
     assert_eq!(s.read_piece(&t, 0, true).unwrap(), b"abcd");
 }
 
@@ -122,19 +153,34 @@ fn piece_lengths_are_enforced() {
     w.write(b"x").unwrap();
     assert!(matches!(
         w.write(b"yz"),
-        Err(StorageError::PieceLength { expected: 2, actual: 3, .. })
+        Err(StorageError::PieceLength {
+            expected: 2,
+            actual: 3,
+            ..
+        })
     ));
     // The refused chunk was not taken: still one byte in, so commit is short.
     assert!(matches!(
         w.commit(None, None),
-        Err(StorageError::PieceLength { expected: 2, actual: 1, .. })
+        Err(StorageError::PieceLength {
+            expected: 2,
+            actual: 1,
+            ..
+        })
     ));
     assert!(!s.has_piece(&t, 2).unwrap());
     assert!(matches!(
         s.piece_writer(&t, 3),
-        Err(StorageError::PieceOutOfRange { piece: 3, piece_count: 3, .. })
+        Err(StorageError::PieceOutOfRange {
+            piece: 3,
+            piece_count: 3,
+            ..
+        })
     ));
-    assert!(matches!(s.piece_writer(&id(9), 0), Err(StorageError::TaskNotFound(_))));
+    assert!(matches!(
+        s.piece_writer(&id(9), 0),
+        Err(StorageError::TaskNotFound(_))
+    ));
 }
 
 #[test]
@@ -153,7 +199,14 @@ fn create_is_idempotent_and_conflicts_are_named() {
     assert_eq!(s.read_piece(&t, 0, true).unwrap(), b"abcd");
 
     let err = s.create_task(new_task(&t, 11, 4)).unwrap_err();
-    assert!(matches!(err, StorageError::LayoutConflict { existing_length: 10, content_length: 11, .. }));
+    assert!(matches!(
+        err,
+        StorageError::LayoutConflict {
+            existing_length: 10,
+            content_length: 11,
+            ..
+        }
+    ));
     assert!(err.to_string().contains("content length 10"), "{err}");
     assert!(matches!(
         s.create_task(new_task(&t, 10, 8)),
@@ -177,13 +230,26 @@ fn finish_requires_every_piece() {
     w.write(b"efgh").unwrap();
     w.commit(None, None).unwrap();
     let err = s.finish_task(&t).unwrap_err();
-    assert!(matches!(err, StorageError::IncompleteTask { missing: 2, piece_count: 3, .. }));
-    assert!(err.to_string().contains("2 of 3 pieces are missing"), "{err}");
+    assert!(matches!(
+        err,
+        StorageError::IncompleteTask {
+            missing: 2,
+            piece_count: 3,
+            ..
+        }
+    ));
+    assert!(
+        err.to_string().contains("2 of 3 pieces are missing"),
+        "{err}"
+    );
     assert_eq!(s.task(&t).unwrap().unwrap().state, TaskState::Pending);
 
     assert_eq!(s.start_task(&t).unwrap().state, TaskState::Running);
     assert_eq!(s.fail_task(&t).unwrap().state, TaskState::Failed);
-    assert!(matches!(s.finish_task(&id(7)), Err(StorageError::TaskNotFound(_))));
+    assert!(matches!(
+        s.finish_task(&id(7)),
+        Err(StorageError::TaskNotFound(_))
+    ));
 
     // An empty task has no pieces and finishes at once.
     let e = id(2);
@@ -223,13 +289,22 @@ fn on_disk_corruption_is_detected_by_verified_reads() {
         w.write(b).unwrap();
         w.commit(None, None).unwrap();
     }
-    let file = std::fs::OpenOptions::new().write(true).open(s.content_path(&t)).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(s.content_path(&t))
+        .unwrap();
     file.write_all_at(b"?", 1).unwrap();
     // Without verify the bytes come back as they are.
     assert_eq!(s.read_piece(&t, 0, false).unwrap(), b"a?cd");
     let err = s.read_piece(&t, 0, true).unwrap_err();
-    assert!(matches!(err, StorageError::PieceDigestMismatch { piece: 0, .. }), "{err}");
-    assert!(!s.has_piece(&t, 0).unwrap(), "the bad piece is dropped so it is fetched again");
+    assert!(
+        matches!(err, StorageError::PieceDigestMismatch { piece: 0, .. }),
+        "{err}"
+    );
+    assert!(
+        !s.has_piece(&t, 0).unwrap(),
+        "the bad piece is dropped so it is fetched again"
+    );
     assert_eq!(s.read_piece(&t, 1, true).unwrap(), b"efgh");
     assert_eq!(s.task(&t).unwrap().unwrap().finished_pieces, 1);
 }
@@ -254,13 +329,23 @@ fn clones_share_one_storage_across_threads() {
     });
     assert_eq!(s.finish_task(&t).unwrap().finished_pieces, 64);
     for n in 0..64 {
-        assert_eq!(s.read_piece(&t, n, true).unwrap(), &data[n as usize * pl..(n as usize + 1) * pl]);
+        assert_eq!(
+            s.read_piece(&t, n, true).unwrap(),
+            &data[n as usize * pl..(n as usize + 1) * pl]
+        );
     }
 }
 
 #[test]
 fn task_ids_that_could_escape_the_data_dir_do_not_parse() {
-    for bad in ["../x", "../../etc/passwd", "/etc/passwd", "..", "ab/cd", &"A".repeat(64)] {
+    for bad in [
+        "../x",
+        "../../etc/passwd",
+        "/etc/passwd",
+        "..",
+        "ab/cd",
+        &"A".repeat(64),
+    ] {
         assert!(bad.parse::<TaskId>().is_err(), "{bad:?}");
     }
     let dir = tempfile::tempdir().unwrap();

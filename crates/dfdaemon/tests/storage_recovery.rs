@@ -71,7 +71,10 @@ fn reopen_keeps_finished_and_resumes_unfinished_with_exactly_the_committed_piece
     assert!(report.dropped_pieces.is_empty(), "{report:?}");
     assert!(report.dropped_tasks.is_empty());
     assert!(report.orphan_files_removed.is_empty());
-    assert_eq!(report.pieces_verified, 3, "only the unfinished task's pieces are re-read");
+    assert_eq!(
+        report.pieces_verified, 3,
+        "only the unfinished task's pieces are re-read"
+    );
 
     let d = s.task(&done).unwrap().unwrap();
     assert_eq!(d.state, TaskState::Finished);
@@ -81,7 +84,12 @@ fn reopen_keeps_finished_and_resumes_unfinished_with_exactly_the_committed_piece
     let r = s.task(&running).unwrap().unwrap();
     assert_eq!(r.state, TaskState::Pending);
     assert_eq!(r.finished_pieces, 3);
-    let numbers: Vec<u32> = s.pieces(&running).unwrap().iter().map(|p| p.number).collect();
+    let numbers: Vec<u32> = s
+        .pieces(&running)
+        .unwrap()
+        .iter()
+        .map(|p| p.number)
+        .collect();
     assert_eq!(numbers, [1, 4, 7]);
     // Resuming: the missing pieces go in and the task finishes.
     s.start_task(&running).unwrap();
@@ -121,7 +129,10 @@ fn corrupt_piece_of_an_unfinished_task_is_dropped_on_reopen() {
     assert_eq!(report.dropped_pieces.len(), 1, "{report:?}");
     assert_eq!(report.dropped_pieces[0].task, t.to_string());
     assert_eq!(report.dropped_pieces[0].number, 1);
-    assert!(report.dropped_pieces[0].reason.contains("crc32"), "{report:?}");
+    assert!(
+        report.dropped_pieces[0].reason.contains("crc32"),
+        "{report:?}"
+    );
     assert!(!s.has_piece(&t, 1).unwrap());
     assert_eq!(s.task(&t).unwrap().unwrap().finished_pieces, 2);
     assert_eq!(s.read_piece(&t, 0, true).unwrap(), piece_bytes(0));
@@ -172,8 +183,18 @@ fn orphan_files_are_removed_and_records_without_files_dropped() {
     let mut expected = vec![missing.to_string(), resized.to_string()];
     expected.sort();
     assert_eq!(dropped, expected);
-    assert!(report.dropped_tasks.iter().any(|d| d.reason.contains("missing")));
-    assert!(report.dropped_tasks.iter().any(|d| d.reason.contains("3 bytes, expected 8")));
+    assert!(
+        report
+            .dropped_tasks
+            .iter()
+            .any(|d| d.reason.contains("missing"))
+    );
+    assert!(
+        report
+            .dropped_tasks
+            .iter()
+            .any(|d| d.reason.contains("3 bytes, expected 8"))
+    );
     assert_eq!(report.orphan_files_removed.len(), 5, "{report:?}"); // orphan, resized, 3 strays
     assert!(!s.content_path(&orphan).exists());
     assert!(!s.content_path(&resized).exists());

@@ -199,10 +199,7 @@ impl Origin {
         }
         let dir = self.dir.as_ref()?;
         let rel = Path::new(path.trim_start_matches('/'));
-        if rel
-            .components()
-            .any(|c| !matches!(c, Component::Normal(_)))
-        {
+        if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
             return None;
         }
         let full = dir.join(rel);
@@ -275,8 +272,11 @@ fn parse_range(value: &str, len: u64) -> Option<Result<(u64, u64), ()>> {
             }
             (len.saturating_sub(n), len.checked_sub(1)?)
         }
-        (s, "") => (s.parse().ok()?, len.checked_sub(1).unwrap_or(0)),
-        (s, e) => (s.parse().ok()?, e.parse::<u64>().ok()?.min(len.saturating_sub(1))),
+        (s, "") => (s.parse().ok()?, len.saturating_sub(1)),
+        (s, e) => (
+            s.parse().ok()?,
+            e.parse::<u64>().ok()?.min(len.saturating_sub(1)),
+        ),
     };
     if start >= len || start > end {
         return Some(Err(()));
@@ -365,7 +365,9 @@ async fn handle(origin: &Origin, req: Request<Incoming>) -> Response<Body> {
         );
     }
     if is_head {
-        let body = Full::new(Bytes::new()).map_err(|n| match n {}).boxed_unsync();
+        let body = Full::new(Bytes::new())
+            .map_err(|n| match n {})
+            .boxed_unsync();
         return builder
             .body(body)
             .unwrap_or_else(|e| text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()));

@@ -57,7 +57,11 @@ struct Cli {
     #[arg(long)]
     insecure: bool,
     /// The local daemon's socket; dfget downloads through the daemon when it answers there.
-    #[arg(long, env = "DFGET_DAEMON_SOCK", default_value = "/var/run/dragonfly/dfdaemon.sock")]
+    #[arg(
+        long,
+        env = "DFGET_DAEMON_SOCK",
+        default_value = "/var/run/dragonfly/dfdaemon.sock"
+    )]
     daemon_sock: PathBuf,
     /// Never use the daemon: download straight from the source.
     #[arg(long)]
@@ -76,8 +80,9 @@ fn parse_headers(raw: &[String]) -> anyhow::Result<HeaderMap> {
         let (name, value) = h
             .split_once(':')
             .with_context(|| format!("header {h:?} is not of the form \"Name: value\""))?;
-        let name = HeaderName::from_bytes(name.trim().as_bytes())
-            .with_context(|| format!("header {h:?}: {:?} is not a valid header name", name.trim()))?;
+        let name = HeaderName::from_bytes(name.trim().as_bytes()).with_context(|| {
+            format!("header {h:?}: {:?} is not a valid header name", name.trim())
+        })?;
         let value = HeaderValue::from_str(value.trim())
             .with_context(|| format!("header {h:?}: the value is not a valid header value"))?;
         map.append(name, value);
@@ -158,7 +163,10 @@ async fn daemon_client(
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let url = cli.url.or(cli.url_flag).context("no URL given (dfget URL -O FILE)")?;
+    let url = cli
+        .url
+        .or(cli.url_flag)
+        .context("no URL given (dfget URL -O FILE)")?;
     let output = cli.output.context("no output file given (-O FILE)")?;
     let mut req = DownloadRequest::new(url.clone(), output.clone());
     req.headers = parse_headers(&cli.headers)?;
@@ -210,7 +218,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             output.display(),
             bytesize::ByteSize(summary.content_length).display().iec(),
             secs,
-            bytesize::ByteSize((summary.content_length as f64 / secs) as u64).display().iec(),
+            bytesize::ByteSize((summary.content_length as f64 / secs) as u64)
+                .display()
+                .iec(),
         );
         if let Some(d) = &summary.digest {
             line.push_str(&format!(", digest {d} verified"));
@@ -229,7 +239,10 @@ fn main() -> std::process::ExitCode {
         return dfdaemon::daemon::cli::run(args);
     }
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("dfget: error: cannot start the async runtime: {e}");

@@ -56,10 +56,12 @@ fn proto_piece(p: &PieceRecord) -> Piece {
 fn headers(raw: &std::collections::HashMap<String, String>) -> Result<HeaderMap, Status> {
     let mut map = HeaderMap::new();
     for (k, v) in raw {
-        let name = HeaderName::from_bytes(k.as_bytes())
-            .map_err(|_| Status::invalid_argument(format!("request header name {k:?} is not valid")))?;
-        let value = HeaderValue::from_str(v)
-            .map_err(|_| Status::invalid_argument(format!("request header {k:?} has an invalid value")))?;
+        let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| {
+            Status::invalid_argument(format!("request header name {k:?} is not valid"))
+        })?;
+        let value = HeaderValue::from_str(v).map_err(|_| {
+            Status::invalid_argument(format!("request header {k:?} has an invalid value"))
+        })?;
         map.append(name, value);
     }
     Ok(map)
@@ -68,9 +70,18 @@ fn headers(raw: &std::collections::HashMap<String, String>) -> Result<HeaderMap,
 /// Put the task's content at `out`: hardlink when allowed and on the same file system, else copy;
 /// through a temporary name, so `out` never holds a partial file.
 pub fn write_output(content: &Path, out: &Path, hardlink: bool) -> std::io::Result<&'static str> {
-    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp: PathBuf = dir.join(format!(".{name}.dfdaemon-{:016x}.part", rand::random::<u64>()));
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp: PathBuf = dir.join(format!(
+        ".{name}.dfdaemon-{:016x}.part",
+        rand::random::<u64>()
+    ));
     let how = if hardlink && std::fs::hard_link(content, &tmp).is_ok() {
         "hardlink"
     } else {
@@ -88,7 +99,10 @@ pub fn write_output(content: &Path, out: &Path, hardlink: bool) -> std::io::Resu
 impl DfdaemonDownload for DownloadService {
     type DownloadTaskStream = Msgs<DownloadTaskResponse>;
 
-    async fn download_task(&self, req: Request<DownloadTaskRequest>) -> Result<Response<Self::DownloadTaskStream>, Status> {
+    async fn download_task(
+        &self,
+        req: Request<DownloadTaskRequest>,
+    ) -> Result<Response<Self::DownloadTaskStream>, Status> {
         let d = req
             .into_inner()
             .download
@@ -101,11 +115,18 @@ impl DfdaemonDownload for DownloadService {
             .map(str::parse::<Digest>)
             .transpose()
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let output = d.output_path.clone().filter(|p| !p.is_empty()).map(PathBuf::from);
-        if let Some(out) = &output {
-            if !out.is_absolute() {
-                return Err(Status::invalid_argument(format!("output path {} is not absolute", out.display())));
-            }
+        let output = d
+            .output_path
+            .clone()
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from);
+        if let Some(out) = &output
+            && !out.is_absolute()
+        {
+            return Err(Status::invalid_argument(format!(
+                "output path {} is not absolute",
+                out.display()
+            )));
         }
         let treq = TaskRequest {
             url: d.url.clone(),
@@ -124,7 +145,10 @@ impl DfdaemonDownload for DownloadService {
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         let mut updates = task.subscribe();
-        let layout = task.layout().await.map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let layout = task
+            .layout()
+            .await
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
         let (storage, id) = (self.engine.storage().clone(), task.id.clone());
         let (s, i) = (storage.clone(), id.clone());
         let stored = tokio::task::spawn_blocking(move || s.pieces(&i))
@@ -166,7 +190,12 @@ impl DfdaemonDownload for DownloadService {
                     Phase::Finished => {
                         while let Ok(p) = updates.try_recv() {
                             if sent.insert(p.number) {
-                                let _ = tx.send(Ok(msg(DownloadPieceFinishedResponse { piece: Some(proto_piece(&p)) }.into()))).await;
+                                let _ = tx
+                                    .send(Ok(msg(DownloadPieceFinishedResponse {
+                                        piece: Some(proto_piece(&p)),
+                                    }
+                                    .into())))
+                                    .await;
                             }
                         }
                         break;
@@ -190,10 +219,19 @@ impl DfdaemonDownload for DownloadService {
             if let Some(out) = output {
                 let content = storage.content_path(&task.id);
                 let o = out.clone();
-                match tokio::task::spawn_blocking(move || write_output(&content, &o, multiplex)).await {
-                    Ok(Ok(how)) => tracing::info!(task = %task.id, output = %out.display(), how, "output written"),
+                match tokio::task::spawn_blocking(move || write_output(&content, &o, multiplex))
+                    .await
+                {
+                    Ok(Ok(how)) => {
+                        tracing::info!(task = %task.id, output = %out.display(), how, "output written")
+                    }
                     Ok(Err(e)) => {
-                        let _ = tx.send(Err(Status::internal(format!("writing {}: {e}", out.display())))).await;
+                        let _ = tx
+                            .send(Err(Status::internal(format!(
+                                "writing {}: {e}",
+                                out.display()
+                            ))))
+                            .await;
                     }
                     Err(e) => {
                         let _ = tx.send(Err(Status::internal(e.to_string()))).await;
@@ -204,7 +242,10 @@ impl DfdaemonDownload for DownloadService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn stat_task(&self, req: Request<StatTaskRequest>) -> Result<Response<ProtoTask>, Status> {
+    async fn stat_task(
+        &self,
+        req: Request<StatTaskRequest>,
+    ) -> Result<Response<ProtoTask>, Status> {
         let id: TaskId = req
             .into_inner()
             .task_id
@@ -235,7 +276,9 @@ impl DfdaemonDownload for DownloadService {
             .parse()
             .map_err(|e| Status::invalid_argument(format!("task_id: {e}")))?;
         if self.engine.is_running(&id) {
-            return Err(Status::failed_precondition(format!("task {id} is being downloaded")));
+            return Err(Status::failed_precondition(format!(
+                "task {id} is being downloaded"
+            )));
         }
         let s = self.engine.storage().clone();
         tokio::task::spawn_blocking(move || s.delete_task(&id))

@@ -38,7 +38,11 @@ impl Visit for Fields {
 
 impl Fields {
     fn insert(&mut self, field: &Field, value: serde_json::Value) {
-        let key = if field.name() == "message" { "msg" } else { field.name() };
+        let key = if field.name() == "message" {
+            "msg"
+        } else {
+            field.name()
+        };
         self.0.insert(key.to_string(), value);
     }
 }
@@ -48,14 +52,32 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(&self, _ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
         let meta = event.metadata();
         let mut map = serde_json::Map::new();
-        map.insert("level".into(), meta.level().as_str().to_ascii_lowercase().into());
-        map.insert("ts".into(), humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string().into());
+        map.insert(
+            "level".into(),
+            meta.level().as_str().to_ascii_lowercase().into(),
+        );
+        map.insert(
+            "ts".into(),
+            humantime::format_rfc3339_millis(std::time::SystemTime::now())
+                .to_string()
+                .into(),
+        );
         map.insert(
             "caller".into(),
-            format!("{}:{}", meta.file().unwrap_or("?"), meta.line().unwrap_or(0)).into(),
+            format!(
+                "{}:{}",
+                meta.file().unwrap_or("?"),
+                meta.line().unwrap_or(0)
+            )
+            .into(),
         );
         let mut fields = Fields(serde_json::Map::new());
         event.record(&mut fields);
@@ -67,7 +89,10 @@ where
 
 /// Log to `<log_dir>/core.log` (JSON) and stderr; keep the guard alive while the daemon runs.
 /// `RUST_LOG` overrides the level (`verbose` means debug).
-pub fn init(log_dir: &Path, verbose: bool) -> std::io::Result<tracing_appender::non_blocking::WorkerGuard> {
+pub fn init(
+    log_dir: &Path,
+    verbose: bool,
+) -> std::io::Result<tracing_appender::non_blocking::WorkerGuard> {
     std::fs::create_dir_all(log_dir)?;
     let file = tracing_appender::rolling::never(log_dir, "core.log");
     let (writer, guard) = tracing_appender::non_blocking(file);
@@ -81,6 +106,9 @@ pub fn init(log_dir: &Path, verbose: bool) -> std::io::Result<tracing_appender::
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_filter(filter());
-    let _ = tracing_subscriber::registry().with(json).with(human).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(json)
+        .with(human)
+        .try_init();
     Ok(guard)
 }

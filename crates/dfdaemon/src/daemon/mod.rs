@@ -51,7 +51,8 @@ pub fn gc_policy(cfg: &DfdaemonConfig) -> GcPolicy {
     GcPolicy {
         task_ttl: s.task_expire_time.get(),
         quota_bytes: (!s.disk_gc_threshold.is_zero()).then(|| s.disk_gc_threshold.as_u64()),
-        disk_used_percent: (!s.disk_gc_threshold_percent.is_zero()).then(|| s.disk_gc_threshold_percent.get()),
+        disk_used_percent: (!s.disk_gc_threshold_percent.is_zero())
+            .then(|| s.disk_gc_threshold_percent.get()),
     }
 }
 
@@ -111,7 +112,10 @@ pub async fn start(
     };
     let policy = gc_policy(&cfg);
     let opts = EngineOptions {
-        host_id: format!("{host_id}-{}", cfg.upload.tcp_listen.port.ports().next().unwrap_or(0)),
+        host_id: format!(
+            "{host_id}-{}",
+            cfg.upload.tcp_listen.port.ports().next().unwrap_or(0)
+        ),
         concurrent_pieces: (cfg.download.concurrent_piece_count as usize).max(1),
         piece_timeout: cfg.download.piece_download_timeout.get(),
         gc: Some(policy.clone()),
@@ -140,11 +144,13 @@ pub async fn start(
         addr: ip.to_string(),
         reason: last_err,
     })?;
-    let upload_addr = upload_listener.local_addr().map_err(|e| DaemonError::Listen {
-        what: "upload.tcpListen",
-        addr: ip.to_string(),
-        reason: e.to_string(),
-    })?;
+    let upload_addr = upload_listener
+        .local_addr()
+        .map_err(|e| DaemonError::Listen {
+            what: "upload.tcpListen",
+            addr: ip.to_string(),
+            reason: e.to_string(),
+        })?;
 
     // Local download socket for dfget.
     let socket = cfg.download.unix_listen.socket.clone();
@@ -159,14 +165,20 @@ pub async fn start(
     if socket.exists() {
         // A socket left by a daemon that was killed; a live one would answer.
         if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
-            return Err(listen_err(std::io::Error::other("another daemon is listening there")));
+            return Err(listen_err(std::io::Error::other(
+                "another daemon is listening there",
+            )));
         }
         std::fs::remove_file(&socket).map_err(listen_err)?;
     }
     let unix = tokio::net::UnixListener::bind(&socket).map_err(listen_err)?;
 
     let limits = UploadLimits {
-        concurrent_total: if cfg.upload.concurrent_limit == 0 { usize::MAX >> 4 } else { cfg.upload.concurrent_limit as usize },
+        concurrent_total: if cfg.upload.concurrent_limit == 0 {
+            usize::MAX >> 4
+        } else {
+            cfg.upload.concurrent_limit as usize
+        },
         concurrent_per_peer: 16,
         rate_limit: (!cfg.upload.rate_limit.is_zero()).then(|| cfg.upload.rate_limit.as_u64()),
     };
@@ -183,11 +195,19 @@ pub async fn start(
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        let up = tokio::spawn(upload::serve(upload_listener, engine.clone(), limits, stopped(stop_rx.clone())));
+        let up = tokio::spawn(upload::serve(
+            upload_listener,
+            engine.clone(),
+            limits,
+            stopped(stop_rx.clone()),
+        ));
         let grpc = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(DfdaemonDownloadServer::new(service))
-                .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(unix), stopped(stop_rx.clone())),
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::UnixListenerStream::new(unix),
+                    stopped(stop_rx.clone()),
+                ),
         );
         let gc_engine = engine.clone();
         let gc = tokio::spawn(async move {
@@ -197,7 +217,9 @@ pub async fn start(
                 tick.tick().await;
                 let (e, p) = (gc_engine.clone(), policy.clone());
                 let storage = gc_engine.storage().clone();
-                match tokio::task::spawn_blocking(move || storage.gc(&p, &|id| e.in_use(id), 0)).await {
+                match tokio::task::spawn_blocking(move || storage.gc(&p, &|id| e.in_use(id), 0))
+                    .await
+                {
                     Ok(Ok(r)) if !r.evicted.is_empty() => {
                         tracing::info!(evicted = r.evicted.len(), bytes_freed = r.bytes_freed, "gc")
                     }

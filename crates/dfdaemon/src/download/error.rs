@@ -59,7 +59,9 @@ pub enum DownloadError {
         reason: String,
     },
     /// The content does not match the expected digest.
-    #[error("digest mismatch for {url}: expected {expected}, got {actual}; the partial output was removed")]
+    #[error(
+        "digest mismatch for {url}: expected {expected}, got {actual}; the partial output was removed"
+    )]
     DigestMismatch {
         /// The URL.
         url: String,

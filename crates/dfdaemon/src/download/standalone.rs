@@ -1,7 +1,7 @@
 //! The standalone engine: one process, the origin as the only source.
 
-use super::output::{TempOutput, prepare_output, validate_url};
 use super::DownloadError;
+use super::output::{TempOutput, prepare_output, validate_url};
 use crate::source::http::{content_length, content_range};
 use crate::source::{HttpSource, Probe, SourceOptions};
 use dragonfly_common::digest::{Algorithm, Digest};
@@ -105,28 +105,33 @@ impl Progress for () {
 ///
 /// The bytes go to a hidden temporary file beside the output, which is renamed into place
 /// only after every piece arrived and the digest (if any) matched; on any error it is removed.
-pub async fn download(req: &DownloadRequest, progress: &dyn Progress) -> Result<Summary, DownloadError> {
+pub async fn download(
+    req: &DownloadRequest,
+    progress: &dyn Progress,
+) -> Result<Summary, DownloadError> {
     validate_url(&req.url)?;
     let tmp = prepare_output(&req.output, req.overwrite)?;
     let started = Instant::now();
     let work = fetch(req, &tmp, progress);
     let mut summary = match req.timeout {
-        Some(limit) => tokio::time::timeout(limit, work)
-            .await
-            .map_err(|_| DownloadError::Timeout {
-                url: req.url.clone(),
-                after: limit,
-            })??,
+        Some(limit) => {
+            tokio::time::timeout(limit, work)
+                .await
+                .map_err(|_| DownloadError::Timeout {
+                    url: req.url.clone(),
+                    after: limit,
+                })??
+        }
         None => work.await?,
     };
-    if let (Some(expected), Some(actual)) = (&req.digest, &summary.digest) {
-        if expected != actual {
-            return Err(DownloadError::DigestMismatch {
-                url: req.url.clone(),
-                expected: expected.to_string(),
-                actual: actual.to_string(),
-            });
-        }
+    if let (Some(expected), Some(actual)) = (&req.digest, &summary.digest)
+        && expected != actual
+    {
+        return Err(DownloadError::DigestMismatch {
+            url: req.url.clone(),
+            expected: expected.to_string(),
+            actual: actual.to_string(),
+        });
     }
     tmp.commit()?;
     summary.elapsed = started.elapsed();
@@ -143,7 +148,11 @@ struct Job {
     received: AtomicU64,
 }
 
-async fn fetch(req: &DownloadRequest, tmp: &TempOutput, progress: &dyn Progress) -> Result<Summary, DownloadError> {
+async fn fetch(
+    req: &DownloadRequest,
+    tmp: &TempOutput,
+    progress: &dyn Progress,
+) -> Result<Summary, DownloadError> {
     let source = HttpSource::new(&req.source)?;
     let algorithm = req.digest.as_ref().map(Digest::algorithm);
     let len = match source.probe(&req.url, &req.headers).await? {
@@ -202,7 +211,9 @@ async fn fetch(req: &DownloadRequest, tmp: &TempOutput, progress: &dyn Progress)
             };
             set.spawn(fetch_piece(job.clone(), piece, resp));
         }
-        let Some(joined) = set.join_next().await else { break };
+        let Some(joined) = set.join_next().await else {
+            break;
+        };
         let (piece, crc) = joined.map_err(|e| DownloadError::BadResponse {
             url: req.url.clone(),
             reason: format!("piece task failed: {e}"),
@@ -270,7 +281,11 @@ async fn fetch_piece(
             Some(r) => receive_piece(&job, piece, r).await,
             None => match job
                 .source
-                .get(&job.url, &job.headers, Some((piece.offset, piece.end() - 1)))
+                .get(
+                    &job.url,
+                    &job.headers,
+                    Some((piece.offset, piece.end() - 1)),
+                )
                 .await
             {
                 Ok(r) => receive_piece(&job, piece, r).await,
@@ -302,13 +317,24 @@ async fn receive_piece(
         reason,
     };
     if resp.status() != StatusCode::PARTIAL_CONTENT {
-        return Err((bad(format!("piece {}: expected 206, got {}", piece.number, resp.status())), 0));
+        return Err((
+            bad(format!(
+                "piece {}: expected 206, got {}",
+                piece.number,
+                resp.status()
+            )),
+            0,
+        ));
     }
     match content_range(resp.headers()) {
         Some((a, b, _)) if a == piece.offset && b + 1 == piece.end() => {}
         other => {
             return Err((
-                bad(format!("piece {}: asked for {}, got Content-Range {other:?}", piece.number, piece.http_range())),
+                bad(format!(
+                    "piece {}: asked for {}, got Content-Range {other:?}",
+                    piece.number,
+                    piece.http_range()
+                )),
                 0,
             ));
         }
@@ -324,12 +350,19 @@ async fn receive_piece(
             Err(e) => return Err((DownloadError::connect(&job.url, &e), counted)),
         };
         if written + buf.len() as u64 + chunk.len() as u64 > piece.length {
-            return Err((bad(format!("piece {}: more than {} bytes", piece.number, piece.length)), counted));
+            return Err((
+                bad(format!(
+                    "piece {}: more than {} bytes",
+                    piece.number, piece.length
+                )),
+                counted,
+            ));
         }
         crc.update(&chunk);
         buf.extend_from_slice(&chunk);
         counted += chunk.len() as u64;
-        job.received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        job.received
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
         if buf.len() >= WRITE_BUFFER {
             let n = buf.len() as u64;
             buf = write_at(job, buf, piece.offset + written)
@@ -348,7 +381,10 @@ async fn receive_piece(
     }
     if written != piece.length {
         return Err((
-            bad(format!("piece {}: got {written} of {} bytes", piece.number, piece.length)),
+            bad(format!(
+                "piece {}: got {written} of {} bytes",
+                piece.number, piece.length
+            )),
             counted,
         ));
     }
@@ -380,8 +416,10 @@ async fn single_stream(
     let expected = content_length(resp.headers());
     progress.set_length(expected);
     // Truncates: the piece path may have preallocated this file before learning Range is ignored.
-    let std_file = File::create(&tmp.path).map_err(|e| DownloadError::io("creating", &tmp.path, e))?;
-    let mut out = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, tokio::fs::File::from_std(std_file));
+    let std_file =
+        File::create(&tmp.path).map_err(|e| DownloadError::io("creating", &tmp.path, e))?;
+    let mut out =
+        tokio::io::BufWriter::with_capacity(WRITE_BUFFER, tokio::fs::File::from_std(std_file));
     let mut hasher = algorithm.map(Algorithm::hasher);
     let mut n = 0u64;
     loop {
@@ -402,13 +440,13 @@ async fn single_stream(
     out.flush()
         .await
         .map_err(|e| DownloadError::io("writing", &tmp.path, e))?;
-    if let Some(len) = expected {
-        if n != len {
-            return Err(DownloadError::BadResponse {
-                url: req.url.clone(),
-                reason: format!("body ended after {n} of {len} bytes"),
-            });
-        }
+    if let Some(len) = expected
+        && n != len
+    {
+        return Err(DownloadError::BadResponse {
+            url: req.url.clone(),
+            reason: format!("body ended after {n} of {len} bytes"),
+        });
     }
     Ok(Summary {
         content_length: n,
@@ -441,7 +479,9 @@ impl InOrderHasher {
             let mut hashed = 0u64;
             while hashed < len {
                 let Ok(mut target) = rx.recv() else {
-                    return Err(std::io::Error::other("download stopped before the digest was complete"));
+                    return Err(std::io::Error::other(
+                        "download stopped before the digest was complete",
+                    ));
                 };
                 while let Ok(t) = rx.try_recv() {
                     target = target.max(t);
@@ -465,7 +505,9 @@ impl InOrderHasher {
 
     /// Mark a piece written; wake the hasher when the contiguous prefix grows.
     fn piece_done(&self, number: u32) {
-        let Ok(mut guard) = self.state.lock() else { return };
+        let Ok(mut guard) = self.state.lock() else {
+            return;
+        };
         let (done, next) = &mut *guard;
         if let Some(slot) = done.get_mut(number as usize) {
             *slot = true;
@@ -475,11 +517,7 @@ impl InOrderHasher {
             *next += 1;
         }
         if *next != before {
-            let end = self
-                .layout
-                .piece(*next - 1)
-                .map(|p| p.end())
-                .unwrap_or(0);
+            let end = self.layout.piece(*next - 1).map(|p| p.end()).unwrap_or(0);
             let _ = self.tx.send(end);
         }
     }

@@ -58,7 +58,10 @@ impl HttpSource {
             .build()
             .map_err(|e| DownloadError::Connect {
                 url: String::new(),
-                reason: format!("cannot build HTTP client: {}", super::super::download::error_chain(&e)),
+                reason: format!(
+                    "cannot build HTTP client: {}",
+                    super::super::download::error_chain(&e)
+                ),
             })?;
         Ok(Self { client })
     }
@@ -72,12 +75,12 @@ impl HttpSource {
             .send()
             .await
             .map_err(|e| DownloadError::connect(url, &e))?;
-        if head.status().is_success() {
-            if let Some(len) = content_length(head.headers()) {
-                return Ok(Probe::Length {
-                    content_length: len,
-                });
-            }
+        if head.status().is_success()
+            && let Some(len) = content_length(head.headers())
+        {
+            return Ok(Probe::Length {
+                content_length: len,
+            });
         }
         // HEAD refused or gave no length: ask for the first byte, which also tells range support.
         let resp = self
@@ -93,7 +96,10 @@ impl HttpSource {
                 Some((_, _, Some(total))) => Ok(Probe::Length {
                     content_length: total,
                 }),
-                _ => Err(bad(url, "206 response without a total length in Content-Range")),
+                _ => Err(bad(
+                    url,
+                    "206 response without a total length in Content-Range",
+                )),
             },
             // An empty resource cannot satisfy bytes=0-0.
             StatusCode::RANGE_NOT_SATISFIABLE => Ok(Probe::Length { content_length: 0 }),
@@ -115,7 +121,10 @@ impl HttpSource {
         if let Some((first, last)) = range {
             req = req.header(header::RANGE, format!("bytes={first}-{last}"));
         }
-        let resp = req.send().await.map_err(|e| DownloadError::connect(url, &e))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| DownloadError::connect(url, &e))?;
         if !resp.status().is_success() {
             return Err(status_error(url, resp.status()));
         }
@@ -181,7 +190,10 @@ mod tests {
 
     #[test]
     fn parses_content_range() {
-        assert_eq!(content_range(&h("bytes 0-0/1234")), Some((0, 0, Some(1234))));
+        assert_eq!(
+            content_range(&h("bytes 0-0/1234")),
+            Some((0, 0, Some(1234)))
+        );
         assert_eq!(content_range(&h("bytes 5-9/*")), Some((5, 9, None)));
         assert_eq!(content_range(&h("bytes */1234")), None);
         assert_eq!(content_range(&h("items 0-1/2")), None);

@@ -20,14 +20,19 @@ impl DiskUsage {
         let st = rustix::fs::statvfs(path).map_err(|e| StorageError::io(path, e.into()))?;
         let frsize = st.f_frsize.max(1);
         Ok(DiskUsage {
-            used_bytes: st.f_blocks.saturating_sub(st.f_bfree).saturating_mul(frsize),
+            used_bytes: st
+                .f_blocks
+                .saturating_sub(st.f_bfree)
+                .saturating_mul(frsize),
             available_bytes: st.f_bavail.saturating_mul(frsize),
         })
     }
 
     /// Percent used, as `df` counts it (reserved blocks excluded), were `extra` more bytes used.
     pub fn used_percent_with(&self, extra: u64) -> f64 {
-        let used = self.used_bytes.saturating_add(extra.min(self.available_bytes));
+        let used = self
+            .used_bytes
+            .saturating_add(extra.min(self.available_bytes));
         let total = self.used_bytes.saturating_add(self.available_bytes);
         if total == 0 {
             return 100.0;

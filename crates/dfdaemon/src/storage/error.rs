@@ -96,7 +96,9 @@ pub enum StorageError {
         actual: u64,
     },
     /// The piece's bytes do not match its crc32.
-    #[error("piece {piece} of task {task}: crc32 {actual:08x} does not match expected {expected:08x}")]
+    #[error(
+        "piece {piece} of task {task}: crc32 {actual:08x} does not match expected {expected:08x}"
+    )]
     PieceDigestMismatch {
         /// The task.
         task: TaskId,

@@ -98,7 +98,10 @@ impl Storage {
             (a.last_access, a.created_at, &a.id).cmp(&(b.last_access, b.created_at, &b.id))
         });
         let mut report = GcReport::default();
-        let mut usage: u64 = tasks.iter().map(|t| t.content_length).fold(0, u64::saturating_add);
+        let mut usage: u64 = tasks
+            .iter()
+            .map(|t| t.content_length)
+            .fold(0, u64::saturating_add);
         let mut remaining = Vec::with_capacity(tasks.len());
 
         for task in tasks {
@@ -110,17 +113,18 @@ impl Storage {
             }
         }
 
-        let over_quota =
-            |usage: u64| policy.quota_bytes.is_some_and(|q| usage.saturating_add(incoming_bytes) > q);
+        let over_quota = |usage: u64| {
+            policy
+                .quota_bytes
+                .is_some_and(|q| usage.saturating_add(incoming_bytes) > q)
+        };
         let disk_percent = || -> Result<Option<f64>> {
             match policy.disk_used_percent {
                 Some(_) => Ok(Some(disk()?.used_percent_with(incoming_bytes))),
                 None => Ok(None),
             }
         };
-        let over_disk = |percent: Option<f64>| {
-            matches!((percent, policy.disk_used_percent), (Some(p), Some(limit)) if p > limit)
-        };
+        let over_disk = |percent: Option<f64>| matches!((percent, policy.disk_used_percent), (Some(p), Some(limit)) if p > limit);
 
         let mut percent = disk_percent()?;
         for task in &remaining {

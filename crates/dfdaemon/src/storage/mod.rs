@@ -33,7 +33,7 @@ mod writer;
 
 pub use disk::DiskUsage;
 pub use error::StorageError;
-pub use gc::{EvictionReason, Eviction, GcPolicy, GcReport};
+pub use gc::{Eviction, EvictionReason, GcPolicy, GcReport};
 pub use record::{PieceRecord, RECORD_VERSION, TaskRecord, TaskState};
 pub use recovery::{DroppedPiece, DroppedTask, RecoveryReport};
 pub use writer::PieceWriter;
@@ -288,7 +288,13 @@ impl Storage {
         }
         let path = self.content_path(id);
         let file = self.open_content(id, true)?;
-        Ok(PieceWriter::new(self.clone(), id.clone(), range, file, &path))
+        Ok(PieceWriter::new(
+            self.clone(),
+            id.clone(),
+            range,
+            file,
+            &path,
+        ))
     }
 
     /// Reads piece `number`. With `verify`, re-computes its crc32; on a mismatch the piece
@@ -554,7 +560,11 @@ impl Inner {
 
     /// Deletes a task if `allow` accepts its record (checked inside the transaction): records
     /// first, then the file. The caller holds the structure lock.
-    fn delete_locked(&self, id: &TaskId, allow: impl FnOnce(&TaskRecord) -> bool) -> Result<Deleted> {
+    fn delete_locked(
+        &self,
+        id: &TaskId,
+        allow: impl FnOnce(&TaskRecord) -> bool,
+    ) -> Result<Deleted> {
         // Immediate: once delete returns the task is gone for good; were it lost in a crash,
         // recovery would still drop the record whose file is missing.
         let outcome = self.write(Durability::Immediate, |txn| {

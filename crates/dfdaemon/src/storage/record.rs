@@ -167,7 +167,11 @@ pub(crate) fn decode_task(key: &str, bytes: &[u8]) -> Result<TaskRecord, Storage
 }
 
 /// Decodes a piece record and checks it is for the number it is stored under.
-pub(crate) fn decode_piece(task: &str, number: u32, bytes: &[u8]) -> Result<PieceRecord, StorageError> {
+pub(crate) fn decode_piece(
+    task: &str,
+    number: u32,
+    bytes: &[u8],
+) -> Result<PieceRecord, StorageError> {
     let key = || format!("{task}/{number}");
     let rec: PieceRecord = decode("piece", &key(), bytes)?;
     if rec.number != number {

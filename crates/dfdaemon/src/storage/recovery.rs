@@ -11,7 +11,9 @@
 //! 6. the metadata changes are committed, and only then content files without a kept record
 //!    (orphans) are removed, so a crash during recovery is repaired by the next one.
 
-use super::record::{PIECES, PieceRecord, TASKS, TaskRecord, TaskState, decode_piece, decode_task, encode};
+use super::record::{
+    PIECES, PieceRecord, TASKS, TaskRecord, TaskState, decode_piece, decode_task, encode,
+};
 use super::{Inner, Result, StorageError};
 use dragonfly_common::task_id::TaskId;
 use redb::{Durability, ReadableDatabase, ReadableTable};
@@ -153,7 +155,10 @@ pub(super) fn recover(inner: &Inner) -> Result<RecoveryReport> {
             let mut piece_table = txn.open_table(PIECES)?;
             for key in &drop_tasks {
                 task_table.remove(key.as_str())?;
-                piece_table.retain_in((key.as_str(), 0u32)..=(key.as_str(), u32::MAX), |_, _| false)?;
+                piece_table
+                    .retain_in((key.as_str(), 0u32)..=(key.as_str(), u32::MAX), |_, _| {
+                        false
+                    })?;
             }
             for (key, number) in &drop_pieces {
                 piece_table.remove((key.as_str(), *number))?;
@@ -228,7 +233,9 @@ fn file_problem(path: &Path, content_length: u64) -> Result<Option<String>> {
             m.len()
         ))),
         Ok(_) => Ok(None),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Some("content file is missing".to_string())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Ok(Some("content file is missing".to_string()))
+        }
         Err(e) => Err(StorageError::io(path, e)),
     }
 }
@@ -292,7 +299,12 @@ fn verify(file: &File, piece: &PieceRecord, buf: &mut Vec<u8>) -> Option<String>
         return Some(format!("read failed: {e}"));
     }
     let actual = crc32fast::hash(buf);
-    (actual != piece.crc32).then(|| format!("crc32 {actual:08x} does not match recorded {:08x}", piece.crc32))
+    (actual != piece.crc32).then(|| {
+        format!(
+            "crc32 {actual:08x} does not match recorded {:08x}",
+            piece.crc32
+        )
+    })
 }
 
 /// Removes every file under `content_dir` that is not the content file of a kept task.
@@ -302,7 +314,9 @@ fn remove_orphans(content_dir: &Path, keep: &HashSet<TaskId>) -> Result<Vec<Path
     for shard in read(content_dir)? {
         let shard = shard.map_err(|e| StorageError::io(content_dir, e))?;
         let shard_path = shard.path();
-        let kind = shard.file_type().map_err(|e| StorageError::io(&shard_path, e))?;
+        let kind = shard
+            .file_type()
+            .map_err(|e| StorageError::io(&shard_path, e))?;
         if !kind.is_dir() {
             // Nothing of ours lives directly in content/.
             remove(&shard_path, &mut removed)?;

@@ -20,13 +20,16 @@ fn new_task(id: &TaskId, len: u64, piece_length: u64) -> NewTask {
 }
 
 fn bytes(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 fn open_at(dir: &Path, start_ms: u64) -> (Storage, Arc<AtomicU64>) {
     let now = Arc::new(AtomicU64::new(start_ms));
     let n = now.clone();
-    let storage = Storage::open_with_clock(dir, Arc::new(move || n.load(Ordering::SeqCst))).unwrap();
+    let storage =
+        Storage::open_with_clock(dir, Arc::new(move || n.load(Ordering::SeqCst))).unwrap();
     (storage, now)
 }
 
@@ -71,7 +74,8 @@ fn writer_buffers_large_pieces_in_any_chunking() {
     let (s, _) = open_at(dir.path(), 0);
     let t = id(1);
     let len = 3 * MIB + 12345;
-    s.create_task(new_task(&t, 3 * len as u64, len as u64)).unwrap();
+    s.create_task(new_task(&t, 3 * len as u64, len as u64))
+        .unwrap();
     let data = bytes(len, 7);
     // Tiny chunks, chunks that straddle the 1 MiB buffer, chunks bigger than it.
     for (number, chunk) in [(0u32, 17usize), (1, 700_001), (2, 1_500_000)] {
@@ -97,14 +101,20 @@ fn commit_into_a_recreated_task_is_refused() {
     s.delete_task(&t).unwrap();
     s.create_task(new_task(&t, 8, 4)).unwrap();
     let err = w.commit(None, None).unwrap_err();
-    assert!(matches!(err, StorageError::TaskChanged { piece: 0, .. }), "{err}");
+    assert!(
+        matches!(err, StorageError::TaskChanged { piece: 0, .. }),
+        "{err}"
+    );
     assert!(!s.has_piece(&t, 0).unwrap());
 
     // Deleted and not re-created: refused as well.
     let mut w = s.piece_writer(&t, 1).unwrap();
     w.write(b"efgh").unwrap();
     s.delete_task(&t).unwrap();
-    assert!(matches!(w.commit(None, None), Err(StorageError::TaskChanged { .. })));
+    assert!(matches!(
+        w.commit(None, None),
+        Err(StorageError::TaskChanged { .. })
+    ));
     assert!(s.pieces(&t).unwrap().is_empty());
 }
 
@@ -130,12 +140,18 @@ fn duplicate_writers_same_bytes_keep_the_piece_different_bytes_drop_it() {
     b.write(b"XXXX").unwrap();
     a.commit(None, None).unwrap();
     let err = b.commit(None, None).unwrap_err();
-    assert!(matches!(err, StorageError::PieceConflict { piece: 1, .. }), "{err}");
+    assert!(
+        matches!(err, StorageError::PieceConflict { piece: 1, .. }),
+        "{err}"
+    );
     assert!(err.is_corrupt_piece());
     assert!(!s.has_piece(&t, 1).unwrap());
     assert_eq!(s.task(&t).unwrap().unwrap().finished_pieces, 1);
     // A later piece_writer on a stored piece is refused outright.
-    assert!(matches!(s.piece_writer(&t, 0), Err(StorageError::PieceExists { .. })));
+    assert!(matches!(
+        s.piece_writer(&t, 0),
+        Err(StorageError::PieceExists { .. })
+    ));
 }
 
 #[test]
@@ -192,17 +208,26 @@ fn gc_meets_the_disk_percent_in_lru_order() {
         disk_used_percent: Some(60.0),
     };
     // 300 + 500 = 80% used; 60% needs two tasks gone.
-    let report = s.gc_with_disk(&policy, &|_| false, 0, &fake_disk(&s, 300)).unwrap();
+    let report = s
+        .gc_with_disk(&policy, &|_| false, 0, &fake_disk(&s, 300))
+        .unwrap();
     let evicted: Vec<_> = report.evicted.iter().map(|e| e.id.clone()).collect();
     assert_eq!(evicted, [id(1), id(2)]);
-    assert!(report.evicted.iter().all(|e| e.reason == EvictionReason::DiskUsage));
+    assert!(
+        report
+            .evicted
+            .iter()
+            .all(|e| e.reason == EvictionReason::DiskUsage)
+    );
     assert_eq!(report.bytes_freed, 200);
     assert_eq!(report.usage_bytes, 300);
     assert_eq!(report.disk_used_percent, Some(60.0));
     assert!(report.target_reached);
 
     // Incoming bytes count: 100 more needs one more task gone.
-    let report = s.gc_with_disk(&policy, &|_| false, 100, &fake_disk(&s, 300)).unwrap();
+    let report = s
+        .gc_with_disk(&policy, &|_| false, 100, &fake_disk(&s, 300))
+        .unwrap();
     assert_eq!(report.evicted.len(), 1);
     assert_eq!(report.evicted[0].id, id(3));
 

@@ -112,7 +112,11 @@ impl PieceWriter {
     ///
     /// `parent_id`: `Some("")` for the origin, `Some(peer)` for a parent. On
     /// [`StorageError::PieceDigestMismatch`] nothing is recorded.
-    pub fn commit(mut self, expected_crc: Option<u32>, parent_id: Option<&str>) -> Result<PieceRecord> {
+    pub fn commit(
+        mut self,
+        expected_crc: Option<u32>,
+        parent_id: Option<&str>,
+    ) -> Result<PieceRecord> {
         self.flush()?;
         if self.flushed != self.range.length {
             return Err(StorageError::PieceLength {

@@ -160,7 +160,11 @@ async fn run(engine: &TaskManager, task: &Arc<Task>, req: &TaskRequest) -> Resul
                     match tokio::time::timeout_at(deadline, prx.recv()).await {
                         Err(_) => break,
                         Ok(None) => events_open = false,
-                        Ok(Some(ParentEvent::Layout { content_length, piece_length, .. })) => {
+                        Ok(Some(ParentEvent::Layout {
+                            content_length,
+                            piece_length,
+                            ..
+                        })) => {
                             from_parent = PieceLayout::new(content_length, piece_length).ok();
                         }
                         Ok(Some(ev)) => apply_event(&mut parents, ev, &id),
@@ -225,8 +229,14 @@ async fn run(engine: &TaskManager, task: &Arc<Task>, req: &TaskRequest) -> Resul
     while !missing.is_empty() || !set.is_empty() {
         // Schedule as many pieces as allowed: a parent that has the piece (least busy), else the
         // source once no usable parent may still get it.
-        let parents_may_help = parents.iter().any(|p| !p.bad && (p.open || !p.has.is_empty()));
-        let candidates: Vec<u32> = missing.iter().copied().filter(|n| !inflight.contains_key(n)).collect();
+        let parents_may_help = parents
+            .iter()
+            .any(|p| !p.bad && (p.open || !p.has.is_empty()));
+        let candidates: Vec<u32> = missing
+            .iter()
+            .copied()
+            .filter(|n| !inflight.contains_key(n))
+            .collect();
         for n in candidates {
             if set.len() >= concurrency {
                 break;
@@ -242,32 +252,50 @@ async fn run(engine: &TaskManager, task: &Arc<Task>, req: &TaskRequest) -> Resul
                 None if !parents_may_help => From::Source,
                 None => continue, // a parent will have it soon
             };
-            let Some(range) = layout.piece(n) else { continue };
+            let Some(range) = layout.piece(n) else {
+                continue;
+            };
             inflight.insert(n, from);
             match from {
                 From::Parent(i) => {
                     parents[i].inflight += 1;
                     let expected = parents[i].has.get(&n).copied();
                     let p = parents[i].parent.clone();
-                    let (client, storage, id) = (inner.parents.clone(), storage.clone(), id.clone());
+                    let (client, storage, id) =
+                        (inner.parents.clone(), storage.clone(), id.clone());
                     set.spawn(async move {
                         let r = match client.fetch(&p, &id, n).await {
-                            Ok(resp) => write_piece(&storage, &id, range, resp, expected, Some(&p.id)).await,
+                            Ok(resp) => {
+                                write_piece(&storage, &id, range, resp, expected, Some(&p.id)).await
+                            }
                             Err(e) => Err(PieceError::Remote(e, true)),
                         };
                         (n, from, r)
                     });
                 }
                 From::Source => {
-                    let (source, storage, id, url, headers) =
-                        (inner.source.clone(), storage.clone(), id.clone(), req.url.clone(), req.headers.clone());
+                    let (source, storage, id, url, headers) = (
+                        inner.source.clone(),
+                        storage.clone(),
+                        id.clone(),
+                        req.url.clone(),
+                        req.headers.clone(),
+                    );
                     set.spawn(async move {
-                        let r = match source.get(&url, &headers, Some((range.offset, range.end() - 1))).await {
-                            Ok(resp) if resp.status() == StatusCode::OK && range.length != layout.content_length() => {
+                        let r = match source
+                            .get(&url, &headers, Some((range.offset, range.end() - 1)))
+                            .await
+                        {
+                            Ok(resp)
+                                if resp.status() == StatusCode::OK
+                                    && range.length != layout.content_length() =>
+                            {
                                 Err(PieceError::RangeIgnored(resp))
                             }
                             Ok(resp) => match check_range(&resp, range) {
-                                Ok(()) => write_piece(&storage, &id, range, resp, None, Some("")).await,
+                                Ok(()) => {
+                                    write_piece(&storage, &id, range, resp, None, Some("")).await
+                                }
                                 Err(e) => Err(PieceError::Remote(e, true)),
                             },
                             Err(e) => {
@@ -507,7 +535,9 @@ async fn stream_all(
                 Err(e) => return Err(TaskError::Source(crate::download::error_chain(&e))),
             };
         }
-        let Some((mut w, written)) = writer.take() else { continue };
+        let Some((mut w, written)) = writer.take() else {
+            continue;
+        };
         let take = ((range.length - written) as usize).min(carry.len());
         let part = carry.split_to(take);
         let written = written + take as u64;

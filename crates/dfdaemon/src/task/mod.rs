@@ -279,11 +279,11 @@ impl Task {
     fn piece_stored(&self, record: PieceRecord) {
         let n = record.number as usize;
         self.view.send_modify(|v| {
-            if let Some(slot) = v.have.get_mut(n) {
-                if !*slot {
-                    *slot = true;
-                    v.done += 1;
-                }
+            if let Some(slot) = v.have.get_mut(n)
+                && !*slot
+            {
+                *slot = true;
+                v.done += 1;
             }
         });
         let _ = self.pieces.send(record);
@@ -397,7 +397,12 @@ impl TaskManager {
         .await
         .map_err(|e| TaskError::Storage(e.to_string()))??;
         if let Some(record) = record.filter(|r| r.is_finished()) {
-            let task = Task::new(id.clone(), self.peer_id(&id), req.url.clone(), self.inner.storage.clone());
+            let task = Task::new(
+                id.clone(),
+                self.peer_id(&id),
+                req.url.clone(),
+                self.inner.storage.clone(),
+            );
             task.set_layout(record.layout()?);
             for p in pieces {
                 task.piece_stored(p);
@@ -412,7 +417,12 @@ impl TaskManager {
         let task = match entry {
             dashmap::Entry::Occupied(o) => return Ok(o.get().clone()),
             dashmap::Entry::Vacant(v) => {
-                let task = Task::new(id.clone(), self.peer_id(&id), req.url.clone(), self.inner.storage.clone());
+                let task = Task::new(
+                    id.clone(),
+                    self.peer_id(&id),
+                    req.url.clone(),
+                    self.inner.storage.clone(),
+                );
                 v.insert(task.clone());
                 task
             }
@@ -424,6 +434,11 @@ impl TaskManager {
     }
 
     fn peer_id(&self, id: &TaskId) -> String {
-        format!("{}-{}-{:08x}", self.inner.opts.host_id, &id.as_str()[..8], rand::random::<u32>())
+        format!(
+            "{}-{}-{:08x}",
+            self.inner.opts.host_id,
+            &id.as_str()[..8],
+            rand::random::<u32>()
+        )
     }
 }

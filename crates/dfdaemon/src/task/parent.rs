@@ -31,8 +31,6 @@ pub struct ParentPiece {
 pub enum ParentEvent {
     /// The task's size as the parent knows it.
     Layout {
-        /// Which parent.
-        parent: usize,
         /// Content length.
         content_length: u64,
         /// Piece length.
@@ -82,14 +80,21 @@ impl ParentClient {
         number: u32,
     ) -> Result<reqwest::Response, String> {
         let url = format!("http://{}/pieces/{}/{}", parent.addr, task, number);
-        let resp = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| format!("parent {} ({}): {}", parent.id, parent.addr, crate::download::error_chain(&e)))?;
+        let resp = self.http.get(&url).send().await.map_err(|e| {
+            format!(
+                "parent {} ({}): {}",
+                parent.id,
+                parent.addr,
+                crate::download::error_chain(&e)
+            )
+        })?;
         if !resp.status().is_success() {
-            return Err(format!("parent {} ({}) answered {} for piece {number}", parent.id, parent.addr, resp.status()));
+            return Err(format!(
+                "parent {} ({}) answered {} for piece {number}",
+                parent.id,
+                parent.addr,
+                resp.status()
+            ));
         }
         Ok(resp)
     }
@@ -103,11 +108,15 @@ pub(crate) async fn follow(
     task: TaskId,
     tx: mpsc::Sender<ParentEvent>,
 ) {
-    let error = match follow_inner(index, &parent, host_id, &task, &tx).await {
-        Ok(()) => None,
-        Err(e) => Some(e),
-    };
-    let _ = tx.send(ParentEvent::Closed { parent: index, error }).await;
+    let error = follow_inner(index, &parent, host_id, &task, &tx)
+        .await
+        .err();
+    let _ = tx
+        .send(ParentEvent::Closed {
+            parent: index,
+            error,
+        })
+        .await;
 }
 
 async fn follow_inner(
@@ -118,10 +127,20 @@ async fn follow_inner(
     tx: &mpsc::Sender<ParentEvent>,
 ) -> Result<(), String> {
     let endpoint = format!("http://{}", parent.addr);
-    let mut client = tokio::time::timeout(std::time::Duration::from_secs(5), DfdaemonUploadClient::connect(endpoint))
-        .await
-        .map_err(|_| format!("parent {} ({}): connect timed out", parent.id, parent.addr))?
-        .map_err(|e| format!("parent {} ({}): {}", parent.id, parent.addr, crate::download::error_chain(&e)))?;
+    let mut client = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        DfdaemonUploadClient::connect(endpoint),
+    )
+    .await
+    .map_err(|_| format!("parent {} ({}): connect timed out", parent.id, parent.addr))?
+    .map_err(|e| {
+        format!(
+            "parent {} ({}): {}",
+            parent.id,
+            parent.addr,
+            crate::download::error_chain(&e)
+        )
+    })?;
     let mut stream = client
         .sync_pieces(SyncPiecesRequest {
             host_id,
@@ -136,26 +155,36 @@ async fn follow_inner(
         let msg = match stream.message().await {
             Ok(Some(m)) => m,
             Ok(None) => return Ok(()),
-            Err(s) => return Err(format!("parent {} ({}): {}", parent.id, parent.addr, s.message())),
+            Err(s) => {
+                return Err(format!(
+                    "parent {} ({}): {}",
+                    parent.id,
+                    parent.addr,
+                    s.message()
+                ));
+            }
         };
-        if !sent_layout {
-            if let (Some(content_length), Some(piece_length)) = (msg.content_length, msg.piece_length) {
-                sent_layout = true;
-                let ev = ParentEvent::Layout {
-                    parent: index,
-                    content_length,
-                    piece_length,
-                };
-                if tx.send(ev).await.is_err() {
-                    return Ok(());
-                }
+        if !sent_layout
+            && let (Some(content_length), Some(piece_length)) =
+                (msg.content_length, msg.piece_length)
+        {
+            sent_layout = true;
+            let ev = ParentEvent::Layout {
+                content_length,
+                piece_length,
+            };
+            if tx.send(ev).await.is_err() {
+                return Ok(());
             }
         }
         if let Some(p) = msg.piece {
             let Some(crc32) = p.crc32 else { continue };
             let ev = ParentEvent::Piece {
                 parent: index,
-                piece: ParentPiece { number: p.number, crc32 },
+                piece: ParentPiece {
+                    number: p.number,
+                    crc32,
+                },
             };
             if tx.send(ev).await.is_err() {
                 return Ok(());

@@ -21,7 +21,9 @@ impl TaskReader {
             (task, start, end, None::<Arc<std::fs::File>>),
             |(task, pos, end, file)| async move {
                 let layout = task.layout().await?;
-                let end = end.unwrap_or(layout.content_length()).min(layout.content_length());
+                let end = end
+                    .unwrap_or(layout.content_length())
+                    .min(layout.content_length());
                 if pos >= end {
                     return Ok(None);
                 }

@@ -47,7 +47,10 @@ impl Limiter {
             total: Arc::new(Semaphore::new(limits.concurrent_total.max(1))),
             per_peer: DashMap::new(),
             per_peer_limit: limits.concurrent_per_peer.max(1),
-            rate: limits.rate_limit.filter(|r| *r > 0).map(|r| Arc::new(RateLimiter::new(r))),
+            rate: limits
+                .rate_limit
+                .filter(|r| *r > 0)
+                .map(|r| Arc::new(RateLimiter::new(r))),
         }
     }
 
@@ -111,7 +114,10 @@ mod tests {
         r.take(500).await;
         r.take(500).await;
         let e = start.elapsed();
-        assert!(e >= Duration::from_millis(999) && e < Duration::from_millis(1100), "{e:?}");
+        assert!(
+            e >= Duration::from_millis(999) && e < Duration::from_millis(1100),
+            "{e:?}"
+        );
     }
 
     #[tokio::test]
@@ -124,10 +130,21 @@ mod tests {
         let ip: IpAddr = "127.0.0.2".parse().unwrap();
         let first = l.acquire(ip).await;
         let blocked = tokio::time::timeout(Duration::from_millis(50), l.acquire(ip)).await;
-        assert!(blocked.is_err(), "a second piece for the same peer must wait");
-        let other = tokio::time::timeout(Duration::from_millis(50), l.acquire("127.0.0.3".parse().unwrap())).await;
+        assert!(
+            blocked.is_err(),
+            "a second piece for the same peer must wait"
+        );
+        let other = tokio::time::timeout(
+            Duration::from_millis(50),
+            l.acquire("127.0.0.3".parse().unwrap()),
+        )
+        .await;
         assert!(other.is_ok(), "another peer is not held up");
         drop(first);
-        assert!(tokio::time::timeout(Duration::from_millis(50), l.acquire(ip)).await.is_ok());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), l.acquire(ip))
+                .await
+                .is_ok()
+        );
     }
 }

@@ -54,7 +54,9 @@ pub async fn serve(
         engine: engine.clone(),
         limits: limit::Limiter::new(limits),
     });
-    let grpc = tonic::service::Routes::new(DfdaemonUploadServer::new(sync::SyncService::new(engine))).prepare();
+    let grpc =
+        tonic::service::Routes::new(DfdaemonUploadServer::new(sync::SyncService::new(engine)))
+            .prepare();
     tokio::pin!(shutdown);
     loop {
         let (stream, remote) = tokio::select! {
@@ -95,38 +97,64 @@ pub async fn serve(
 }
 
 fn text(status: StatusCode, msg: String) -> Response<tonic::body::Body> {
-    let mut r = Response::new(tonic::body::Body::new(Full::new(Bytes::from(msg)).map_err(|n| match n {})));
+    let mut r = Response::new(tonic::body::Body::new(
+        Full::new(Bytes::from(msg)).map_err(|n| match n {}),
+    ));
     *r.status_mut() = status;
     r
 }
 
 /// `GET /pieces/{task_id}/{number}`.
-async fn serve_piece(shared: &Shared, remote: SocketAddr, req: Request<Incoming>) -> Response<tonic::body::Body> {
+async fn serve_piece(
+    shared: &Shared,
+    remote: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<tonic::body::Body> {
     if req.method() != http::Method::GET {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET /pieces/{task}/{number}\n".into());
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET /pieces/{task}/{number}\n".into(),
+        );
     }
     let path = req.uri().path();
     let Some((task, number)) = path
         .strip_prefix("/pieces/")
         .and_then(|rest| rest.split_once('/'))
     else {
-        return text(StatusCode::NOT_FOUND, format!("no such resource {path:?}\n"));
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("no such resource {path:?}\n"),
+        );
     };
     let Ok(task) = task.parse::<TaskId>() else {
-        return text(StatusCode::BAD_REQUEST, format!("{task:?} is not a task id\n"));
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("{task:?} is not a task id\n"),
+        );
     };
     let Ok(number) = number.parse::<u32>() else {
-        return text(StatusCode::BAD_REQUEST, format!("{number:?} is not a piece number\n"));
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("{number:?} is not a piece number\n"),
+        );
     };
     let storage = shared.engine.storage().clone();
     let (s, t) = (storage.clone(), task.clone());
     let record = match tokio::task::spawn_blocking(move || s.piece_record(&t, number)).await {
         Ok(Ok(Some(r))) => r,
-        Ok(Ok(None)) => return text(StatusCode::NOT_FOUND, format!("task {task} has no piece {number} here\n")),
+        Ok(Ok(None)) => {
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("task {task} has no piece {number} here\n"),
+            );
+        }
         Ok(Err(e)) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
         Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
     };
-    let permit = (shared.limits.acquire(remote.ip()).await, shared.engine.pin(&task));
+    let permit = (
+        shared.limits.acquire(remote.ip()).await,
+        shared.engine.pin(&task),
+    );
     let path = storage.content_path(&task);
     let file = match std::fs::File::open(&path) {
         Ok(f) => Arc::new(f),

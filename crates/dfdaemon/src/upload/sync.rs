@@ -6,8 +6,8 @@ use dragonfly_common::task_id::TaskId;
 use dragonfly_proto::DfdaemonUpload;
 use dragonfly_proto::common::v1::{Piece, Task as ProtoTask};
 use dragonfly_proto::dfdaemon::v1::{
-    DeleteTaskRequest, DownloadTaskRequest, DownloadTaskResponse, StatTaskRequest, SyncPiecesRequest,
-    SyncPiecesResponse,
+    DeleteTaskRequest, DownloadTaskRequest, DownloadTaskResponse, StatTaskRequest,
+    SyncPiecesRequest, SyncPiecesResponse,
 };
 use std::collections::HashSet;
 use std::pin::Pin;
@@ -28,7 +28,12 @@ impl SyncService {
     }
 }
 
-fn piece_msg(p: &PieceRecord, content_length: u64, piece_length: u64, piece_count: u32) -> SyncPiecesResponse {
+fn piece_msg(
+    p: &PieceRecord,
+    content_length: u64,
+    piece_length: u64,
+    piece_count: u32,
+) -> SyncPiecesResponse {
     SyncPiecesResponse {
         piece: Some(Piece {
             number: p.number,
@@ -52,7 +57,10 @@ impl DfdaemonUpload for SyncService {
     type SyncPiecesStream = Msgs<SyncPiecesResponse>;
     type DownloadTaskStream = Msgs<DownloadTaskResponse>;
 
-    async fn sync_pieces(&self, req: Request<SyncPiecesRequest>) -> Result<Response<Self::SyncPiecesStream>, Status> {
+    async fn sync_pieces(
+        &self,
+        req: Request<SyncPiecesRequest>,
+    ) -> Result<Response<Self::SyncPiecesStream>, Status> {
         let req = req.into_inner();
         let id: TaskId = req
             .task_id
@@ -65,20 +73,30 @@ impl DfdaemonUpload for SyncService {
         // Subscribe before reading what is stored, so no piece falls between the two.
         let mut updates = running.as_ref().map(|t| (t.subscribe(), t.watch()));
         let layout = match &running {
-            Some(t) => Some(t.layout().await.map_err(|e| Status::unavailable(e.to_string()))?),
+            Some(t) => Some(
+                t.layout()
+                    .await
+                    .map_err(|e| Status::unavailable(e.to_string()))?,
+            ),
             None => None,
         };
         let (s, i) = (storage.clone(), id.clone());
-        let (record, stored) = tokio::task::spawn_blocking(move || Ok::<_, crate::storage::StorageError>((s.task(&i)?, s.pieces(&i)?)))
-            .await
-            .map_err(storage_status)?
-            .map_err(storage_status)?;
+        let (record, stored) = tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::storage::StorageError>((s.task(&i)?, s.pieces(&i)?))
+        })
+        .await
+        .map_err(storage_status)?
+        .map_err(storage_status)?;
         let layout = match (layout, &record) {
             (Some(l), _) => l,
             (None, Some(r)) if r.is_finished() => r.layout().map_err(storage_status)?,
             _ => return Err(Status::not_found(format!("task {id} is not on this node"))),
         };
-        let (len, pl, count) = (layout.content_length(), layout.piece_length(), layout.piece_count());
+        let (len, pl, count) = (
+            layout.content_length(),
+            layout.piece_length(),
+            layout.piece_count(),
+        );
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
             let mut sent = HashSet::new();
@@ -88,7 +106,9 @@ impl DfdaemonUpload for SyncService {
                 }
                 sent.insert(p.number);
             }
-            let Some((pieces, mut phase)) = updates.take().map(|(a, b)| (a, b)) else { return };
+            let Some((pieces, mut phase)) = updates.take() else {
+                return;
+            };
             let mut pieces = pieces;
             loop {
                 tokio::select! {
@@ -137,11 +157,19 @@ impl DfdaemonUpload for SyncService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn download_task(&self, _req: Request<DownloadTaskRequest>) -> Result<Response<Self::DownloadTaskStream>, Status> {
-        Err(Status::unimplemented("DownloadTask on the upload port arrives with the scheduler (seed peers)"))
+    async fn download_task(
+        &self,
+        _req: Request<DownloadTaskRequest>,
+    ) -> Result<Response<Self::DownloadTaskStream>, Status> {
+        Err(Status::unimplemented(
+            "DownloadTask on the upload port arrives with the scheduler (seed peers)",
+        ))
     }
 
-    async fn stat_task(&self, req: Request<StatTaskRequest>) -> Result<Response<ProtoTask>, Status> {
+    async fn stat_task(
+        &self,
+        req: Request<StatTaskRequest>,
+    ) -> Result<Response<ProtoTask>, Status> {
         let id: TaskId = req
             .into_inner()
             .task_id
@@ -166,6 +194,8 @@ impl DfdaemonUpload for SyncService {
     }
 
     async fn delete_task(&self, _req: Request<DeleteTaskRequest>) -> Result<Response<()>, Status> {
-        Err(Status::permission_denied("tasks are deleted by the node's own GC, not by other peers"))
+        Err(Status::permission_denied(
+            "tasks are deleted by the node's own GC, not by other peers",
+        ))
     }
 }

@@ -29,14 +29,18 @@ async fn main() -> anyhow::Result<()> {
             .parse()
             .map_err(|_| anyhow::anyhow!("--generate {spec:?}: {mib:?} is not a number of MiB"))?;
         let path = cli.dir.join(name);
-        if std::fs::metadata(&path).map(|m| m.len()) .ok() != Some(mib << 20) {
+        if std::fs::metadata(&path).map(|m| m.len()).ok() != Some(mib << 20) {
             testkit::data::write_random_file(&path, 42, mib << 20)?;
         }
     }
     let listener = tokio::net::TcpListener::bind(&cli.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cli.listen))?;
-    eprintln!("dforigin: serving {} on http://{}", cli.dir.display(), listener.local_addr()?);
+    eprintln!(
+        "dforigin: serving {} on http://{}",
+        cli.dir.display(),
+        listener.local_addr()?
+    );
     let origin = testkit::origin::Origin::with_dir(cli.dir);
     let stats = origin.stats();
     testkit::origin::serve(listener, origin, async {
