@@ -32,6 +32,7 @@ fmt:
 bench: release
 	bash scripts/ensure-deps.sh $(BENCH_PACKAGES)
 	bash bench/standalone.sh
+	bash bench/p2p.sh
 
 clean:
 	$(CARGO) clean
