@@ -57,6 +57,8 @@ upload:
   tcpListen:
     listen: 127.0.0.1
     port: $2
+storage:
+  multiplex: ${MULTIPLEX:-false}
 CONF
   "$BIN/dfdaemon" --config "$d/dfget.yaml" >"$d/stdout.log" 2>"$d/stderr.log" &
   echo $! >"$d/pid"

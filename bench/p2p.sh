@@ -41,10 +41,12 @@ stop_daemon a; start_daemon a 18100
 for i in $(seq "$CHILDREN"); do start_daemon "c$i" $((18200 + i)) 18100; done
 base=$(awk '/VmHWM/ {print $2}' "/proc/$(cat "$W/d/a/pid")/status")
 s=$(date +%s.%N)
+pids=()
 for i in $(seq "$CHILDREN"); do
   DFGET_DAEMON_SOCK=$(sock "c$i") "$BIN/dfget" -q "$MID" -O "$W/out/mid-$i" &
+  pids+=($!)
 done
-wait_ok=0; for j in $(jobs -p); do wait "$j" || wait_ok=1; done
+wait_ok=0; for j in "${pids[@]}"; do wait "$j" || wait_ok=1; done
 e=$(date +%s.%N)
 peak=$(awk '/VmHWM/ {print $2}' "/proc/$(cat "$W/d/a/pid")/status")
 for i in $(seq "$CHILDREN"); do

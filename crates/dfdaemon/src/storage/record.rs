@@ -18,6 +18,8 @@ pub const RECORD_VERSION: u32 = 1;
 pub(crate) const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
 /// Pieces keyed by (task id, piece number); a task's pieces are one contiguous key range.
 pub(crate) const PIECES: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("pieces");
+/// Storage-wide facts, e.g. `boot_id`: the kernel boot the page cache belongs to.
+pub(crate) const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 
 /// Where a task is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -5,8 +5,9 @@
 //! 2. task records whose content file is missing or not `content_length` bytes are dropped;
 //! 3. piece records without a task, or whose range does not match the task's layout, are dropped;
 //! 4. every piece of an unfinished task is re-read and checked against its crc32; bad ones are
-//!    dropped so the engine fetches them again (finished tasks were synced before they were marked
-//!    finished, so they are only checked for layout);
+//!    dropped so the engine fetches them again. Finished tasks are only checked for layout,
+//!    unless the machine rebooted since the storage was last opened (the boot id changed): piece
+//!    bytes are never fsynced, so after a possible power loss they are all re-verified;
 //! 5. `Running` tasks become `Pending` (resumable); `finished_pieces` is recounted;
 //! 6. the metadata changes are committed, and only then content files without a kept record
 //!    (orphans) are removed, so a crash during recovery is repaired by the next one.
@@ -75,7 +76,7 @@ pub struct DroppedPiece {
 type PieceEntries = Vec<(u32, Result<PieceRecord>)>;
 
 /// Runs recovery on a freshly opened storage.
-pub(super) fn recover(inner: &Inner) -> Result<RecoveryReport> {
+pub(super) fn recover(inner: &Inner, verify_finished: bool) -> Result<RecoveryReport> {
     let mut report = RecoveryReport::default();
     let (tasks, bad_tasks, mut pieces) = load(inner)?;
 
@@ -105,7 +106,7 @@ pub(super) fn recover(inner: &Inner) -> Result<RecoveryReport> {
             drop_tasks.push(key);
             continue;
         }
-        let checked = check_pieces(&record, &path, entries, &mut report)?;
+        let checked = check_pieces(&record, &path, entries, verify_finished, &mut report)?;
         for (number, reason) in checked.dropped {
             tracing::warn!(task_id = %record.id, piece = number, %reason, "dropping piece");
             report.dropped_pieces.push(DroppedPiece {
@@ -250,10 +251,11 @@ fn check_pieces(
     record: &TaskRecord,
     path: &Path,
     entries: PieceEntries,
+    verify_finished: bool,
     report: &mut RecoveryReport,
 ) -> Result<CheckedPieces> {
     let layout = record.layout()?;
-    let file = if record.state == TaskState::Finished {
+    let file = if record.state == TaskState::Finished && !verify_finished {
         None
     } else {
         Some(File::open(path).map_err(|e| StorageError::io(path, e))?)

@@ -239,3 +239,62 @@ fn gc_meets_the_disk_percent_in_lru_order() {
     assert!(!report.target_reached);
     assert_eq!(report.skipped.len(), 2);
 }
+
+#[test]
+fn finished_tasks_are_reverified_only_after_a_reboot() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = id(77);
+    let data = bytes(12, 3);
+    {
+        let (s, _) = open_at(dir.path(), 0);
+        s.create_task(new_task(&t, 12, 4)).unwrap();
+        for n in 0..3u32 {
+            write(&s, &t, n, &data[n as usize * 4..n as usize * 4 + 4]).unwrap();
+        }
+        s.finish_task(&t).unwrap();
+    }
+    // Bytes change under a finished task (as a power loss could leave them).
+    {
+        use std::os::unix::fs::FileExt;
+        let path = dir
+            .path()
+            .join(CONTENT_DIR)
+            .join(t.shard())
+            .join(t.as_str());
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .write_all_at(b"XX", 5)
+            .unwrap();
+    }
+    // Same boot: finished tasks are trusted (the page cache cannot have lost them).
+    {
+        let (s, _) = open_at(dir.path(), 0);
+        assert_eq!(s.recovery_report().pieces_verified, 0);
+        assert!(s.task(&t).unwrap().unwrap().is_finished());
+    }
+    // Another boot: everything is re-verified and the bad piece dropped.
+    {
+        let db = Database::create(dir.path().join(METADATA_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(record::META)
+            .unwrap()
+            .insert("boot_id", "an-earlier-boot")
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let (s, _) = open_at(dir.path(), 0);
+    assert_eq!(s.recovery_report().pieces_verified, 3);
+    let dropped: Vec<u32> = s
+        .recovery_report()
+        .dropped_pieces
+        .iter()
+        .map(|p| p.number)
+        .collect();
+    assert_eq!(dropped, [1]);
+    assert!(
+        !s.task(&t).unwrap().unwrap().is_finished(),
+        "resumable again, piece 1 to refetch"
+    );
+}
