@@ -1,6 +1,7 @@
 //! `DfdaemonDownload` on the local unix socket: dfget asks the daemon to download a task and
 //! write it to `-O` (hardlink with `storage.multiplex`, else copy), following its pieces.
 
+use super::output::OutputWriter;
 use crate::download::validate_url;
 use crate::storage::PieceRecord;
 use crate::task::{Parent, Phase, TaskManager, TaskRequest};
@@ -14,7 +15,7 @@ use dragonfly_proto::dfdaemon::v1::{
 };
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::Stream;
@@ -65,34 +66,6 @@ fn headers(raw: &std::collections::HashMap<String, String>) -> Result<HeaderMap,
         map.append(name, value);
     }
     Ok(map)
-}
-
-/// Put the task's content at `out`: hardlink when allowed and on the same file system, else copy;
-/// through a temporary name, so `out` never holds a partial file.
-pub fn write_output(content: &Path, out: &Path, hardlink: bool) -> std::io::Result<&'static str> {
-    let dir = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp: PathBuf = dir.join(format!(
-        ".{name}.dfdaemon-{:016x}.part",
-        rand::random::<u64>()
-    ));
-    let how = if hardlink && std::fs::hard_link(content, &tmp).is_ok() {
-        "hardlink"
-    } else {
-        std::fs::copy(content, &tmp)?;
-        "copy"
-    };
-    if let Err(e) = std::fs::rename(&tmp, out) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    Ok(how)
 }
 
 #[tonic::async_trait]
@@ -166,6 +139,19 @@ impl DfdaemonDownload for DownloadService {
             response: Some(r),
         };
         let pin = self.engine.pin(&task.id);
+        let content = storage.content_path(&task.id);
+        let mut writer = match &output {
+            Some(out) => {
+                let (c, o, len) = (content.clone(), out.clone(), layout.content_length());
+                let w =
+                    tokio::task::spawn_blocking(move || OutputWriter::new(&c, &o, multiplex, len))
+                        .await
+                        .map_err(|e| Status::internal(e.to_string()))?
+                        .map_err(|e| Status::internal(format!("writing {}: {e}", out.display())))?;
+                Some(w)
+            }
+            None => None,
+        };
         tokio::spawn(async move {
             let _pin = pin;
             let mut sent: HashSet<u32> = stored.iter().map(|p| p.number).collect();
@@ -179,59 +165,94 @@ impl DfdaemonDownload for DownloadService {
             if tx.send(Ok(msg(started.into()))).await.is_err() {
                 return;
             }
+            let fail = |e: std::io::Error| Status::internal(format!("writing the output: {e}"));
+            let mut copied: HashSet<u32> = HashSet::new();
+            let mut pending: Vec<(u32, u64, u64)> = stored
+                .iter()
+                .map(|p| (p.number, p.offset, p.length))
+                .collect();
             let mut watch = task.watch();
             loop {
+                if !pending.is_empty() {
+                    if let Some(w) = writer.take() {
+                        let batch = std::mem::take(&mut pending);
+                        let done = tokio::task::spawn_blocking(move || {
+                            let mut w = w;
+                            for (_, off, len) in &batch {
+                                w.piece(*off, *len)?;
+                            }
+                            Ok::<_, std::io::Error>((w, batch))
+                        })
+                        .await;
+                        match done {
+                            Ok(Ok((w, batch))) => {
+                                copied.extend(batch.iter().map(|b| b.0));
+                                writer = Some(w);
+                            }
+                            Ok(Err(e)) => {
+                                let _ = tx.send(Err(fail(e))).await;
+                                return;
+                            }
+                            Err(e) => {
+                                let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                                return;
+                            }
+                        }
+                    } else {
+                        pending.clear();
+                    }
+                }
                 let phase = watch.borrow().phase.clone();
                 match phase {
                     Phase::Failed(e) => {
                         let _ = tx.send(Err(Status::aborted(e.to_string()))).await;
                         return;
                     }
-                    Phase::Finished => {
-                        while let Ok(p) = updates.try_recv() {
-                            if sent.insert(p.number) {
-                                let _ = tx
-                                    .send(Ok(msg(DownloadPieceFinishedResponse {
-                                        piece: Some(proto_piece(&p)),
-                                    }
-                                    .into())))
-                                    .await;
-                            }
-                        }
-                        break;
-                    }
+                    Phase::Finished => break,
                     _ => {}
                 }
                 tokio::select! {
                     got = updates.recv() => match got {
                         Ok(p) => {
+                            pending.push((p.number, p.offset, p.length));
                             if sent.insert(p.number) {
                                 let m = msg(DownloadPieceFinishedResponse { piece: Some(proto_piece(&p)) }.into());
                                 if tx.send(Ok(m)).await.is_err() { return; }
                             }
                         }
-                        Err(broadcast::error::RecvError::Lagged(_)) => {}
-                        Err(broadcast::error::RecvError::Closed) => {}
+                        Err(broadcast::error::RecvError::Lagged(_)) | Err(broadcast::error::RecvError::Closed) => {}
                     },
                     changed = watch.changed() => if changed.is_err() { break },
                 }
             }
-            if let Some(out) = output {
-                let content = storage.content_path(&task.id);
-                let o = out.clone();
-                match tokio::task::spawn_blocking(move || write_output(&content, &o, multiplex))
-                    .await
-                {
-                    Ok(Ok(how)) => {
-                        tracing::info!(task = %task.id, output = %out.display(), how, "output written")
+            // Pieces whose events were missed (or queued at the end): report and copy them now.
+            while let Ok(p) = updates.try_recv() {
+                if sent.insert(p.number) {
+                    let m = msg(DownloadPieceFinishedResponse {
+                        piece: Some(proto_piece(&p)),
+                    }
+                    .into());
+                    let _ = tx.send(Ok(m)).await;
+                }
+            }
+            if let (Some(mut w), Some(out)) = (writer, output) {
+                let rest: Vec<_> = layout
+                    .pieces()
+                    .filter(|p| !copied.contains(&p.number))
+                    .collect();
+                let result = tokio::task::spawn_blocking(move || {
+                    for p in rest {
+                        w.piece(p.offset, p.length)?;
+                    }
+                    w.commit()
+                })
+                .await;
+                match result {
+                    Ok(Ok(mode)) => {
+                        tracing::info!(task = %task.id, output = %out.display(), ?mode, "output written")
                     }
                     Ok(Err(e)) => {
-                        let _ = tx
-                            .send(Err(Status::internal(format!(
-                                "writing {}: {e}",
-                                out.display()
-                            ))))
-                            .await;
+                        let _ = tx.send(Err(fail(e))).await;
                     }
                     Err(e) => {
                         let _ = tx.send(Err(Status::internal(e.to_string()))).await;

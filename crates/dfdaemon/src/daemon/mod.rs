@@ -3,6 +3,7 @@
 pub mod cli;
 pub mod download_service;
 pub mod logging;
+pub mod output;
 
 use crate::config::DfdaemonConfig;
 use crate::storage::{GcPolicy, Storage};
