@@ -74,7 +74,7 @@ pub async fn download(
             .await
             .map_err(daemon_err)?
             .into_inner();
-        let (mut len, mut done, mut pieces) = (0u64, 0u64, 0u32);
+        let (mut len, mut done) = (0u64, 0u64);
         let mut piece_length = 0;
         while let Some(msg) = stream.message().await.map_err(daemon_err)? {
             match msg.response {
@@ -83,30 +83,17 @@ pub async fn download(
                     piece_length = s.piece_length.unwrap_or(0);
                     progress.set_length(s.content_length);
                     done = s.pieces.iter().map(|p| p.length).sum();
-                    pieces = s.pieces.len() as u32;
                 }
                 Some(Event::DownloadPieceFinishedResponse(p)) => {
                     done += p.piece.map(|p| p.length).unwrap_or(0);
-                    pieces += 1;
                 }
                 None => {}
             }
             progress.set_position(done);
         }
-        let _ = pieces;
         Ok::<_, DownloadError>((len, piece_length))
     };
-    let (len, piece_length) = match req.timeout {
-        Some(limit) => {
-            tokio::time::timeout(limit, work)
-                .await
-                .map_err(|_| DownloadError::Timeout {
-                    url: req.url.clone(),
-                    after: limit,
-                })??
-        }
-        None => work.await?,
-    };
+    let (len, piece_length) = crate::download::within(req, work).await?;
     Ok(Summary {
         content_length: len,
         piece_length,

@@ -267,27 +267,9 @@ impl DfdaemonDownload for DownloadService {
         &self,
         req: Request<StatTaskRequest>,
     ) -> Result<Response<ProtoTask>, Status> {
-        let id: TaskId = req
-            .into_inner()
-            .task_id
-            .parse()
-            .map_err(|e| Status::invalid_argument(format!("task_id: {e}")))?;
-        let s = self.engine.storage().clone();
-        let i = id.clone();
-        let rec = tokio::task::spawn_blocking(move || s.task(&i))
+        crate::upload::stat_task(self.engine.storage(), &req.into_inner().task_id)
             .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::internal(e.to_string()))?
-            .ok_or_else(|| Status::not_found(format!("task {id} is not on this node")))?;
-        Ok(Response::new(ProtoTask {
-            id: rec.id.to_string(),
-            url: rec.url,
-            digest: rec.digest,
-            content_length: Some(rec.content_length),
-            piece_length: Some(rec.piece_length),
-            piece_count: Some(rec.piece_count),
-            ..Default::default()
-        }))
+            .map(Response::new)
     }
 
     async fn delete_task(&self, req: Request<DeleteTaskRequest>) -> Result<Response<()>, Status> {

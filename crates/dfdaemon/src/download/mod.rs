@@ -8,4 +8,5 @@ mod standalone;
 
 pub use error::{DownloadError, error_chain};
 pub use output::{prepare_output, validate_url};
+pub(crate) use standalone::within;
 pub use standalone::{DownloadRequest, Mode, Progress, Summary, download};

@@ -112,18 +112,7 @@ pub async fn download(
     validate_url(&req.url)?;
     let tmp = prepare_output(&req.output, req.overwrite)?;
     let started = Instant::now();
-    let work = fetch(req, &tmp, progress);
-    let mut summary = match req.timeout {
-        Some(limit) => {
-            tokio::time::timeout(limit, work)
-                .await
-                .map_err(|_| DownloadError::Timeout {
-                    url: req.url.clone(),
-                    after: limit,
-                })??
-        }
-        None => work.await?,
-    };
+    let mut summary = within(req, fetch(req, &tmp, progress)).await?;
     if let (Some(expected), Some(actual)) = (&req.digest, &summary.digest)
         && expected != actual
     {
@@ -136,6 +125,24 @@ pub async fn download(
     tmp.commit()?;
     summary.elapsed = started.elapsed();
     Ok(summary)
+}
+
+/// Run `work` within the request's `--timeout`, if any.
+pub(crate) async fn within<T>(
+    req: &DownloadRequest,
+    work: impl std::future::Future<Output = Result<T, DownloadError>>,
+) -> Result<T, DownloadError> {
+    match req.timeout {
+        Some(limit) => {
+            tokio::time::timeout(limit, work)
+                .await
+                .map_err(|_| DownloadError::Timeout {
+                    url: req.url.clone(),
+                    after: limit,
+                })?
+        }
+        None => work.await,
+    }
 }
 
 /// Shared state of one parallel download.

@@ -15,6 +15,7 @@ mod limit;
 mod sync;
 
 pub use limit::UploadLimits;
+pub(crate) use sync::stat_task;
 
 use crate::task::TaskManager;
 use bytes::Bytes;

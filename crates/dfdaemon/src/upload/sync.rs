@@ -170,27 +170,9 @@ impl DfdaemonUpload for SyncService {
         &self,
         req: Request<StatTaskRequest>,
     ) -> Result<Response<ProtoTask>, Status> {
-        let id: TaskId = req
-            .into_inner()
-            .task_id
-            .parse()
-            .map_err(|e| Status::invalid_argument(format!("task_id: {e}")))?;
-        let s = self.engine.storage().clone();
-        let i = id.clone();
-        let rec = tokio::task::spawn_blocking(move || s.task(&i))
+        stat_task(self.engine.storage(), &req.into_inner().task_id)
             .await
-            .map_err(storage_status)?
-            .map_err(storage_status)?
-            .ok_or_else(|| Status::not_found(format!("task {id} is not on this node")))?;
-        Ok(Response::new(ProtoTask {
-            id: rec.id.to_string(),
-            url: rec.url,
-            digest: rec.digest,
-            content_length: Some(rec.content_length),
-            piece_length: Some(rec.piece_length),
-            piece_count: Some(rec.piece_count),
-            ..Default::default()
-        }))
+            .map(Response::new)
     }
 
     async fn delete_task(&self, _req: Request<DeleteTaskRequest>) -> Result<Response<()>, Status> {
@@ -198,4 +180,29 @@ impl DfdaemonUpload for SyncService {
             "tasks are deleted by the node's own GC, not by other peers",
         ))
     }
+}
+
+/// `StatTask` of both gRPC services: the stored task with this id, or NOT_FOUND.
+pub(crate) async fn stat_task(
+    storage: &crate::storage::Storage,
+    raw_id: &str,
+) -> Result<ProtoTask, Status> {
+    let id: TaskId = raw_id
+        .parse()
+        .map_err(|e| Status::invalid_argument(format!("task_id: {e}")))?;
+    let (s, i) = (storage.clone(), id.clone());
+    let rec = tokio::task::spawn_blocking(move || s.task(&i))
+        .await
+        .map_err(storage_status)?
+        .map_err(storage_status)?
+        .ok_or_else(|| Status::not_found(format!("task {id} is not on this node")))?;
+    Ok(ProtoTask {
+        id: rec.id.to_string(),
+        url: rec.url,
+        digest: rec.digest,
+        content_length: Some(rec.content_length),
+        piece_length: Some(rec.piece_length),
+        piece_count: Some(rec.piece_count),
+        ..Default::default()
+    })
 }
