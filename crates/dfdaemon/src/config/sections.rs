@@ -282,6 +282,10 @@ pub struct UploadConfig {
     pub tcp_listen: UploadListen,
     /// Piece requests served at once; 0 means no limit.
     pub concurrent_limit: u32,
+    /// Upload bandwidth cap per child address, per second; 0 means no cap.
+    pub per_peer_rate_limit: Size,
+    /// Piece requests served at once to one child address (1 or more).
+    pub per_peer_concurrent_limit: u32,
 }
 
 impl Default for UploadConfig {
@@ -290,6 +294,8 @@ impl Default for UploadConfig {
             rate_limit: Size::ZERO,
             tcp_listen: Default::default(),
             concurrent_limit: 100,
+            per_peer_rate_limit: Size::ZERO,
+            per_peer_concurrent_limit: 16,
         }
     }
 }

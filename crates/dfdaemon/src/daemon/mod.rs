@@ -180,8 +180,10 @@ pub async fn start(
         } else {
             cfg.upload.concurrent_limit as usize
         },
-        concurrent_per_peer: 16,
+        concurrent_per_peer: cfg.upload.per_peer_concurrent_limit.max(1) as usize,
         rate_limit: (!cfg.upload.rate_limit.is_zero()).then(|| cfg.upload.rate_limit.as_u64()),
+        per_peer_rate_limit: (!cfg.upload.per_peer_rate_limit.is_zero())
+            .then(|| cfg.upload.per_peer_rate_limit.as_u64()),
     };
     let parents = static_parents(&cfg)?;
     let service = DownloadService::new(engine.clone(), cfg.storage.multiplex, parents);

@@ -16,6 +16,8 @@ pub struct UploadLimits {
     pub concurrent_per_peer: usize,
     /// Bytes per second, all children together (`None`: unlimited).
     pub rate_limit: Option<u64>,
+    /// Bytes per second to one remote address (`None`: unlimited).
+    pub per_peer_rate_limit: Option<u64>,
 }
 
 impl Default for UploadLimits {
@@ -24,6 +26,7 @@ impl Default for UploadLimits {
             concurrent_total: 128,
             concurrent_per_peer: 16,
             rate_limit: None,
+            per_peer_rate_limit: None,
         }
     }
 }
@@ -39,6 +42,8 @@ pub(crate) struct Limiter {
     per_peer: DashMap<IpAddr, Arc<Semaphore>>,
     per_peer_limit: usize,
     rate: Option<Arc<RateLimiter>>,
+    per_peer_rate: Option<u64>,
+    peer_rates: DashMap<IpAddr, Arc<RateLimiter>>,
 }
 
 impl Limiter {
@@ -51,6 +56,8 @@ impl Limiter {
                 .rate_limit
                 .filter(|r| *r > 0)
                 .map(|r| Arc::new(RateLimiter::new(r))),
+            per_peer_rate: limits.per_peer_rate_limit.filter(|r| *r > 0),
+            peer_rates: DashMap::new(),
         }
     }
 
@@ -69,8 +76,15 @@ impl Limiter {
         }
     }
 
-    pub(crate) fn rate(&self) -> Option<Arc<RateLimiter>> {
-        self.rate.clone()
+    /// The byte budgets a transfer to `ip` draws from: the total one and `ip`'s own.
+    pub(crate) fn rates(&self, ip: IpAddr) -> Vec<Arc<RateLimiter>> {
+        let own = self.per_peer_rate.map(|r| {
+            self.peer_rates
+                .entry(ip)
+                .or_insert_with(|| Arc::new(RateLimiter::new(r)))
+                .clone()
+        });
+        self.rate.iter().cloned().chain(own).collect()
     }
 }
 
@@ -126,6 +140,7 @@ mod tests {
             concurrent_total: 10,
             concurrent_per_peer: 1,
             rate_limit: None,
+            per_peer_rate_limit: None,
         });
         let ip: IpAddr = "127.0.0.2".parse().unwrap();
         let first = l.acquire(ip).await;
@@ -146,5 +161,27 @@ mod tests {
                 .await
                 .is_ok()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn per_peer_rate_applies_to_each_address_apart() {
+        let l = Limiter::new(UploadLimits {
+            per_peer_rate_limit: Some(1000),
+            ..UploadLimits::default()
+        });
+        let (a, b): (IpAddr, IpAddr) = ("127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap());
+        assert_eq!(l.rates(a).len(), 1, "no total limit, one per-peer budget");
+        let start = Instant::now();
+        for r in l.rates(a) {
+            r.take(1000).await;
+        }
+        for r in l.rates(b) {
+            r.take(1000).await; // b has a bucket of its own
+        }
+        assert!(start.elapsed() < Duration::from_millis(1));
+        for r in l.rates(a) {
+            r.take(1000).await; // a's bucket is empty: a waits a second
+        }
+        assert!(start.elapsed() >= Duration::from_millis(999));
     }
 }

@@ -165,17 +165,17 @@ async fn serve_piece(
         let (s, t) = (storage.clone(), task.clone());
         tokio::task::spawn_blocking(move || s.touch(&t));
     }
-    let rate = shared.limits.rate();
+    let rates = shared.limits.rates(remote.ip());
     let (start, len) = (record.offset, record.length);
     let frames = futures::stream::try_unfold(0u64, move |sent| {
         let file = file.clone();
-        let rate = rate.clone();
+        let rates = rates.clone();
         async move {
             if sent >= len {
                 return Ok::<_, std::io::Error>(None);
             }
             let n = (len - sent).min(SEND_CHUNK);
-            if let Some(r) = &rate {
+            for r in &rates {
                 r.take(n).await;
             }
             let buf = tokio::task::spawn_blocking(move || {
