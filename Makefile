@@ -1,7 +1,7 @@
 # Developer entry points. `make demo` shows the system working; `make test` runs every test.
 CARGO ?= cargo
 # Debian packages the test suite needs (installed by `make test` when missing).
-TEST_PACKAGES := ca-certificates curl
+TEST_PACKAGES := ca-certificates curl gcc libc6-dev
 BENCH_PACKAGES := nginx curl bc
 
 .PHONY: all build release demo test lint fmt bench clean
@@ -15,6 +15,7 @@ release:
 	$(CARGO) build --release --workspace --bins
 
 demo: release
+	bash scripts/ensure-deps.sh curl
 	bash scripts/demo.sh
 
 test:
