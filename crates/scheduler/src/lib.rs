@@ -1,7 +1,17 @@
 //! scheduler library: the cluster service that knows which peer holds which pieces and hands
 //! each new peer its best parents. See `docs/scheduler.md`.
+//!
+//! Start one with [`serve`] on an already-bound listener:
+//! `serve(listener, Arc::new(SchedulerState::new(config)), shutdown)`.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod evaluator;
+pub mod gc;
 pub mod resource;
+pub mod seed;
+pub mod server;
+pub mod service;
+
+pub use server::{SchedulerState, serve};
+pub use service::SchedulerService;

@@ -185,6 +185,14 @@ pub async fn start(
         per_peer_rate_limit: (!cfg.upload.per_peer_rate_limit.is_zero())
             .then(|| cfg.upload.per_peer_rate_limit.as_u64()),
     };
+    for (key, set) in [
+        ("download.totalRateLimit", !cfg.download.total_rate_limit.is_zero()),
+        ("download.perPeerRateLimit", !cfg.download.per_peer_rate_limit.is_zero()),
+    ] {
+        if set {
+            tracing::warn!("{key} is accepted but not applied yet: downloads are not rate limited");
+        }
+    }
     let parents = static_parents(&cfg)?;
     let service = DownloadService::new(engine.clone(), cfg.storage.multiplex, parents);
     let gc_interval = cfg.gc_interval.get().max(std::time::Duration::from_secs(1));

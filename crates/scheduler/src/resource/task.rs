@@ -50,6 +50,8 @@ pub struct Task {
     pub peers: HashMap<String, Peer>,
     /// Who feeds whom.
     pub dag: Dag,
+    /// A seed peer was already asked to fetch this task.
+    pub seed_triggered: bool,
     /// When the task was created.
     pub created_at: Instant,
     /// Last change.
@@ -68,6 +70,7 @@ impl Task {
             state: TaskState::Pending,
             peers: HashMap::new(),
             dag: Dag::default(),
+            seed_triggered: false,
             created_at: now,
             updated_at: now,
         }

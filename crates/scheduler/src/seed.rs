@@ -1,0 +1,104 @@
+//! Seed-peer triggering: when nobody holds a task, one seed peer (chosen by rendezvous hashing of
+//! the task id over the seed hosts) is asked to fetch it with `DfdaemonUpload.DownloadTask`.
+
+use dragonfly_proto::dfdaemon::v1::DownloadTaskRequest;
+use dragonfly_proto::{DfdaemonUploadClient, Download, Host};
+
+/// Asks a seed peer to download a task.
+pub trait SeedTrigger: Send + Sync + 'static {
+    /// Starts (in the background) a download of `download` on `seed`; returns whether it was asked.
+    fn trigger(&self, seed: &Host, task_id: &str, download: &Download) -> bool;
+}
+
+/// Never triggers: peers go back to source themselves (used when `seedPeer.enable` is false).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoSeedTrigger;
+
+impl SeedTrigger for NoSeedTrigger {
+    fn trigger(&self, _: &Host, _: &str, _: &Download) -> bool {
+        false
+    }
+}
+
+/// Calls the seed daemon's `DfdaemonUpload.DownloadTask` over gRPC and drains the answer stream
+/// in a background task (the seed then registers as a peer of the task like anyone else).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct GrpcSeedTrigger;
+
+impl SeedTrigger for GrpcSeedTrigger {
+    fn trigger(&self, seed: &Host, task_id: &str, download: &Download) -> bool {
+        let Some(endpoint) = seed.upload_endpoint() else {
+            tracing::warn!(seed = %seed.id, ip = %seed.ip, port = seed.upload_port, "seed peer has no usable upload address");
+            return false;
+        };
+        let (seed_id, task_id, download) = (seed.id.clone(), task_id.to_owned(), download.clone());
+        tokio::spawn(async move {
+            let result = async {
+                let mut client = DfdaemonUploadClient::connect(endpoint).await?;
+                let request = DownloadTaskRequest {
+                    download: Some(download),
+                };
+                let mut stream = client.download_task(request).await?.into_inner();
+                while stream.message().await?.is_some() {}
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+            }
+            .await;
+            match result {
+                Ok(()) => tracing::info!(seed = %seed_id, task = %task_id, "seed peer finished task"),
+                Err(e) => tracing::warn!(seed = %seed_id, task = %task_id, "seed peer download failed: {e}"),
+            }
+        });
+        true
+    }
+}
+
+/// The seed host for `task_id`: highest FNV-1a hash of (task id, host id), so every scheduler
+/// instance picks the same one and only 1/n of the tasks move when a seed comes or goes.
+pub fn pick_seed<'a>(task_id: &str, seeds: impl IntoIterator<Item = &'a Host>) -> Option<&'a Host> {
+    seeds
+        .into_iter()
+        .max_by_key(|h| (fnv1a(task_id.as_bytes(), h.id.as_bytes()), h.id.clone()))
+}
+
+fn fnv1a(a: &[u8], b: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in a.iter().chain([0u8].iter()).chain(b) {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn hosts(n: usize) -> Vec<Host> {
+        (0..n)
+            .map(|i| Host {
+                id: format!("seed-{i}"),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn no_seeds_no_pick() {
+        assert!(pick_seed("t", &[]).is_none());
+    }
+
+    proptest! {
+        #[test]
+        fn pick_is_stable_and_only_moves_to_a_new_seed(task in "[a-f0-9]{8,64}", n in 1usize..8) {
+            let before = hosts(n);
+            let a = pick_seed(&task, &before).map(|h| h.id.clone());
+            let mut reversed = before.clone();
+            reversed.reverse();
+            prop_assert_eq!(&a, &pick_seed(&task, &reversed).map(|h| h.id.clone()));
+            let after = hosts(n + 1);
+            let b = pick_seed(&task, &after).map(|h| h.id.clone());
+            prop_assert!(a == b || b.as_deref() == Some(format!("seed-{n}").as_str()));
+        }
+    }
+}

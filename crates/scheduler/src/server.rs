@@ -1,0 +1,71 @@
+//! The scheduler's shared state and its gRPC server entry point.
+
+use crate::config::SchedulerConfig;
+use crate::resource::Resources;
+use crate::seed::{GrpcSeedTrigger, NoSeedTrigger, SeedTrigger};
+use crate::service::SchedulerService;
+use dragonfly_proto::SchedulerServer;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// Everything one scheduler instance knows, shared by the gRPC service and the GC.
+pub struct SchedulerState {
+    /// The effective config.
+    pub config: SchedulerConfig,
+    /// Hosts, tasks, peers.
+    pub resources: Resources,
+    /// How seed peers are asked to fetch a task.
+    pub seed_trigger: Arc<dyn SeedTrigger>,
+}
+
+impl SchedulerState {
+    /// State for `config`; seed peers are triggered over gRPC when `seedPeer.enable` is set.
+    pub fn new(config: SchedulerConfig) -> Self {
+        let seed_trigger: Arc<dyn SeedTrigger> = if config.seed_peer.enable {
+            Arc::new(GrpcSeedTrigger)
+        } else {
+            Arc::new(NoSeedTrigger)
+        };
+        Self::with_seed_trigger(config, seed_trigger)
+    }
+
+    /// State with a custom seed trigger (tests, or a different transport).
+    pub fn with_seed_trigger(config: SchedulerConfig, seed_trigger: Arc<dyn SeedTrigger>) -> Self {
+        SchedulerState {
+            config,
+            resources: Resources::default(),
+            seed_trigger,
+        }
+    }
+}
+
+impl std::fmt::Debug for SchedulerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchedulerState")
+            .field("hosts", &self.resources.hosts.len())
+            .field("tasks", &self.resources.tasks.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Serves the `Scheduler` gRPC API on an already-bound `listener` (and runs the GC) until
+/// `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<SchedulerState>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let (stop_gc, gc_stopped) = tokio::sync::oneshot::channel::<()>();
+    let gc = tokio::spawn(crate::gc::run(state.clone(), async move {
+        let _ = gc_stopped.await;
+    }));
+    let result = tonic::transport::Server::builder()
+        .add_service(SchedulerServer::new(SchedulerService::new(state)))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await;
+    let _ = stop_gc.send(());
+    let _ = gc.await;
+    result
+}

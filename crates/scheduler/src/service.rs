@@ -1,0 +1,578 @@
+//! The `Scheduler` gRPC service: host announces, the per-peer AnnouncePeer stream, stats and leaves.
+
+use crate::evaluator::{self, Limits};
+use crate::resource::{Peer, PeerState, Task, TaskState};
+use crate::seed::pick_seed;
+use crate::server::SchedulerState;
+use dragonfly_proto::Download;
+use dragonfly_proto::scheduler::v1 as sch;
+use dragonfly_proto::scheduler::v1::announce_peer_request::Request as Req;
+use sch::AnnouncePeerResponse;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+/// The gRPC service over a shared [`SchedulerState`].
+#[derive(Debug, Clone)]
+pub struct SchedulerService {
+    state: Arc<SchedulerState>,
+}
+
+impl SchedulerService {
+    /// A service over `state`.
+    pub fn new(state: Arc<SchedulerState>) -> Self {
+        SchedulerService { state }
+    }
+}
+
+/// Who the AnnouncePeer stream is about (set by its RegisterPeerRequest).
+#[derive(Debug, Clone)]
+struct StreamCtx {
+    host_id: String,
+    task_id: String,
+    peer_id: String,
+    download: Download,
+}
+
+/// Outcome of one scheduling attempt, decided under the task's lock.
+enum Decision {
+    Answer(AnnouncePeerResponse),
+    Wait,
+}
+
+type AnnounceStream = Pin<Box<dyn Stream<Item = Result<AnnouncePeerResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl dragonfly_proto::Scheduler for SchedulerService {
+    type AnnouncePeerStream = AnnounceStream;
+
+    async fn announce_host(
+        &self,
+        request: Request<sch::AnnounceHostRequest>,
+    ) -> Result<Response<()>, Status> {
+        let host = request
+            .into_inner()
+            .host
+            .filter(|h| !h.id.is_empty())
+            .ok_or_else(|| Status::invalid_argument("AnnounceHostRequest.host.id is empty"))?;
+        if !self.state.resources.hosts.contains_key(&host.id) {
+            tracing::info!(host = %host.id, ip = %host.ip, seed = host.is_seed(), "host announced");
+        }
+        self.state.resources.announce_host(host, Instant::now());
+        Ok(Response::new(()))
+    }
+
+    async fn leave_host(
+        &self,
+        request: Request<sch::LeaveHostRequest>,
+    ) -> Result<Response<()>, Status> {
+        let id = request.into_inner().host_id;
+        let peers = self.state.resources.leave_host(&id);
+        tracing::info!(host = %id, peers, "host left");
+        Ok(Response::new(()))
+    }
+
+    async fn announce_peer(
+        &self,
+        request: Request<Streaming<sch::AnnouncePeerRequest>>,
+    ) -> Result<Response<Self::AnnouncePeerStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(8);
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            let mut ctx: Option<StreamCtx> = None;
+            loop {
+                let msg = match inbound.message().await {
+                    Ok(Some(msg)) => msg,
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::debug!("announce stream ended: {status}");
+                        break;
+                    }
+                };
+                let span = tracing::info_span!("peer", task = %msg.task_id, peer = %msg.peer_id);
+                let reply = handle(&state, &mut ctx, msg).instrument(span).await;
+                let end = reply.is_err();
+                if let Some(reply) = reply.transpose() {
+                    if tx.send(reply).await.is_err() {
+                        break;
+                    }
+                }
+                if end {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn stat_peer(
+        &self,
+        request: Request<sch::StatPeerRequest>,
+    ) -> Result<Response<dragonfly_proto::Peer>, Status> {
+        let req = request.into_inner();
+        let res = &self.state.resources;
+        let task = res
+            .tasks
+            .get(&req.task_id)
+            .ok_or_else(|| Status::not_found(format!("task {} not found", req.task_id)))?;
+        let peer = task
+            .peers
+            .get(&req.peer_id)
+            .ok_or_else(|| Status::not_found(format!("peer {} not found", req.peer_id)))?;
+        let mut out = dragonfly_proto::Peer {
+            id: peer.id.clone(),
+            task_id: peer.task_id.clone(),
+            host: res.hosts.get(&peer.host_id).map(|h| h.info.clone()),
+            finished_pieces: peer.finished_pieces.clone(),
+            finished_piece_count: peer.finished_count(),
+            need_back_to_source: peer.need_back_to_source,
+            ..Default::default()
+        };
+        out.set_state(peer.state().to_proto());
+        Ok(Response::new(out))
+    }
+
+    async fn leave_peer(
+        &self,
+        request: Request<sch::LeavePeerRequest>,
+    ) -> Result<Response<()>, Status> {
+        let req = request.into_inner();
+        let existed = self.state.resources.leave_peer(&req.task_id, &req.peer_id);
+        tracing::info!(task = %req.task_id, peer = %req.peer_id, existed, "peer left");
+        Ok(Response::new(()))
+    }
+
+    async fn stat_task(
+        &self,
+        request: Request<sch::StatTaskRequest>,
+    ) -> Result<Response<dragonfly_proto::Task>, Status> {
+        let id = request.into_inner().task_id;
+        let res = &self.state.resources;
+        let task = res
+            .tasks
+            .get(&id)
+            .ok_or_else(|| Status::not_found(format!("task {id} not found")))?;
+        Ok(Response::new(task.to_proto(|h| res.is_seed_host(h))))
+    }
+
+    async fn delete_task(
+        &self,
+        request: Request<sch::DeleteTaskRequest>,
+    ) -> Result<Response<()>, Status> {
+        let req = request.into_inner();
+        let peers = self
+            .state
+            .resources
+            .delete_task_on_host(&req.task_id, &req.host_id);
+        tracing::info!(task = %req.task_id, host = %req.host_id, peers, "task deleted on host");
+        Ok(Response::new(()))
+    }
+}
+
+/// Handles one stream message; `Ok(Some)` is sent back, `Err` ends the stream.
+async fn handle(
+    state: &SchedulerState,
+    ctx: &mut Option<StreamCtx>,
+    msg: sch::AnnouncePeerRequest,
+) -> Result<Option<AnnouncePeerResponse>, Status> {
+    let Some(request) = msg.request else {
+        tracing::debug!("announce message without a known request variant, ignored");
+        return Ok(None);
+    };
+    if let Req::RegisterPeerRequest(register) = request {
+        let c = register_peer(state, &msg.host_id, &msg.task_id, &msg.peer_id, register)?;
+        let reply = schedule(state, &c).await?;
+        *ctx = Some(c);
+        return Ok(Some(reply));
+    }
+    let c = match ctx {
+        Some(c) => c.clone(),
+        None => {
+            // A peer re-opening its stream after a scheduler hiccup may skip registration.
+            let known = state
+                .resources
+                .tasks
+                .get(&msg.task_id)
+                .is_some_and(|t| t.peers.contains_key(&msg.peer_id));
+            if !known {
+                return Err(Status::failed_precondition(format!(
+                    "peer {} of task {}: the first message must be RegisterPeerRequest",
+                    msg.peer_id, msg.task_id
+                )));
+            }
+            let c = StreamCtx {
+                host_id: msg.host_id.clone(),
+                task_id: msg.task_id.clone(),
+                peer_id: msg.peer_id.clone(),
+                download: Download::default(),
+            };
+            *ctx = Some(c.clone());
+            c
+        }
+    };
+    match request {
+        Req::RegisterPeerRequest(_) => Ok(None),
+        Req::RescheduleRequest(r) => {
+            update_peer(state, &c, |task, peer_id| {
+                task.dag.remove_parents_of(peer_id);
+                if let Some(p) = task.peers.get_mut(peer_id) {
+                    p.blocklist.extend(r.candidate_parents_blocklist);
+                    p.reschedule_count += 1;
+                }
+            });
+            tracing::info!(reason = r.description.as_deref().unwrap_or(""), "reschedule");
+            schedule(state, &c).await.map(Some)
+        }
+        Req::DownloadPeerStartedRequest(_) => {
+            set_state(state, &c, PeerState::Running);
+            Ok(None)
+        }
+        Req::DownloadPeerBackToSourceStartedRequest(_) => {
+            update_peer(state, &c, |_, _| {});
+            set_state(state, &c, PeerState::BackToSource);
+            update_peer(state, &c, |task, id| {
+                if let Some(p) = task.peers.get_mut(id) {
+                    p.need_back_to_source = true;
+                }
+            });
+            Ok(None)
+        }
+        Req::DownloadPieceFinishedRequest(r) => {
+            piece_finished(state, &c, r.piece, PeerState::Running);
+            Ok(None)
+        }
+        Req::DownloadPieceBackToSourceFinishedRequest(r) => {
+            piece_finished(state, &c, r.piece, PeerState::BackToSource);
+            Ok(None)
+        }
+        Req::DownloadPieceFailedRequest(r) => {
+            tracing::debug!(piece = r.piece_number, parent = %r.parent_id, temporary = r.temporary, "piece failed");
+            if !r.temporary && !r.parent_id.is_empty() {
+                update_peer(state, &c, |task, id| {
+                    task.dag.remove_edge(&r.parent_id, id);
+                    if let Some(p) = task.peers.get_mut(id) {
+                        p.blocklist.insert(r.parent_id.clone());
+                    }
+                });
+            }
+            Ok(None)
+        }
+        Req::DownloadPieceBackToSourceFailedRequest(r) => {
+            tracing::debug!(piece = r.piece_number, status = ?r.status_code, "piece from source failed");
+            update_peer(state, &c, |_, _| {});
+            Ok(None)
+        }
+        Req::DownloadPeerFinishedRequest(r) => {
+            peer_finished(state, &c, r.content_length, r.piece_count);
+            Ok(None)
+        }
+        Req::DownloadPeerBackToSourceFinishedRequest(r) => {
+            peer_finished(state, &c, r.content_length, r.piece_count);
+            Ok(None)
+        }
+        Req::DownloadPeerFailedRequest(r) => {
+            tracing::info!(reason = r.description.as_deref().unwrap_or(""), "peer failed");
+            peer_failed(state, &c, false);
+            Ok(None)
+        }
+        Req::DownloadPeerBackToSourceFailedRequest(r) => {
+            tracing::info!(reason = r.description.as_deref().unwrap_or(""), status = ?r.status_code, temporary = r.temporary, "peer failed from source");
+            peer_failed(state, &c, !r.temporary);
+            Ok(None)
+        }
+    }
+}
+
+fn register_peer(
+    state: &SchedulerState,
+    host_id: &str,
+    task_id: &str,
+    peer_id: &str,
+    register: sch::RegisterPeerRequest,
+) -> Result<StreamCtx, Status> {
+    if host_id.is_empty() || task_id.is_empty() || peer_id.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "RegisterPeerRequest needs host_id, task_id and peer_id (got {host_id:?}, {task_id:?}, {peer_id:?})"
+        )));
+    }
+    let download = register.download.unwrap_or_default();
+    let now = Instant::now();
+    let mut task = state
+        .resources
+        .tasks
+        .entry(task_id.to_owned())
+        .or_insert_with(|| Task::new(task_id, &download.url, now));
+    if task.piece_length.is_none() {
+        task.piece_length = download.piece_length;
+    }
+    if task.state == TaskState::Failed {
+        // A new attempt may succeed (the origin may be back).
+        task.state = TaskState::Pending;
+        task.seed_triggered = false;
+    }
+    task.updated_at = now;
+    task.remove_peer(peer_id);
+    task.peers
+        .insert(peer_id.to_owned(), Peer::new(peer_id, task_id, host_id, now));
+    tracing::info!(task = %task_id, peer = %peer_id, host = %host_id, peers = task.peers.len(), "peer registered");
+    Ok(StreamCtx {
+        host_id: host_id.to_owned(),
+        task_id: task_id.to_owned(),
+        peer_id: peer_id.to_owned(),
+        download,
+    })
+}
+
+/// Finds parents for the peer, waiting `retryInterval` between attempts up to `retryLimit` times;
+/// answers back-to-source when allowed and nothing better exists.
+async fn schedule(state: &SchedulerState, c: &StreamCtx) -> Result<AnnouncePeerResponse, Status> {
+    let cfg = &state.config.scheduler;
+    for attempt in 0..=cfg.retry_limit {
+        match decide(state, c)? {
+            Decision::Answer(reply) => return Ok(reply),
+            Decision::Wait => {
+                tracing::debug!(attempt, "no parent yet, waiting");
+                tokio::time::sleep(cfg.retry_interval.get()).await;
+            }
+        }
+    }
+    if c.download.disable_back_to_source {
+        return Err(Status::failed_precondition(format!(
+            "no parent for task {} after {} attempts and back-to-source is disabled",
+            c.task_id, cfg.retry_limit
+        )));
+    }
+    mark_back_to_source(state, c);
+    Ok(back_to_source(format!(
+        "no parent after {} attempts",
+        cfg.retry_limit
+    )))
+}
+
+/// One scheduling attempt under the task's lock.
+fn decide(state: &SchedulerState, c: &StreamCtx) -> Result<Decision, Status> {
+    let cfg = &state.config.scheduler;
+    let res = &state.resources;
+    let mut guard = res
+        .tasks
+        .get_mut(&c.task_id)
+        .ok_or_else(|| Status::not_found(format!("task {} is gone", c.task_id)))?;
+    let task = &mut *guard;
+    let Some(peer) = task.peers.get_mut(&c.peer_id) else {
+        return Err(Status::not_found(format!(
+            "peer {} of task {} is gone",
+            c.peer_id, c.task_id
+        )));
+    };
+    peer.updated_at = Instant::now();
+    let may_back_to_source = !c.download.disable_back_to_source;
+
+    if may_back_to_source
+        && (c.download.need_back_to_source
+            || peer.reschedule_count >= cfg.retry_back_to_source_limit.max(1))
+    {
+        peer.need_back_to_source = true;
+        let why = if c.download.need_back_to_source {
+            "the download asked for back-to-source".to_owned()
+        } else {
+            format!("{} reschedules", peer.reschedule_count)
+        };
+        return Ok(Decision::Answer(back_to_source(why)));
+    }
+
+    if task.content_length == Some(0) && task.state == TaskState::Succeeded {
+        let _ = peer.transition(PeerState::ReceivedEmpty);
+        return Ok(Decision::Answer(AnnouncePeerResponse::new(
+            sch::EmptyTaskResponse {},
+        )));
+    }
+
+    let limits = Limits {
+        filter: cfg.filter_parent_limit as usize,
+        candidates: cfg.candidate_parent_limit as usize,
+    };
+    let candidates = evaluator::choose_parents(
+        task,
+        &c.peer_id,
+        &res.hosts,
+        &state.config.evaluator.weights,
+        limits,
+    );
+    if !candidates.is_empty() {
+        task.dag.remove_parents_of(&c.peer_id);
+        let mut parents = Vec::with_capacity(candidates.len());
+        for cand in &candidates {
+            if task.dag.add_edge(&cand.peer_id, &c.peer_id).is_err() {
+                continue; // the evaluator checked; a refused edge is not offered
+            }
+            let (Some(p), Some(h)) = (task.peers.get(&cand.peer_id), res.hosts.get(&task.peers.get(&cand.peer_id).map(|p| p.host_id.clone()).unwrap_or_default())) else {
+                continue;
+            };
+            let mut cp = sch::CandidateParent {
+                id: p.id.clone(),
+                host: Some(h.info.clone()),
+                finished_piece_count: p.finished_count(),
+                ..Default::default()
+            };
+            cp.set_state(p.state().to_proto());
+            parents.push(cp);
+        }
+        if !parents.is_empty() {
+            if let Some(peer) = task.peers.get_mut(&c.peer_id) {
+                let _ = peer.transition(PeerState::ReceivedNormal);
+            }
+            tracing::info!(parents = ?parents.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), "parents chosen");
+            return Ok(Decision::Answer(AnnouncePeerResponse::new(
+                sch::NormalTaskResponse {
+                    candidate_parents: parents,
+                    content_length: task.content_length,
+                    piece_length: task.piece_length,
+                    piece_count: task.piece_count,
+                },
+            )));
+        }
+    }
+
+    if task.has_available_peer(|h| res.is_seed_host(h)) || !may_back_to_source {
+        // Someone has pieces but is busy or excluded: wait for them.
+        return Ok(Decision::Wait);
+    }
+    if res.is_seed_host(&c.host_id) {
+        mark(task, &c.peer_id);
+        return Ok(Decision::Answer(back_to_source(
+            "seed peer fetches the task first",
+        )));
+    }
+    if state.config.seed_peer.enable && !task.seed_triggered {
+        let seeds: Vec<dragonfly_proto::Host> = res
+            .hosts
+            .iter()
+            .filter(|h| h.is_seed())
+            .map(|h| h.info.clone())
+            .collect();
+        if let Some(seed) = pick_seed(&c.task_id, &seeds) {
+            if state.seed_trigger.trigger(seed, &c.task_id, &c.download) {
+                tracing::info!(seed = %seed.id, "seed peer asked to fetch the task");
+                task.seed_triggered = true;
+                return Ok(Decision::Wait);
+            }
+        }
+    }
+    if task.seed_triggered {
+        return Ok(Decision::Wait);
+    }
+    if task.back_to_source_count() < cfg.back_to_source_count as usize {
+        mark(task, &c.peer_id);
+        return Ok(Decision::Answer(back_to_source("no peer has the task yet")));
+    }
+    Ok(Decision::Wait)
+}
+
+fn mark(task: &mut Task, peer_id: &str) {
+    if let Some(p) = task.peers.get_mut(peer_id) {
+        p.need_back_to_source = true;
+    }
+}
+
+fn mark_back_to_source(state: &SchedulerState, c: &StreamCtx) {
+    update_peer(state, c, |task, id| mark(task, id));
+}
+
+fn back_to_source(why: impl Into<String>) -> AnnouncePeerResponse {
+    let description = why.into();
+    tracing::info!(reason = %description, "back to source");
+    AnnouncePeerResponse::new(sch::NeedBackToSourceResponse {
+        description: Some(description),
+    })
+}
+
+/// Runs `f` on the peer's task (with the peer id) and refreshes the peer's `updated_at`.
+fn update_peer(state: &SchedulerState, c: &StreamCtx, f: impl FnOnce(&mut Task, &str)) {
+    let Some(mut task) = state.resources.tasks.get_mut(&c.task_id) else {
+        return;
+    };
+    let now = Instant::now();
+    task.updated_at = now;
+    if let Some(p) = task.peers.get_mut(&c.peer_id) {
+        p.updated_at = now;
+    }
+    f(&mut task, &c.peer_id);
+}
+
+fn set_state(state: &SchedulerState, c: &StreamCtx, to: PeerState) {
+    update_peer(state, c, |task, id| {
+        if let Some(p) = task.peers.get_mut(id) {
+            if let Err(e) = p.transition(to) {
+                tracing::debug!("{e}");
+            }
+        }
+        if matches!(to, PeerState::Running | PeerState::BackToSource)
+            && task.state == TaskState::Pending
+        {
+            task.state = TaskState::Running;
+        }
+    });
+}
+
+fn piece_finished(
+    state: &SchedulerState,
+    c: &StreamCtx,
+    piece: Option<dragonfly_proto::Piece>,
+    running: PeerState,
+) {
+    let Some(piece) = piece else {
+        tracing::debug!("piece report without a piece, ignored");
+        return;
+    };
+    tracing::debug!(piece = piece.number, parent = %piece.parent_id, "piece finished");
+    update_peer(state, c, |task, id| {
+        if let Some(p) = task.peers.get_mut(id) {
+            p.finish_piece(piece.number, piece.cost_duration());
+            if matches!(p.state(), PeerState::Pending | PeerState::ReceivedNormal) {
+                let _ = p.transition(running);
+            }
+            if running == PeerState::BackToSource {
+                p.need_back_to_source = true;
+            }
+        }
+        if task.state == TaskState::Pending {
+            task.state = TaskState::Running;
+        }
+    });
+}
+
+fn peer_finished(state: &SchedulerState, c: &StreamCtx, content_length: u64, piece_count: u32) {
+    update_peer(state, c, |task, id| {
+        if let Some(p) = task.peers.get_mut(id) {
+            p.finish_all(piece_count);
+            if let Err(e) = p.transition(PeerState::Succeeded) {
+                tracing::debug!("{e}");
+            }
+        }
+        task.content_length = Some(content_length);
+        task.piece_count = Some(piece_count);
+        task.state = TaskState::Succeeded;
+    });
+    tracing::info!(content_length, piece_count, "peer finished");
+}
+
+fn peer_failed(state: &SchedulerState, c: &StreamCtx, permanent_source_error: bool) {
+    update_peer(state, c, |task, id| {
+        if let Some(p) = task.peers.get_mut(id) {
+            if let Err(e) = p.transition(PeerState::Failed) {
+                tracing::debug!("{e}");
+            }
+        }
+        // A failed peer feeds nobody: its children must reschedule.
+        task.dag.remove_vertex(id);
+        if permanent_source_error && task.state != TaskState::Succeeded {
+            task.state = TaskState::Failed;
+        }
+    });
+}
