@@ -247,7 +247,10 @@ mod tests {
                 p.finish_piece(n, Duration::from_millis(10));
             }
             self.task.peers.insert(id.into(), p);
-            self.task.peers.get_mut(id).unwrap_or_else(|| unreachable!())
+            self.task
+                .peers
+                .get_mut(id)
+                .unwrap_or_else(|| unreachable!())
         }
 
         fn choose(&self, child: &str) -> Vec<String> {
@@ -340,8 +343,7 @@ mod tests {
         w.peer("a", 2);
         w.peer("b", 2);
         w.peer("c", 2);
-        w.peer("slow", 2)
-            .finish_piece(9, Duration::from_secs(10));
+        w.peer("slow", 2).finish_piece(9, Duration::from_secs(10));
         let got = w.choose("child");
         assert_eq!(got.len(), 3);
         assert!(!got.contains(&"slow".to_owned()));

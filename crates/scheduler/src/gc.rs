@@ -92,7 +92,7 @@ mod tests {
                 t0,
             );
         }
-        for i in 0..5000 {
+        for i in 0..5000u32 {
             let task_id = format!("t{}", i % 50);
             let mut task = res
                 .tasks
@@ -124,7 +124,14 @@ mod tests {
         assert!(res.tasks.is_empty());
         assert_eq!(res.hosts.len(), 100);
 
-        assert_eq!(collect_hosts(&res, t0 + Duration::from_secs(3600), Duration::from_secs(3600)), 100);
+        assert_eq!(
+            collect_hosts(
+                &res,
+                t0 + Duration::from_secs(3600),
+                Duration::from_secs(3600)
+            ),
+            100
+        );
         assert!(res.hosts.is_empty());
     }
 
@@ -133,16 +140,33 @@ mod tests {
         let res = Resources::default();
         let t0 = Instant::now();
         for h in ["a", "b"] {
-            res.announce_host(dragonfly_proto::Host { id: h.into(), ..Default::default() }, t0);
+            res.announce_host(
+                dragonfly_proto::Host {
+                    id: h.into(),
+                    ..Default::default()
+                },
+                t0,
+            );
         }
         let mut task = Task::new("t", "u", t0);
-        task.peers.insert("pa".into(), Peer::new("pa", "t", "a", t0));
-        task.peers.insert("pb".into(), Peer::new("pb", "t", "b", t0));
+        task.peers
+            .insert("pa".into(), Peer::new("pa", "t", "a", t0));
+        task.peers
+            .insert("pb".into(), Peer::new("pb", "t", "b", t0));
         assert!(task.dag.add_edge("pa", "pb").is_ok());
         res.tasks.insert("t".into(), task);
         // b announces again later; a stays silent.
-        res.announce_host(dragonfly_proto::Host { id: "b".into(), ..Default::default() }, t0 + Duration::from_secs(50));
-        assert_eq!(collect_hosts(&res, t0 + Duration::from_secs(60), Duration::from_secs(60)), 1);
+        res.announce_host(
+            dragonfly_proto::Host {
+                id: "b".into(),
+                ..Default::default()
+            },
+            t0 + Duration::from_secs(50),
+        );
+        assert_eq!(
+            collect_hosts(&res, t0 + Duration::from_secs(60), Duration::from_secs(60)),
+            1
+        );
         let task = res.tasks.get("t");
         assert!(task.is_some_and(|t| t.peers.len() == 1 && t.dag.edge_count() == 0));
     }

@@ -44,8 +44,12 @@ impl SeedTrigger for GrpcSeedTrigger {
             }
             .await;
             match result {
-                Ok(()) => tracing::info!(seed = %seed_id, task = %task_id, "seed peer finished task"),
-                Err(e) => tracing::warn!(seed = %seed_id, task = %task_id, "seed peer download failed: {e}"),
+                Ok(()) => {
+                    tracing::info!(seed = %seed_id, task = %task_id, "seed peer finished task")
+                }
+                Err(e) => {
+                    tracing::warn!(seed = %seed_id, task = %task_id, "seed peer download failed: {e}")
+                }
             }
         });
         true
@@ -98,7 +102,8 @@ mod tests {
             prop_assert_eq!(&a, &pick_seed(&task, &reversed).map(|h| h.id.clone()));
             let after = hosts(n + 1);
             let b = pick_seed(&task, &after).map(|h| h.id.clone());
-            prop_assert!(a == b || b.as_deref() == Some(format!("seed-{n}").as_str()));
+            let newcomer = format!("seed-{}", n);
+            prop_assert!(a == b || b.as_deref() == Some(newcomer.as_str()));
         }
     }
 }

@@ -98,10 +98,10 @@ impl dragonfly_proto::Scheduler for SchedulerService {
                 let span = tracing::info_span!("peer", task = %msg.task_id, peer = %msg.peer_id);
                 let reply = handle(&state, &mut ctx, msg).instrument(span).await;
                 let end = reply.is_err();
-                if let Some(reply) = reply.transpose() {
-                    if tx.send(reply).await.is_err() {
-                        break;
-                    }
+                if let Some(reply) = reply.transpose()
+                    && tx.send(reply).await.is_err()
+                {
+                    break;
                 }
                 if end {
                     break;
@@ -226,7 +226,10 @@ async fn handle(
                     p.reschedule_count += 1;
                 }
             });
-            tracing::info!(reason = r.description.as_deref().unwrap_or(""), "reschedule");
+            tracing::info!(
+                reason = r.description.as_deref().unwrap_or(""),
+                "reschedule"
+            );
             schedule(state, &c).await.map(Some)
         }
         Req::DownloadPeerStartedRequest(_) => {
@@ -234,13 +237,8 @@ async fn handle(
             Ok(None)
         }
         Req::DownloadPeerBackToSourceStartedRequest(_) => {
-            update_peer(state, &c, |_, _| {});
             set_state(state, &c, PeerState::BackToSource);
-            update_peer(state, &c, |task, id| {
-                if let Some(p) = task.peers.get_mut(id) {
-                    p.need_back_to_source = true;
-                }
-            });
+            mark_back_to_source(state, &c);
             Ok(None)
         }
         Req::DownloadPieceFinishedRequest(r) => {
@@ -277,7 +275,10 @@ async fn handle(
             Ok(None)
         }
         Req::DownloadPeerFailedRequest(r) => {
-            tracing::info!(reason = r.description.as_deref().unwrap_or(""), "peer failed");
+            tracing::info!(
+                reason = r.description.as_deref().unwrap_or(""),
+                "peer failed"
+            );
             peer_failed(state, &c, false);
             Ok(None)
         }
@@ -318,8 +319,10 @@ fn register_peer(
     }
     task.updated_at = now;
     task.remove_peer(peer_id);
-    task.peers
-        .insert(peer_id.to_owned(), Peer::new(peer_id, task_id, host_id, now));
+    task.peers.insert(
+        peer_id.to_owned(),
+        Peer::new(peer_id, task_id, host_id, now),
+    );
     tracing::info!(task = %task_id, peer = %peer_id, host = %host_id, peers = task.peers.len(), "peer registered");
     Ok(StreamCtx {
         host_id: host_id.to_owned(),
@@ -411,7 +414,10 @@ fn decide(state: &SchedulerState, c: &StreamCtx) -> Result<Decision, Status> {
             if task.dag.add_edge(&cand.peer_id, &c.peer_id).is_err() {
                 continue; // the evaluator checked; a refused edge is not offered
             }
-            let (Some(p), Some(h)) = (task.peers.get(&cand.peer_id), res.hosts.get(&task.peers.get(&cand.peer_id).map(|p| p.host_id.clone()).unwrap_or_default())) else {
+            let Some(p) = task.peers.get(&cand.peer_id) else {
+                continue;
+            };
+            let Some(h) = res.hosts.get(&p.host_id) else {
                 continue;
             };
             let mut cp = sch::CandidateParent {
@@ -456,12 +462,12 @@ fn decide(state: &SchedulerState, c: &StreamCtx) -> Result<Decision, Status> {
             .filter(|h| h.is_seed())
             .map(|h| h.info.clone())
             .collect();
-        if let Some(seed) = pick_seed(&c.task_id, &seeds) {
-            if state.seed_trigger.trigger(seed, &c.task_id, &c.download) {
-                tracing::info!(seed = %seed.id, "seed peer asked to fetch the task");
-                task.seed_triggered = true;
-                return Ok(Decision::Wait);
-            }
+        if let Some(seed) = pick_seed(&c.task_id, &seeds)
+            && state.seed_trigger.trigger(seed, &c.task_id, &c.download)
+        {
+            tracing::info!(seed = %seed.id, "seed peer asked to fetch the task");
+            task.seed_triggered = true;
+            return Ok(Decision::Wait);
         }
     }
     if task.seed_triggered {
@@ -481,7 +487,7 @@ fn mark(task: &mut Task, peer_id: &str) {
 }
 
 fn mark_back_to_source(state: &SchedulerState, c: &StreamCtx) {
-    update_peer(state, c, |task, id| mark(task, id));
+    update_peer(state, c, mark);
 }
 
 fn back_to_source(why: impl Into<String>) -> AnnouncePeerResponse {
@@ -507,10 +513,10 @@ fn update_peer(state: &SchedulerState, c: &StreamCtx, f: impl FnOnce(&mut Task, 
 
 fn set_state(state: &SchedulerState, c: &StreamCtx, to: PeerState) {
     update_peer(state, c, |task, id| {
-        if let Some(p) = task.peers.get_mut(id) {
-            if let Err(e) = p.transition(to) {
-                tracing::debug!("{e}");
-            }
+        if let Some(p) = task.peers.get_mut(id)
+            && let Err(e) = p.transition(to)
+        {
+            tracing::debug!("{e}");
         }
         if matches!(to, PeerState::Running | PeerState::BackToSource)
             && task.state == TaskState::Pending
@@ -564,10 +570,10 @@ fn peer_finished(state: &SchedulerState, c: &StreamCtx, content_length: u64, pie
 
 fn peer_failed(state: &SchedulerState, c: &StreamCtx, permanent_source_error: bool) {
     update_peer(state, c, |task, id| {
-        if let Some(p) = task.peers.get_mut(id) {
-            if let Err(e) = p.transition(PeerState::Failed) {
-                tracing::debug!("{e}");
-            }
+        if let Some(p) = task.peers.get_mut(id)
+            && let Err(e) = p.transition(PeerState::Failed)
+        {
+            tracing::debug!("{e}");
         }
         // A failed peer feeds nobody: its children must reschedule.
         task.dag.remove_vertex(id);

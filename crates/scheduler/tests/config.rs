@@ -208,7 +208,57 @@ fn print_config_round_trips_and_bad_config_fails() {
             bad.display()
         )
     );
+}
 
-    let out = scheduler(&["--config", &input.display().to_string()]);
-    assert_eq!(out.status.code(), Some(2));
+#[test]
+fn without_print_config_it_serves_grpc() {
+    let dir = match tempfile::tempdir() {
+        Ok(dir) => dir,
+        Err(e) => panic!("tempdir: {e}"),
+    };
+    let port = match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+        Ok(addr) => addr.port(),
+        Err(e) => panic!("free port: {e}"),
+    };
+    let config = dir.path().join("serve.yaml");
+    let yaml = format!("server:\n  listenIP: 127.0.0.1\n  port: {port}\n");
+    assert!(std::fs::write(&config, yaml).is_ok());
+    let mut child = match Command::new(env!("CARGO_BIN_EXE_scheduler"))
+        .args(["--config", &config.display().to_string()])
+        .env_remove("SCHEDULER_CONFIG")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) => panic!("cannot run scheduler: {e}"),
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => panic!("runtime: {e}"),
+    };
+    let answer = runtime.block_on(async {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let url = format!("http://127.0.0.1:{port}");
+            if let Ok(mut client) = dragonfly_proto::SchedulerClient::connect(url).await {
+                let req = dragonfly_proto::scheduler::v1::StatTaskRequest {
+                    task_id: "nope".into(),
+                };
+                return client
+                    .stat_task(req)
+                    .await
+                    .map(|_| ())
+                    .map_err(|s| s.code());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(tonic::Code::Unavailable);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    });
+    let still_running = matches!(child.try_wait(), Ok(None));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(still_running, "scheduler exited early");
+    assert_eq!(answer, Err(tonic::Code::NotFound));
 }

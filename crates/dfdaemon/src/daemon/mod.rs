@@ -186,8 +186,14 @@ pub async fn start(
             .then(|| cfg.upload.per_peer_rate_limit.as_u64()),
     };
     for (key, set) in [
-        ("download.totalRateLimit", !cfg.download.total_rate_limit.is_zero()),
-        ("download.perPeerRateLimit", !cfg.download.per_peer_rate_limit.is_zero()),
+        (
+            "download.totalRateLimit",
+            !cfg.download.total_rate_limit.is_zero(),
+        ),
+        (
+            "download.perPeerRateLimit",
+            !cfg.download.per_peer_rate_limit.is_zero(),
+        ),
     ] {
         if set {
             tracing::warn!("{key} is accepted but not applied yet: downloads are not rate limited");

@@ -1,13 +1,17 @@
 //! `scheduler`: the cluster scheduler that hands each peer its parents.
 //!
-//! For now it loads and checks its config (`--print-config` shows the effective one); the
-//! servers arrive with the scheduler-service issue.
+//! Loads its config (`--print-config` shows the effective one), then serves the `Scheduler` gRPC
+//! API on `server.listenIP:server.port` (default 8002) until SIGINT/SIGTERM.
 #![forbid(unsafe_code)]
 
+use anyhow::Context;
 use clap::Parser;
 use scheduler::config::{self, ConfigError, ConfigOrigin, LoadedFrom, SchedulerConfig};
+use scheduler::{SchedulerState, serve};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 /// Command line of `scheduler`.
 #[derive(Parser, Debug)]
@@ -52,11 +56,60 @@ fn main() -> ExitCode {
             }
         };
     }
-    eprintln!(
-        "scheduler: config loaded from {}; the scheduler's servers arrive with the scheduler-service issue",
-        loaded.origin
-    );
-    ExitCode::from(2)
+    match run(loaded.value) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: SchedulerConfig) -> anyhow::Result<()> {
+    let level = if config.verbose { "debug" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
+    runtime.block_on(async move {
+        let addr = SocketAddr::new(config.server.listen_ip, config.server.port.get());
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen on {addr} (set server.listenIP / server.port)")
+        })?;
+        tracing::info!(%addr, "scheduler listening");
+        let state = Arc::new(SchedulerState::new(config));
+        serve(listener, state, shutdown_signal())
+            .await
+            .context("scheduler gRPC server failed")?;
+        tracing::info!("scheduler stopped");
+        Ok(())
+    })
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// Loads the config named on the command line (or the default one), with the file as context

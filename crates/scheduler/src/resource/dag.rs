@@ -169,7 +169,10 @@ mod tests {
         assert!(dag.add_edge("a", "b").is_ok());
         assert!(dag.add_edge("b", "c").is_ok());
         assert_eq!(dag.add_edge("a", "a"), Err(DagError::SelfLoop("a".into())));
-        assert!(matches!(dag.add_edge("c", "a"), Err(DagError::Cycle { .. })));
+        assert!(matches!(
+            dag.add_edge("c", "a"),
+            Err(DagError::Cycle { .. })
+        ));
         assert!(!dag.can_add_edge("b", "a"));
         assert!(dag.can_add_edge("a", "c"));
         assert!(!dag.has_cycle());

@@ -173,7 +173,9 @@ impl Peer {
 
     /// Mean cost of the recent pieces, `None` before the first one.
     pub fn mean_piece_cost(&self) -> Option<Duration> {
-        let n = u32::try_from(self.piece_costs.len()).ok().filter(|n| *n > 0)?;
+        let n = u32::try_from(self.piece_costs.len())
+            .ok()
+            .filter(|n| *n > 0)?;
         Some(self.piece_costs.iter().sum::<Duration>() / n)
     }
 }
