@@ -231,6 +231,49 @@ pub struct LoadedFrom<T> {
     pub origin: ConfigOrigin,
 }
 
+impl<T> LoadedFrom<T> {
+    /// What a binary does with its config before it runs: warnings and the built-in-defaults
+    /// note go to stderr; with `print`, the effective config goes to stdout as YAML and the
+    /// binary is done (`Some(exit code)`); `None` means go on and run.
+    pub fn report(
+        &self,
+        print: bool,
+        to_yaml: impl FnOnce(&T) -> Result<String, ConfigError>,
+    ) -> Option<std::process::ExitCode> {
+        for warning in &self.warnings {
+            eprintln!("warning: {warning}");
+        }
+        if let ConfigOrigin::Defaults { .. } = self.origin {
+            eprintln!("note: using {}", self.origin);
+        }
+        if !print {
+            return None;
+        }
+        Some(match to_yaml(&self.value) {
+            Ok(yaml) => {
+                print!("{yaml}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("error: {err}");
+                std::process::ExitCode::FAILURE
+            }
+        })
+    }
+}
+
+/// A config error as a command line shows it: bad values name their file, and a missing
+/// explicit path says how to fall back (`env_var` is the variable that can also name the file).
+pub fn cli_message(err: &ConfigError, env_var: &str) -> String {
+    match err {
+        ConfigError::Invalid { file, .. } => format!("invalid config {file}: {err}"),
+        ConfigError::NotFound { .. } => format!(
+            "{err} (omit --config and {env_var} to use the default path or built-in defaults)"
+        ),
+        _ => err.to_string(),
+    }
+}
+
 /// Picks the config file: `explicit` (which must exist), else the first of `defaults` that
 /// exists, else none (run on defaults).
 pub fn resolve_config_path(

@@ -1,6 +1,7 @@
 //! The daemon's command line, shared by `dfdaemon` and `dfget daemon`.
 
-use crate::config::{self, ConfigError, ConfigOrigin, DfdaemonConfig, LoadedFrom};
+use crate::config::{self, DfdaemonConfig};
+use dragonfly_common::config::cli_message;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -18,30 +19,15 @@ pub struct DaemonArgs {
 
 /// Load the config, print it or run the daemon until SIGINT/SIGTERM; the process exit code.
 pub fn run(args: &DaemonArgs) -> ExitCode {
-    let loaded = match load(args) {
+    let loaded = match config::load_for_cli(args.config.as_deref()) {
         Ok(loaded) => loaded,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", cli_message(&err, "DFDAEMON_CONFIG"));
             return ExitCode::FAILURE;
         }
     };
-    for warning in &loaded.warnings {
-        eprintln!("warning: {warning}");
-    }
-    if let ConfigOrigin::Defaults { .. } = loaded.origin {
-        eprintln!("note: using {}", loaded.origin);
-    }
-    if args.print_config {
-        return match loaded.value.to_yaml() {
-            Ok(yaml) => {
-                print!("{yaml}");
-                ExitCode::SUCCESS
-            }
-            Err(err) => {
-                eprintln!("error: {err}");
-                ExitCode::FAILURE
-            }
-        };
+    if let Some(code) = loaded.report(args.print_config, DfdaemonConfig::to_yaml) {
+        return code;
     }
     let cfg = loaded.value;
     let _guard = match super::logging::init(&cfg.log_dir, cfg.verbose) {
@@ -90,24 +76,5 @@ async fn shutdown_signal() {
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
         }
-    }
-}
-
-/// Loads the config named on the command line (or the default one), with the file as context
-/// of value errors.
-fn load(args: &DaemonArgs) -> anyhow::Result<LoadedFrom<DfdaemonConfig>> {
-    config::load_for_cli(args.config.as_deref()).map_err(with_context)
-}
-
-fn with_context(err: ConfigError) -> anyhow::Error {
-    match &err {
-        ConfigError::Invalid { file, .. } => {
-            let context = format!("invalid config {file}");
-            anyhow::Error::new(err).context(context)
-        }
-        ConfigError::NotFound { .. } => anyhow::anyhow!(
-            "{err} (omit --config and DFDAEMON_CONFIG to use the default path or built-in defaults)"
-        ),
-        _ => anyhow::Error::new(err),
     }
 }

@@ -6,7 +6,8 @@
 
 use anyhow::Context;
 use clap::Parser;
-use scheduler::config::{self, ConfigError, ConfigOrigin, LoadedFrom, SchedulerConfig};
+use dragonfly_common::config::cli_message;
+use scheduler::config::{self, SchedulerConfig};
 use scheduler::{SchedulerState, serve};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,30 +32,15 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let loaded = match load(&cli) {
+    let loaded = match config::load_for_cli(cli.config.as_deref()) {
         Ok(loaded) => loaded,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", cli_message(&err, "SCHEDULER_CONFIG"));
             return ExitCode::FAILURE;
         }
     };
-    for warning in &loaded.warnings {
-        eprintln!("warning: {warning}");
-    }
-    if let ConfigOrigin::Defaults { .. } = loaded.origin {
-        eprintln!("note: using {}", loaded.origin);
-    }
-    if cli.print_config {
-        return match loaded.value.to_yaml() {
-            Ok(yaml) => {
-                print!("{yaml}");
-                ExitCode::SUCCESS
-            }
-            Err(err) => {
-                eprintln!("error: {err}");
-                ExitCode::FAILURE
-            }
-        };
+    if let Some(code) = loaded.report(cli.print_config, SchedulerConfig::to_yaml) {
+        return code;
     }
     match run(loaded.value) {
         Ok(()) => ExitCode::SUCCESS,
@@ -109,24 +95,5 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-/// Loads the config named on the command line (or the default one), with the file as context
-/// of value errors.
-fn load(cli: &Cli) -> anyhow::Result<LoadedFrom<SchedulerConfig>> {
-    config::load_for_cli(cli.config.as_deref()).map_err(with_context)
-}
-
-fn with_context(err: ConfigError) -> anyhow::Error {
-    match &err {
-        ConfigError::Invalid { file, .. } => {
-            let context = format!("invalid config {file}");
-            anyhow::Error::new(err).context(context)
-        }
-        ConfigError::NotFound { .. } => anyhow::anyhow!(
-            "{err} (omit --config and SCHEDULER_CONFIG to use the default path or built-in defaults)"
-        ),
-        _ => anyhow::Error::new(err),
     }
 }
