@@ -3,5 +3,6 @@
 
 pub mod config;
 pub mod digest;
+pub mod hashring;
 pub mod piece;
 pub mod task_id;

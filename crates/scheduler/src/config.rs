@@ -126,10 +126,10 @@ impl Default for SchedulingConfig {
     fn default() -> Self {
         SchedulingConfig {
             algorithm: "default".to_owned(),
-            back_to_source_count: 3,
+            back_to_source_count: 1,
             retry_back_to_source_limit: 5,
             retry_limit: 10,
-            retry_interval: Duration::from_millis(50),
+            retry_interval: Duration::from_millis(200),
             candidate_parent_limit: 4,
             filter_parent_limit: 15,
             gc: GcConfig::default(),

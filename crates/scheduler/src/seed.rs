@@ -56,21 +56,15 @@ impl SeedTrigger for GrpcSeedTrigger {
     }
 }
 
-/// The seed host for `task_id`: highest FNV-1a hash of (task id, host id), so every scheduler
-/// instance picks the same one and only 1/n of the tasks move when a seed comes or goes.
+/// The seed host for `task_id`: rendezvous hashing of (task id, host id)
+/// ([`dragonfly_common::hashring`]), so every scheduler instance picks the same one and only
+/// 1/n of the tasks move when a seed comes or goes.
 pub fn pick_seed<'a>(task_id: &str, seeds: impl IntoIterator<Item = &'a Host>) -> Option<&'a Host> {
-    seeds
-        .into_iter()
-        .max_by_key(|h| (fnv1a(task_id.as_bytes(), h.id.as_bytes()), h.id.clone()))
-}
-
-fn fnv1a(a: &[u8], b: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in a.iter().chain([0u8].iter()).chain(b) {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
+    seeds.into_iter().max_by(|a, b| {
+        let wa = (dragonfly_common::hashring::weight(task_id, &a.id), &a.id);
+        let wb = (dragonfly_common::hashring::weight(task_id, &b.id), &b.id);
+        wa.cmp(&wb)
+    })
 }
 
 #[cfg(test)]

@@ -80,10 +80,10 @@ fn defaults() {
         PathBuf::from("/var/log/dragonfly/scheduler")
     );
     assert_eq!(c.scheduler.algorithm, "default");
-    assert_eq!(c.scheduler.back_to_source_count, 3);
+    assert_eq!(c.scheduler.back_to_source_count, 1);
     assert_eq!(c.scheduler.retry_back_to_source_limit, 5);
     assert_eq!(c.scheduler.retry_limit, 10);
-    assert_eq!(c.scheduler.retry_interval.get().as_millis(), 50);
+    assert_eq!(c.scheduler.retry_interval.get().as_millis(), 200);
     assert_eq!(c.scheduler.candidate_parent_limit, 4);
     assert_eq!(c.scheduler.filter_parent_limit, 15);
     assert_eq!(c.scheduler.gc.peer_gc_interval.get().as_secs(), 10);
@@ -97,7 +97,7 @@ fn defaults() {
 
 #[test]
 fn dragonfly_shaped_file_loads() {
-    let yaml = "server:\n  port: 8002\n  advertiseIP: 10.0.0.5\n  cacheDir: /var/cache\nscheduler:\n  algorithm: default\n  retryInterval: 200ms\n  gc:\n    peerTTL: 48h\n    pieceDownloadTimeout: 30m\nmanager:\n  addr: manager:65003\n  schedulerClusterID: 1\nsecurity:\n  autoIssueCert: false\nnetwork:\n  enableIPv6: false\njob:\n  enable: true\nconsole: true\n";
+    let yaml = "server:\n  port: 8002\n  advertiseIP: 10.0.0.5\n  cacheDir: /var/cache\nscheduler:\n  algorithm: default\n  retryInterval: 300ms\n  gc:\n    peerTTL: 48h\n    pieceDownloadTimeout: 30m\nmanager:\n  addr: manager:65003\n  schedulerClusterID: 1\nsecurity:\n  autoIssueCert: false\nnetwork:\n  enableIPv6: false\njob:\n  enable: true\nconsole: true\n";
     let loaded = match SchedulerConfig::from_yaml(yaml, "s.yaml") {
         Ok(l) => l,
         Err(e) => panic!("{e}"),
@@ -107,7 +107,7 @@ fn dragonfly_shaped_file_loads() {
         c.server.advertise_ip.map(|ip| ip.to_string()),
         Some("10.0.0.5".to_owned())
     );
-    assert_eq!(c.scheduler.retry_interval.get().as_millis(), 200);
+    assert_eq!(c.scheduler.retry_interval.get().as_millis(), 300);
     assert_eq!(c.scheduler.gc.peer_ttl.get().as_secs(), 48 * 3600);
     assert!(c.manager.is_some() && c.security.is_some() && c.network.is_some());
     assert!(c.console);

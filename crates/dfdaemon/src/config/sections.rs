@@ -101,6 +101,8 @@ pub struct SchedulerConfig {
     pub net_addrs: Vec<NetAddr>,
     /// How long to wait for the scheduler's first answer before going back to source.
     pub schedule_timeout: Duration,
+    /// How often this host announces itself to every scheduler.
+    pub announce_interval: Duration,
     /// Fail instead of going back to source when the scheduler cannot be reached.
     pub disable_auto_back_source: bool,
     /// Dragonfly's manager settings, accepted and kept as written (not used yet).
@@ -112,6 +114,7 @@ impl Default for SchedulerConfig {
         SchedulerConfig {
             net_addrs: Vec::new(),
             schedule_timeout: Duration::from_secs(30),
+            announce_interval: Duration::from_secs(30),
             disable_auto_back_source: false,
             manager: None,
         }

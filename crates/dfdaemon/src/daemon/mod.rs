@@ -6,6 +6,7 @@ pub mod logging;
 pub mod output;
 
 use crate::config::DfdaemonConfig;
+use crate::scheduling::{SchedulerOptions, Schedulers};
 use crate::storage::{GcPolicy, Storage};
 use crate::task::{EngineOptions, Parent, TaskManager};
 use crate::upload::{self, UploadLimits};
@@ -85,6 +86,71 @@ fn static_parents(cfg: &DfdaemonConfig) -> Result<Vec<Parent>, DaemonError> {
         .collect()
 }
 
+/// The system's host name.
+fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "dfdaemon".to_string())
+}
+
+/// `host:port` of each configured scheduler.
+fn scheduler_addrs(cfg: &DfdaemonConfig) -> Result<Vec<String>, DaemonError> {
+    cfg.scheduler
+        .net_addrs
+        .iter()
+        .map(|a| {
+            if a.kind == "tcp" {
+                Ok(a.addr.clone())
+            } else {
+                Err(DaemonError::Config {
+                    key: "scheduler.netAddrs",
+                    reason: format!(
+                        "{:?} is a {} address; only tcp schedulers are supported",
+                        a.addr, a.kind
+                    ),
+                })
+            }
+        })
+        .collect()
+}
+
+/// The IP other peers reach this node on: `host.advertiseIP`, else the upload server's bind
+/// address when it is specific, else the local address of the route to the first scheduler,
+/// else loopback.
+fn advertise_ip(
+    cfg: &DfdaemonConfig,
+    upload: SocketAddr,
+    schedulers: &[String],
+) -> std::net::IpAddr {
+    if let Some(ip) = cfg.host.advertise_ip {
+        return ip;
+    }
+    if !upload.ip().is_unspecified() {
+        return upload.ip();
+    }
+    for s in schedulers {
+        use std::net::ToSocketAddrs;
+        let Some(target) = s.to_socket_addrs().ok().and_then(|mut a| a.next()) else {
+            continue;
+        };
+        let bind: SocketAddr = if target.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        if let Ok(sock) = std::net::UdpSocket::bind(bind)
+            && sock.connect(target).is_ok()
+            && let Ok(local) = sock.local_addr()
+        {
+            return local.ip();
+        }
+    }
+    std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+}
+
 /// Start the daemon; returns once everything is bound, with a future that runs it until
 /// `shutdown` completes.
 pub async fn start(
@@ -107,25 +173,7 @@ pub async fn start(
     };
     let report = storage.recovery_report().clone();
     tracing::info!(dir = %dir.display(), ?report, "storage opened");
-    let host_id = match &cfg.host.hostname {
-        Some(h) if !h.is_empty() => h.clone(),
-        _ => std::env::var("HOSTNAME").unwrap_or_else(|_| "dfdaemon".to_string()),
-    };
     let policy = gc_policy(&cfg);
-    let opts = EngineOptions {
-        host_id: format!(
-            "{host_id}-{}",
-            cfg.upload.tcp_listen.port.ports().next().unwrap_or(0)
-        ),
-        concurrent_pieces: (cfg.download.concurrent_piece_count as usize).max(1),
-        piece_timeout: cfg.download.piece_download_timeout.get(),
-        gc: Some(policy.clone()),
-        ..EngineOptions::default()
-    };
-    let engine = TaskManager::new(storage, opts).map_err(|e| DaemonError::Config {
-        key: "download",
-        reason: e.to_string(),
-    })?;
 
     // Upload server: the first port of the range that binds.
     let ip = cfg.upload.tcp_listen.listen;
@@ -152,6 +200,75 @@ pub async fn start(
             addr: ip.to_string(),
             reason: e.to_string(),
         })?;
+
+    // Who this node is to the cluster, and its schedulers.
+    let hostname = match &cfg.host.hostname {
+        Some(h) if !h.is_empty() => h.clone(),
+        _ => system_hostname(),
+    };
+    let scheduler_addrs = scheduler_addrs(&cfg)?;
+    let ip = advertise_ip(&cfg, upload_addr, &scheduler_addrs);
+    let host_id = format!(
+        "{hostname}-{ip}-{}{}",
+        upload_addr.port(),
+        if cfg.seed_peer.enable { "-seed" } else { "" }
+    );
+    let schedulers = if scheduler_addrs.is_empty() {
+        None
+    } else {
+        let host = dragonfly_proto::Host {
+            id: host_id.clone(),
+            r#type: if cfg.seed_peer.enable {
+                dragonfly_proto::HostType::Seed
+            } else {
+                dragonfly_proto::HostType::Normal
+            } as i32,
+            hostname: hostname.clone(),
+            ip: ip.to_string(),
+            upload_port: u32::from(upload_addr.port()),
+            idc: cfg.host.idc.clone(),
+            location: cfg.host.location.clone(),
+            max_upload_rate: cfg.upload.rate_limit.as_u64(),
+            concurrent_upload_limit: cfg.upload.concurrent_limit,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ..Default::default()
+        };
+        let opts = SchedulerOptions {
+            addrs: scheduler_addrs.clone(),
+            schedule_timeout: cfg.scheduler.schedule_timeout.get(),
+            announce_interval: cfg
+                .scheduler
+                .announce_interval
+                .get()
+                .max(std::time::Duration::from_secs(1)),
+            host,
+            disable_auto_back_source: cfg.scheduler.disable_auto_back_source,
+        };
+        Some(Schedulers::new(opts).map_err(|reason| DaemonError::Config {
+            key: "scheduler.netAddrs",
+            reason,
+        })?)
+    };
+    let opts = EngineOptions {
+        host_id: host_id.clone(),
+        concurrent_pieces: (cfg.download.concurrent_piece_count as usize).max(1),
+        piece_timeout: cfg.download.piece_download_timeout.get(),
+        gc: Some(policy.clone()),
+        ..EngineOptions::default()
+    };
+    let engine = TaskManager::with_schedulers(storage, opts, schedulers.clone()).map_err(|e| {
+        DaemonError::Config {
+            key: "download",
+            reason: e.to_string(),
+        }
+    })?;
+    if let Some(s) = &schedulers {
+        let accepted = s.announce_once().await;
+        tracing::info!(host = %host_id, ip = %ip, seed = cfg.seed_peer.enable, schedulers = ?scheduler_addrs, accepted, "announced to schedulers");
+        if accepted == 0 {
+            tracing::warn!(schedulers = ?scheduler_addrs, "no scheduler answered; downloads go to the source until one does");
+        }
+    }
 
     // Local download socket for dfget.
     let socket = cfg.download.unix_listen.socket.clone();
@@ -200,7 +317,11 @@ pub async fn start(
         }
     }
     let parents = static_parents(&cfg)?;
-    let service = DownloadService::new(engine.clone(), cfg.storage.multiplex, parents);
+    let service = DownloadService::new(engine.clone(), cfg.storage.multiplex, parents.clone());
+    let seed = cfg
+        .seed_peer
+        .enable
+        .then(|| std::sync::Arc::new(DownloadService::new(engine.clone(), false, parents)));
     let gc_interval = cfg.gc_interval.get().max(std::time::Duration::from_secs(1));
     let bound = Bound {
         upload: upload_addr,
@@ -212,12 +333,16 @@ pub async fn start(
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        let up = tokio::spawn(upload::serve(
+        let up = tokio::spawn(upload::serve_with(
             upload_listener,
             engine.clone(),
             limits,
+            seed,
             stopped(stop_rx.clone()),
         ));
+        let announcer = schedulers
+            .clone()
+            .map(|s| tokio::spawn(s.run_announcer(stopped(stop_rx.clone()))));
         let grpc = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(DfdaemonDownloadServer::new(service))
@@ -251,6 +376,9 @@ pub async fn start(
         gc.abort();
         let _ = up.await;
         let _ = grpc.await;
+        if let Some(a) = announcer {
+            let _ = a.await; // leaves every scheduler
+        }
         let _ = std::fs::remove_file(&socket);
     };
     Ok((bound, run))

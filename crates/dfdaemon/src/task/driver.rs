@@ -4,13 +4,22 @@
 use super::parent::{self, Parent, ParentEvent};
 use super::{Phase, Task, TaskError, TaskManager, TaskRequest};
 use crate::download::DownloadError;
+use crate::scheduling::{Answer, PeerLink, Schedulers, piece_report};
 use crate::source::Probe;
 use crate::source::http::content_range;
 use crate::storage::{NewTask, PieceRecord, Storage, StorageError};
 use dragonfly_common::piece::{PieceLayout, PieceRange};
 use dragonfly_common::task_id::TaskId;
+use dragonfly_proto::Download;
+use dragonfly_proto::scheduler::v1::announce_peer_request::Request;
+use dragonfly_proto::scheduler::v1::{
+    DownloadPeerBackToSourceFailedRequest, DownloadPeerBackToSourceFinishedRequest,
+    DownloadPeerBackToSourceStartedRequest, DownloadPeerFailedRequest, DownloadPeerFinishedRequest,
+    DownloadPieceBackToSourceFinishedRequest, DownloadPieceFailedRequest,
+    DownloadPieceFinishedRequest, RescheduleRequest,
+};
 use http::StatusCode;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -25,26 +34,33 @@ const SOURCE_ATTEMPTS: u32 = 3;
 pub(super) async fn drive(engine: TaskManager, task: Arc<Task>, req: TaskRequest) {
     let started = Instant::now();
     tracing::info!(task = %task.id, peer = %task.peer_id, url = %req.url, parents = req.parents.len(), "peer task started");
-    let result = run(&engine, &task, &req).await;
+    let mut sched = Sched::new(engine.inner.schedulers.as_ref());
+    let result = run(&engine, &task, &req, &mut sched).await;
+    let storage = engine.storage().clone();
+    let id = task.id.clone();
+    let result = match result {
+        Ok(()) => blocking(move || storage.finish_task(&id))
+            .await
+            .map(|_| ())
+            .map_err(TaskError::from),
+        Err(e) => Err(e),
+    };
+    sched.finish(&task, &result);
     let storage = engine.storage().clone();
     let id = task.id.clone();
     match result {
         Ok(()) => {
-            let finished = blocking(move || storage.finish_task(&id)).await;
-            match finished {
-                Ok(_) => {
-                    task.set_phase(Phase::Finished);
-                    let cost = started.elapsed();
-                    tracing::info!(
-                        task = %task.id,
-                        peer = %task.peer_id,
-                        component = "PeerTask",
-                        "peer task done, cost: {}ms",
-                        cost.as_millis()
-                    );
-                }
-                Err(e) => fail(&task, e.into()),
-            }
+            task.set_phase(Phase::Finished);
+            let cost = started.elapsed();
+            tracing::info!(
+                task = %task.id,
+                peer = %task.peer_id,
+                component = "PeerTask",
+                from = %sched.fed_summary(),
+                scheduler = sched.scheduler.as_deref().unwrap_or(""),
+                "peer task done, cost: {}ms",
+                cost.as_millis()
+            );
         }
         Err(e) => {
             let digest_mismatch = matches!(e, TaskError::DigestMismatch { .. });
@@ -85,9 +101,289 @@ struct ParentState {
     has: HashMap<u32, u32>,
     /// Its SyncPieces stream is still open (it may get more pieces).
     open: bool,
-    /// It failed or lied: never ask it again for this task.
+    /// It failed, lied or stalled: never ask it again for this task.
     bad: bool,
     inflight: usize,
+}
+
+/// The task's parents, with a follower (SyncPieces) per parent. Parents are added as the
+/// scheduler names them; dropping this stops every follower.
+struct Parents {
+    list: Vec<ParentState>,
+    followers: Aborting,
+    tx: mpsc::Sender<ParentEvent>,
+    host_id: String,
+    task: TaskId,
+}
+
+impl Parents {
+    fn new(host_id: String, task: TaskId) -> (Self, mpsc::Receiver<ParentEvent>) {
+        let (tx, rx) = mpsc::channel(1024);
+        let me = Self {
+            list: Vec::new(),
+            followers: Aborting(Vec::new()),
+            tx,
+            host_id,
+            task,
+        };
+        (me, rx)
+    }
+
+    /// Start following `p` unless it is already known.
+    fn add(&mut self, p: Parent) {
+        if self.list.iter().any(|s| s.parent.id == p.id) {
+            return;
+        }
+        let i = self.list.len();
+        self.followers.0.push(tokio::spawn(parent::follow(
+            i,
+            p.clone(),
+            self.host_id.clone(),
+            self.task.clone(),
+            self.tx.clone(),
+        )));
+        self.list.push(ParentState {
+            parent: p,
+            has: HashMap::new(),
+            open: true,
+            bad: false,
+            inflight: 0,
+        });
+    }
+
+    /// Some parent has or may still get a piece.
+    fn may_help(&self) -> bool {
+        self.list
+            .iter()
+            .any(|p| !p.bad && (p.open || !p.has.is_empty()))
+    }
+
+    /// Some parent's stream is open.
+    fn any_open(&self) -> bool {
+        self.list.iter().any(|p| !p.bad && p.open)
+    }
+
+    /// Ids of the parents that failed.
+    fn bad_ids(&self) -> Vec<String> {
+        self.list
+            .iter()
+            .filter(|p| p.bad)
+            .map(|p| p.parent.id.clone())
+            .collect()
+    }
+}
+
+/// The task's conversation with its scheduler, and where its pieces came from.
+struct Sched {
+    link: Option<PeerLink>,
+    /// Address of the scheduler of this task.
+    scheduler: Option<String>,
+    /// Pieces may come from the source once parents cannot help: no scheduler, it said so, or
+    /// it is gone.
+    source_ok: bool,
+    /// Fail instead of going to the source when the scheduler is gone.
+    no_auto_source: bool,
+    /// A reschedule asked at this time is not answered yet.
+    asked: Option<tokio::time::Instant>,
+    timeout: Duration,
+    told_started: bool,
+    told_source: bool,
+    /// Pieces stored per origin ("source" or a parent's address).
+    fed: BTreeMap<String, u32>,
+}
+
+impl Sched {
+    fn new(schedulers: Option<&Schedulers>) -> Self {
+        Self {
+            link: None,
+            scheduler: None,
+            source_ok: schedulers.is_none(),
+            no_auto_source: schedulers.is_some_and(|s| s.options().disable_auto_back_source),
+            asked: None,
+            timeout: schedulers
+                .map(|s| s.options().schedule_timeout)
+                .unwrap_or(Duration::from_secs(30)),
+            told_started: false,
+            told_source: false,
+            fed: BTreeMap::new(),
+        }
+    }
+
+    fn send(&mut self, r: Request) {
+        if let Some(link) = self.link.as_mut() {
+            link.send(r);
+        }
+    }
+
+    /// The scheduler is gone: go on with the parents we have, then the source.
+    fn lost(&mut self, id: &TaskId, why: &str) -> Result<(), TaskError> {
+        self.link = None;
+        self.asked = None;
+        if self.no_auto_source {
+            return Err(TaskError::Source(format!(
+                "the scheduler is unreachable ({why}) and scheduler.disableAutoBackSource is set"
+            )));
+        }
+        tracing::warn!(task = %id, error = %why, "scheduler unavailable; going on with known parents, then the source");
+        self.source_ok = true;
+        Ok(())
+    }
+
+    /// Act on an answer; returns a layout hint from the scheduler, or `Some(0-length)` for an
+    /// empty task.
+    fn apply(
+        &mut self,
+        answer: Answer,
+        parents: &mut Parents,
+        id: &TaskId,
+    ) -> Result<Option<(u64, Option<u64>)>, TaskError> {
+        self.asked = None;
+        match answer {
+            Answer::Parents {
+                parents: offered,
+                content_length,
+                piece_length,
+            } => {
+                tracing::info!(task = %id, parents = ?offered.iter().map(|p| p.addr.to_string()).collect::<Vec<_>>(), "scheduler assigned parents");
+                for p in offered {
+                    parents.add(p);
+                }
+                if !self.told_started {
+                    self.told_started = true;
+                    self.send(Request::DownloadPeerStartedRequest(Default::default()));
+                }
+                Ok(content_length.map(|len| (len, piece_length)))
+            }
+            Answer::BackToSource(why) => {
+                tracing::info!(task = %id, reason = %why, "scheduler: back to source");
+                self.source_ok = true;
+                Ok(None)
+            }
+            Answer::Empty => Ok(Some((0, None))),
+            Answer::Lost(why) => self.lost(id, &why).map(|()| None),
+        }
+    }
+
+    /// Ask for new parents (the current ones cannot help).
+    fn reschedule(&mut self, parents: &Parents, id: &TaskId) -> Result<(), TaskError> {
+        if self.link.is_none() {
+            return self.lost(id, "no scheduler stream");
+        }
+        let blocklist = parents.bad_ids();
+        tracing::info!(task = %id, blocklist = ?blocklist, "asking the scheduler for new parents");
+        self.send(Request::RescheduleRequest(RescheduleRequest {
+            candidate_parents_blocklist: blocklist,
+            description: Some("parents failed or have nothing more to give".to_string()),
+        }));
+        self.asked = Some(tokio::time::Instant::now());
+        Ok(())
+    }
+
+    fn piece_stored(&mut self, record: &PieceRecord, from: Option<&Parent>, cost: Duration) {
+        let key = from.map_or_else(|| "source".to_string(), |p| p.addr.to_string());
+        *self.fed.entry(key).or_default() += 1;
+        let r = match from {
+            Some(p) => Request::DownloadPieceFinishedRequest(DownloadPieceFinishedRequest {
+                piece: Some(piece_report(record, &p.id, cost)),
+            }),
+            None => Request::DownloadPieceBackToSourceFinishedRequest(
+                DownloadPieceBackToSourceFinishedRequest {
+                    piece: Some(piece_report(record, "", cost)),
+                },
+            ),
+        };
+        self.send(r);
+    }
+
+    fn source_started(&mut self) {
+        if !self.told_source {
+            self.told_source = true;
+            self.send(Request::DownloadPeerBackToSourceStartedRequest(
+                DownloadPeerBackToSourceStartedRequest {
+                    description: Some("no parent can give the missing pieces".to_string()),
+                },
+            ));
+        }
+    }
+
+    fn used_source(&self) -> bool {
+        self.fed.contains_key("source")
+    }
+
+    /// Report the outcome and close the stream.
+    fn finish(&mut self, task: &Task, result: &Result<(), TaskError>) {
+        let Some(mut link) = self.link.take() else {
+            return;
+        };
+        let view = task.view();
+        let (len, count) = view
+            .layout
+            .map_or((0, 0), |l| (l.content_length(), l.piece_count()));
+        let r = match (result, self.used_source()) {
+            (Ok(()), false) => Request::DownloadPeerFinishedRequest(DownloadPeerFinishedRequest {
+                content_length: len,
+                piece_count: count,
+            }),
+            (Ok(()), true) => Request::DownloadPeerBackToSourceFinishedRequest(
+                DownloadPeerBackToSourceFinishedRequest {
+                    content_length: len,
+                    piece_count: count,
+                },
+            ),
+            (Err(e), false) => Request::DownloadPeerFailedRequest(DownloadPeerFailedRequest {
+                description: Some(e.to_string()),
+            }),
+            (Err(e), true) => Request::DownloadPeerBackToSourceFailedRequest(
+                DownloadPeerBackToSourceFailedRequest {
+                    description: Some(e.to_string()),
+                    status_code: None,
+                    temporary: !matches!(e, TaskError::DigestMismatch { .. }),
+                },
+            ),
+        };
+        link.send(r);
+        link.close();
+    }
+
+    /// "source=3,127.0.0.2:65002=61": pieces stored per origin.
+    fn fed_summary(&self) -> String {
+        let parts: Vec<String> = self.fed.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        parts.join(",")
+    }
+}
+
+/// The next scheduler answer, or never when there is no stream.
+async fn next_answer(link: &mut Option<PeerLink>) -> Answer {
+    match link.as_mut() {
+        Some(l) => l.answer().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What a task registers with the scheduler.
+fn download_msg(req: &TaskRequest) -> Download {
+    let mut request_header = std::collections::HashMap::new();
+    for (k, v) in &req.headers {
+        if let Ok(v) = v.to_str() {
+            request_header
+                .entry(k.as_str().to_string())
+                .and_modify(|old: &mut String| {
+                    old.push_str(", ");
+                    old.push_str(v);
+                })
+                .or_insert_with(|| v.to_string());
+        }
+    }
+    Download {
+        url: req.url.clone(),
+        digest: req.digest.as_ref().map(ToString::to_string),
+        tag: req.tag.clone(),
+        application: req.application.clone(),
+        piece_length: req.piece_length,
+        filtered_query_params: req.filtered_query_params.clone(),
+        request_header,
+        ..Default::default()
+    }
 }
 
 /// Where one piece is being fetched from.
@@ -118,60 +414,76 @@ impl Drop for Aborting {
     }
 }
 
-async fn run(engine: &TaskManager, task: &Arc<Task>, req: &TaskRequest) -> Result<(), TaskError> {
+type Joined = (u32, From, Duration, Result<PieceRecord, PieceError>);
+
+async fn run(
+    engine: &TaskManager,
+    task: &Arc<Task>,
+    req: &TaskRequest,
+    sched: &mut Sched,
+) -> Result<(), TaskError> {
     let inner = &engine.inner;
     let storage = inner.storage.clone();
     let id = task.id.clone();
 
-    let (ptx, mut prx) = mpsc::channel(1024);
-    let mut parents: Vec<ParentState> = Vec::new();
-    let mut followers = Vec::new();
-    for (i, p) in req.parents.iter().enumerate() {
-        followers.push(tokio::spawn(parent::follow(
-            i,
-            p.clone(),
-            inner.opts.host_id.clone(),
-            id.clone(),
-            ptx.clone(),
-        )));
-        parents.push(ParentState {
-            parent: p.clone(),
-            has: HashMap::new(),
-            open: true,
-            bad: false,
-            inflight: 0,
-        });
+    let (mut parents, mut prx) = Parents::new(inner.opts.host_id.clone(), id.clone());
+    for p in &req.parents {
+        parents.add(p.clone());
     }
-    drop(ptx);
-    let _followers = Aborting(followers);
-    let mut events_open = !parents.is_empty();
 
-    // 1. The layout: from storage (resume), from a parent, or from the source.
+    // 0. Register with the scheduler and take its first answer.
+    let mut hint = None;
+    if let Some(schedulers) = inner.schedulers.as_ref() {
+        match schedulers
+            .register(&id, &task.peer_id, download_msg(req))
+            .await
+        {
+            Ok(mut link) => {
+                sched.scheduler = Some(link.scheduler.clone());
+                let answer = tokio::time::timeout(sched.timeout, link.answer())
+                    .await
+                    .unwrap_or_else(|_| {
+                        Answer::Lost(format!(
+                            "{}: no answer within {:?} (scheduler.scheduleTimeout)",
+                            link.scheduler, sched.timeout
+                        ))
+                    });
+                sched.link = Some(link);
+                hint = sched.apply(answer, &mut parents, &id)?;
+            }
+            Err(e) => sched.lost(&id, &e.to_string())?,
+        }
+    }
+
+    // 1. The layout: from storage (resume), the scheduler, a parent, or the source.
     let (s, lookup) = (storage.clone(), id.clone());
     let existing = blocking(move || s.task(&lookup)).await?;
     let mut pending_stream = None;
     let layout = match existing {
         Some(rec) => rec.layout()?,
         None => {
-            let mut from_parent = None;
-            if events_open {
+            let mut known = hint.and_then(|(len, pl)| match pl {
+                Some(pl) => PieceLayout::new(len, pl).ok(),
+                None if len == 0 => Some(PieceLayout::auto(0)),
+                None => None,
+            });
+            if known.is_none() && parents.any_open() {
                 let deadline = tokio::time::Instant::now() + inner.opts.parent_metadata_timeout;
-                while from_parent.is_none() && events_open {
+                while known.is_none() && parents.any_open() {
                     match tokio::time::timeout_at(deadline, prx.recv()).await {
-                        Err(_) => break,
-                        Ok(None) => events_open = false,
+                        Err(_) | Ok(None) => break,
                         Ok(Some(ParentEvent::Layout {
                             content_length,
                             piece_length,
                             ..
                         })) => {
-                            from_parent = PieceLayout::new(content_length, piece_length).ok();
+                            known = PieceLayout::new(content_length, piece_length).ok();
                         }
-                        Ok(Some(ev)) => apply_event(&mut parents, ev, &id),
+                        Ok(Some(ev)) => apply_event(&mut parents.list, ev, &id),
                     }
                 }
             }
-            match from_parent {
+            match known {
                 Some(l) => l,
                 None => {
                     let (layout, stream) = probe_source(engine, req).await?;
@@ -213,7 +525,8 @@ async fn run(engine: &TaskManager, task: &Arc<Task>, req: &TaskRequest) -> Resul
 
     // 2. The pieces.
     if let Some(resp) = pending_stream {
-        stream_all(&storage, task, layout, resp).await?;
+        sched.source_started();
+        stream_all(&storage, task, layout, resp, sched).await?;
     }
     let view = task.view();
     let mut missing: BTreeSet<u32> = (0..layout.piece_count())
@@ -221,17 +534,19 @@ async fn run(engine: &TaskManager, task: &Arc<Task>, req: &TaskRequest) -> Resul
         .collect();
     let mut inflight: HashMap<u32, From> = HashMap::new();
     let mut source_attempts: HashMap<u32, u32> = HashMap::new();
-    let mut set: JoinSet<(u32, From, Result<PieceRecord, PieceError>)> = JoinSet::new();
+    let mut set: JoinSet<Joined> = JoinSet::new();
     let concurrency = inner.opts.concurrent_pieces.max(1);
     let stall = inner.opts.piece_timeout;
     let mut last_progress = tokio::time::Instant::now();
 
     while !missing.is_empty() || !set.is_empty() {
+        // Parents cannot help: ask the scheduler for others (or, without one, use the source).
+        let parents_may_help = parents.may_help();
+        if !parents_may_help && !sched.source_ok && sched.asked.is_none() && !missing.is_empty() {
+            sched.reschedule(&parents, &id)?;
+        }
         // Schedule as many pieces as allowed: a parent that has the piece (least busy), else the
         // source once no usable parent may still get it.
-        let parents_may_help = parents
-            .iter()
-            .any(|p| !p.bad && (p.open || !p.has.is_empty()));
         let candidates: Vec<u32> = missing
             .iter()
             .copied()
@@ -242,6 +557,7 @@ async fn run(engine: &TaskManager, task: &Arc<Task>, req: &TaskRequest) -> Resul
                 break;
             }
             let best = parents
+                .list
                 .iter()
                 .enumerate()
                 .filter(|(_, p)| !p.bad && p.has.contains_key(&n))
@@ -249,18 +565,20 @@ async fn run(engine: &TaskManager, task: &Arc<Task>, req: &TaskRequest) -> Resul
                 .map(|(i, _)| i);
             let from = match best {
                 Some(i) => From::Parent(i),
-                None if !parents_may_help => From::Source,
-                None => continue, // a parent will have it soon
+                None if !parents_may_help && sched.source_ok => From::Source,
+                None => continue, // a parent will have it soon, or the scheduler will say
             };
             let Some(range) = layout.piece(n) else {
                 continue;
             };
             inflight.insert(n, from);
+            let t0 = Instant::now();
             match from {
                 From::Parent(i) => {
-                    parents[i].inflight += 1;
-                    let expected = parents[i].has.get(&n).copied();
-                    let p = parents[i].parent.clone();
+                    let ps = &mut parents.list[i];
+                    ps.inflight += 1;
+                    let expected = ps.has.get(&n).copied();
+                    let p = ps.parent.clone();
                     let (client, storage, id) =
                         (inner.parents.clone(), storage.clone(), id.clone());
                     set.spawn(async move {
@@ -270,10 +588,11 @@ async fn run(engine: &TaskManager, task: &Arc<Task>, req: &TaskRequest) -> Resul
                             }
                             Err(e) => Err(PieceError::Remote(e, true)),
                         };
-                        (n, from, r)
+                        (n, from, t0.elapsed(), r)
                     });
                 }
                 From::Source => {
+                    sched.source_started();
                     let (source, storage, id, url, headers) = (
                         inner.source.clone(),
                         storage.clone(),
@@ -303,7 +622,7 @@ async fn run(engine: &TaskManager, task: &Arc<Task>, req: &TaskRequest) -> Resul
                                 Err(PieceError::Remote(e.to_string(), retry))
                             }
                         };
-                        (n, from, r)
+                        (n, from, t0.elapsed(), r)
                     });
                 }
             }
@@ -312,29 +631,41 @@ async fn run(engine: &TaskManager, task: &Arc<Task>, req: &TaskRequest) -> Resul
         tokio::select! {
             joined = set.join_next(), if !set.is_empty() => {
                 let Some(joined) = joined else { continue };
-                let (n, from, result) = joined.map_err(|e| TaskError::Storage(format!("piece task: {e}")))?;
+                let (n, from, cost, result) = joined.map_err(|e| TaskError::Storage(format!("piece task: {e}")))?;
                 inflight.remove(&n);
                 if let From::Parent(i) = from {
-                    parents[i].inflight = parents[i].inflight.saturating_sub(1);
+                    parents.list[i].inflight = parents.list[i].inflight.saturating_sub(1);
                 }
                 match result {
                     Ok(record) => {
                         missing.remove(&n);
                         last_progress = tokio::time::Instant::now();
+                        let parent = match from {
+                            From::Parent(i) => Some(&parents.list[i].parent),
+                            From::Source => None,
+                        };
+                        sched.piece_stored(&record, parent, cost);
                         task.piece_stored(record);
                     }
                     Err(PieceError::Storage(e)) => return Err(e.into()),
                     Err(PieceError::RangeIgnored(resp)) => {
                         tracing::info!(task = %id, "source ignores Range: reading it as one stream");
                         set.abort_all();
-                        stream_all(&storage, task, layout, resp).await?;
+                        stream_all(&storage, task, layout, resp, sched).await?;
                         missing.clear();
                         inflight.clear();
                     }
                     Err(PieceError::Remote(e, _) | PieceError::Corrupt(e)) if matches!(from, From::Parent(_)) => {
                         if let From::Parent(i) = from {
-                            tracing::warn!(task = %id, piece = n, parent = %parents[i].parent.id, error = %e, "parent failed; not asking it again");
-                            parents[i].bad = true;
+                            let ps = &mut parents.list[i];
+                            tracing::warn!(task = %id, piece = n, parent = %ps.parent.id, addr = %ps.parent.addr, error = %e, "parent failed; not asking it again");
+                            ps.bad = true;
+                            sched.send(Request::DownloadPieceFailedRequest(DownloadPieceFailedRequest {
+                                piece_number: n,
+                                parent_id: ps.parent.id.clone(),
+                                temporary: false,
+                                description: Some(e),
+                            }));
                         }
                     }
                     Err(PieceError::Remote(e, false)) => return Err(TaskError::Source(e)),
@@ -349,22 +680,29 @@ async fn run(engine: &TaskManager, task: &Arc<Task>, req: &TaskRequest) -> Resul
                     }
                 }
             }
-            ev = prx.recv(), if events_open => {
-                match ev {
-                    Some(ev) => apply_event(&mut parents, ev, &id),
-                    None => events_open = false,
+            ev = prx.recv() => {
+                if let Some(ev) = ev {
+                    apply_event(&mut parents.list, ev, &id);
+                    last_progress = tokio::time::Instant::now();
                 }
-                if events_open { last_progress = tokio::time::Instant::now(); }
+            }
+            answer = next_answer(&mut sched.link), if sched.link.is_some() => {
+                sched.apply(answer, &mut parents, &id)?;
+                last_progress = tokio::time::Instant::now();
+            }
+            _ = tokio::time::sleep_until(sched.asked.unwrap_or_else(tokio::time::Instant::now) + sched.timeout), if sched.asked.is_some() => {
+                sched.lost(&id, "no answer to a reschedule within scheduler.scheduleTimeout")?;
             }
             _ = tokio::time::sleep_until(last_progress + stall), if set.is_empty() && !missing.is_empty() => {
-                tracing::warn!(task = %id, "parents made no progress for {:?}; going to the source", stall);
-                for p in parents.iter_mut() { p.open = false; p.has.clear(); }
-            }
-        }
-        // Parents whose stream closed without a piece we still need are of no further help.
-        if !events_open {
-            for p in parents.iter_mut() {
-                p.open = false;
+                tracing::warn!(task = %id, "parents made no progress for {:?}; not asking them again", stall);
+                for p in parents.list.iter_mut() {
+                    if p.open || !p.has.is_empty() {
+                        p.bad = true;
+                    }
+                    p.open = false;
+                    p.has.clear();
+                }
+                last_progress = tokio::time::Instant::now();
             }
         }
     }
@@ -513,8 +851,10 @@ async fn stream_all(
     task: &Arc<Task>,
     layout: PieceLayout,
     mut resp: reqwest::Response,
+    sched: &mut Sched,
 ) -> Result<(), TaskError> {
     let mut pieces = layout.pieces();
+    let mut t0 = Instant::now();
     let mut current = pieces.next();
     let mut writer = None;
     let mut carry = bytes::Bytes::new();
@@ -544,6 +884,8 @@ async fn stream_all(
         w = blocking(move || w.write(&part).map(|()| w)).await?;
         if written == range.length {
             let record = blocking(move || w.commit(None, Some(""))).await?;
+            sched.piece_stored(&record, None, t0.elapsed());
+            t0 = Instant::now();
             task.piece_stored(record);
             current = pieces.next();
         } else {

@@ -301,6 +301,7 @@ struct Inner {
     tasks: DashMap<TaskId, Arc<Task>>,
     pins: Arc<DashMap<TaskId, usize>>,
     parents: parent::ParentClient,
+    schedulers: Option<crate::scheduling::Schedulers>,
 }
 
 /// Keeps a task from being evicted while it is served; released on drop.
@@ -328,8 +329,17 @@ pub struct TaskManager {
 }
 
 impl TaskManager {
-    /// An engine over `storage`.
+    /// An engine over `storage` (parents only from each request, no scheduler).
     pub fn new(storage: Storage, opts: EngineOptions) -> Result<Self, TaskError> {
+        Self::with_schedulers(storage, opts, None)
+    }
+
+    /// An engine over `storage` whose tasks ask `schedulers` for parents.
+    pub fn with_schedulers(
+        storage: Storage,
+        opts: EngineOptions,
+        schedulers: Option<crate::scheduling::Schedulers>,
+    ) -> Result<Self, TaskError> {
         let source = HttpSource::new(&opts.source).map_err(|e| TaskError::Source(e.to_string()))?;
         let parents = parent::ParentClient::new(&opts)?;
         Ok(Self {
@@ -340,6 +350,7 @@ impl TaskManager {
                 tasks: DashMap::new(),
                 pins: Arc::new(DashMap::new()),
                 parents,
+                schedulers,
             }),
         })
     }
@@ -347,6 +358,11 @@ impl TaskManager {
     /// The storage.
     pub fn storage(&self) -> &Storage {
         &self.inner.storage
+    }
+
+    /// The schedulers this engine asks, if any.
+    pub fn schedulers(&self) -> Option<&crate::scheduling::Schedulers> {
+        self.inner.schedulers.as_ref()
     }
 
     /// This node's host id.

@@ -39,20 +39,34 @@ struct Shared {
     limits: limit::Limiter,
 }
 
-/// Serve uploads on `listener` until `shutdown` completes.
+/// Serve uploads on `listener` until `shutdown` completes. `DownloadTask` is refused (this
+/// node is not a seed peer).
 pub async fn serve(
     listener: TcpListener,
     engine: TaskManager,
     limits: UploadLimits,
     shutdown: impl Future<Output = ()>,
 ) {
+    serve_with(listener, engine, limits, None, shutdown).await
+}
+
+/// [`serve`], and on a seed peer (`seed` set) answer `DownloadTask`: the scheduler asks the seed
+/// to fetch a task nobody holds yet.
+pub async fn serve_with(
+    listener: TcpListener,
+    engine: TaskManager,
+    limits: UploadLimits,
+    seed: Option<Arc<crate::daemon::download_service::DownloadService>>,
+    shutdown: impl Future<Output = ()>,
+) {
     let shared = Arc::new(Shared {
         engine: engine.clone(),
         limits: limit::Limiter::new(limits),
     });
-    let grpc =
-        tonic::service::Routes::new(DfdaemonUploadServer::new(sync::SyncService::new(engine)))
-            .prepare();
+    let grpc = tonic::service::Routes::new(DfdaemonUploadServer::new(sync::SyncService::new(
+        engine, seed,
+    )))
+    .prepare();
     tokio::pin!(shutdown);
     loop {
         let (stream, remote) = tokio::select! {

@@ -1,16 +1,18 @@
 //! `DfdaemonUpload` gRPC: SyncPieces (piece metadata pushed as pieces land).
 
+use crate::daemon::download_service::DownloadService;
 use crate::storage::PieceRecord;
 use crate::task::{Phase, TaskManager};
 use dragonfly_common::task_id::TaskId;
-use dragonfly_proto::DfdaemonUpload;
 use dragonfly_proto::common::v1::{Piece, Task as ProtoTask};
 use dragonfly_proto::dfdaemon::v1::{
     DeleteTaskRequest, DownloadTaskRequest, DownloadTaskResponse, StatTaskRequest,
     SyncPiecesRequest, SyncPiecesResponse,
 };
+use dragonfly_proto::{DfdaemonDownload, DfdaemonUpload};
 use std::collections::HashSet;
 use std::pin::Pin;
+use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -20,11 +22,12 @@ type Msgs<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 pub(crate) struct SyncService {
     engine: TaskManager,
+    seed: Option<Arc<DownloadService>>,
 }
 
 impl SyncService {
-    pub(crate) fn new(engine: TaskManager) -> Self {
-        Self { engine }
+    pub(crate) fn new(engine: TaskManager, seed: Option<Arc<DownloadService>>) -> Self {
+        Self { engine, seed }
     }
 }
 
@@ -159,11 +162,27 @@ impl DfdaemonUpload for SyncService {
 
     async fn download_task(
         &self,
-        _req: Request<DownloadTaskRequest>,
+        req: Request<DownloadTaskRequest>,
     ) -> Result<Response<Self::DownloadTaskStream>, Status> {
-        Err(Status::unimplemented(
-            "DownloadTask on the upload port arrives with the scheduler (seed peers)",
-        ))
+        let Some(seed) = &self.seed else {
+            return Err(Status::failed_precondition(
+                "this daemon is not a seed peer (seedPeer.enable is false): it downloads only for its own clients",
+            ));
+        };
+        let remote = req.remote_addr();
+        let download = req.get_ref().download.as_ref();
+        if download
+            .and_then(|d| d.output_path.as_deref())
+            .is_some_and(|p| !p.is_empty())
+        {
+            return Err(Status::invalid_argument(
+                "output_path is not allowed on the upload port: a remote peer cannot write files on this node",
+            ));
+        }
+        tracing::info!(url = download.map(|d| d.url.as_str()).unwrap_or(""), from = ?remote, "seed peer asked to download a task");
+        let resp = DfdaemonDownload::download_task(seed.as_ref(), req).await?;
+        let stream: Self::DownloadTaskStream = resp.into_inner();
+        Ok(Response::new(stream))
     }
 
     async fn stat_task(

@@ -1,0 +1,411 @@
+//! Talking to the schedulers: announce this host, and open one `AnnouncePeer` stream per task
+//! to get parents and report progress.
+//!
+//! Tasks are spread over the configured schedulers by rendezvous hashing of the task id
+//! ([`dragonfly_common::hashring`]), so every daemon sends a given task to the same scheduler and
+//! that scheduler sees the whole swarm of the task. A scheduler that does not answer is marked
+//! down for a while and the task goes to the next one in its ranking; when none answers, the
+//! caller downloads from the source (no download fails because the scheduler is gone).
+
+use crate::task::Parent;
+use dragonfly_common::hashring;
+use dragonfly_common::task_id::TaskId;
+use dragonfly_proto::SchedulerClient;
+use dragonfly_proto::common::v1::{Download, Host, Piece};
+use dragonfly_proto::scheduler::v1::{
+    AnnounceHostRequest, AnnouncePeerRequest, AnnouncePeerResponse, LeaveHostRequest,
+    RegisterPeerRequest, announce_peer_request, announce_peer_response,
+};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+/// How long a scheduler that failed is skipped before it is tried again.
+const DOWN_FOR: Duration = Duration::from_secs(10);
+/// Connect timeout to a scheduler.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Reports queued per task before new ones are dropped (the scheduler is too slow to read them).
+const REPORT_QUEUE: usize = 4096;
+
+/// Settings of the scheduler client.
+#[derive(Debug, Clone)]
+pub struct SchedulerOptions {
+    /// `host:port` of every scheduler.
+    pub addrs: Vec<String>,
+    /// Longest wait for an answer (register or reschedule) before going to the source.
+    pub schedule_timeout: Duration,
+    /// How often the host is announced.
+    pub announce_interval: Duration,
+    /// What is announced about this host.
+    pub host: Host,
+    /// Fail a download instead of going to the source when no scheduler answers
+    /// (`scheduler.disableAutoBackSource`).
+    pub disable_auto_back_source: bool,
+}
+
+/// Why no scheduler could be used.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("no scheduler answered: {0}")]
+pub struct Unreachable(pub String);
+
+struct Node {
+    addr: String,
+    client: SchedulerClient<Channel>,
+    down_until: Mutex<Option<Instant>>,
+}
+
+impl Node {
+    fn is_down(&self) -> bool {
+        let g = self.down_until.lock().unwrap_or_else(|e| e.into_inner());
+        g.is_some_and(|t| Instant::now() < t)
+    }
+
+    fn mark(&self, up: bool) {
+        let mut g = self.down_until.lock().unwrap_or_else(|e| e.into_inner());
+        let was_down = g.is_some();
+        *g = (!up).then(|| Instant::now() + DOWN_FOR);
+        if up && was_down {
+            tracing::info!(scheduler = %self.addr, "scheduler is back");
+        } else if !up && !was_down {
+            tracing::warn!(scheduler = %self.addr, "scheduler is down; skipping it for {DOWN_FOR:?}");
+        }
+    }
+}
+
+/// The schedulers of this daemon. Clones share connections.
+#[derive(Clone)]
+pub struct Schedulers {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    opts: SchedulerOptions,
+    nodes: Vec<Node>,
+}
+
+impl Schedulers {
+    /// Clients for `opts.addrs` (connections are made on first use).
+    pub fn new(opts: SchedulerOptions) -> Result<Self, String> {
+        let mut nodes = Vec::with_capacity(opts.addrs.len());
+        for addr in &opts.addrs {
+            let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+                .map_err(|e| format!("scheduler address {addr:?}: {e}"))?
+                .connect_timeout(CONNECT_TIMEOUT)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(5))
+                .keep_alive_while_idle(true);
+            nodes.push(Node {
+                addr: addr.clone(),
+                client: SchedulerClient::new(endpoint.connect_lazy()),
+                down_until: Mutex::new(None),
+            });
+        }
+        Ok(Self {
+            inner: Arc::new(Inner { opts, nodes }),
+        })
+    }
+
+    /// The options.
+    pub fn options(&self) -> &SchedulerOptions {
+        &self.inner.opts
+    }
+
+    /// This host's id as announced.
+    pub fn host_id(&self) -> &str {
+        &self.inner.opts.host.id
+    }
+
+    /// Scheduler addresses in the order `task` tries them.
+    pub fn ranking(&self, task: &TaskId) -> Vec<&str> {
+        let addrs: Vec<&str> = self.inner.nodes.iter().map(|n| n.addr.as_str()).collect();
+        hashring::ranking(task.as_str(), &addrs)
+            .into_iter()
+            .map(|i| addrs[i])
+            .collect()
+    }
+
+    /// Announce this host to every scheduler once; returns how many accepted it.
+    pub async fn announce_once(&self) -> usize {
+        let req = AnnounceHostRequest {
+            host: Some(self.inner.opts.host.clone()),
+            interval: prost_types::Duration::try_from(self.inner.opts.announce_interval).ok(),
+        };
+        let calls = self.inner.nodes.iter().map(|node| {
+            let mut client = node.client.clone();
+            let req = req.clone();
+            async move {
+                let r = tokio::time::timeout(
+                    CONNECT_TIMEOUT * 2,
+                    client.announce_host(tonic::Request::new(req)),
+                )
+                .await;
+                match r {
+                    Ok(Ok(_)) => {
+                        node.mark(true);
+                        true
+                    }
+                    Ok(Err(status)) => {
+                        tracing::debug!(scheduler = %node.addr, error = %status.message(), "announce host failed");
+                        node.mark(false);
+                        false
+                    }
+                    Err(_) => {
+                        tracing::debug!(scheduler = %node.addr, "announce host timed out");
+                        node.mark(false);
+                        false
+                    }
+                }
+            }
+        });
+        futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .filter(|ok| *ok)
+            .count()
+    }
+
+    /// Announce this host every `announce_interval` until `shutdown`, then leave every scheduler.
+    pub async fn run_announcer(self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(self.inner.opts.announce_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tick.tick() => { self.announce_once().await; }
+            }
+        }
+        self.leave().await;
+    }
+
+    /// Tell every scheduler this host is going away (best effort, bounded).
+    pub async fn leave(&self) {
+        let id = self.inner.opts.host.id.clone();
+        let calls = self.inner.nodes.iter().map(|node| {
+            let mut client = node.client.clone();
+            let req = LeaveHostRequest {
+                host_id: id.clone(),
+            };
+            async move {
+                let _ = tokio::time::timeout(Duration::from_secs(1), client.leave_host(req)).await;
+            }
+        });
+        futures::future::join_all(calls).await;
+    }
+
+    /// Register a peer of `task` with the scheduler that owns it (skipping those that do not
+    /// answer) and return the open stream. The first answer is read with [`PeerLink::answer`].
+    pub async fn register(
+        &self,
+        task: &TaskId,
+        peer_id: &str,
+        download: Download,
+    ) -> Result<PeerLink, Unreachable> {
+        let addrs: Vec<&str> = self.inner.nodes.iter().map(|n| n.addr.as_str()).collect();
+        let order = hashring::ranking(task.as_str(), &addrs);
+        // Schedulers believed up first, in ranking order; those marked down as a last resort.
+        let (up, down): (Vec<usize>, Vec<usize>) = order
+            .into_iter()
+            .partition(|i| !self.inner.nodes[*i].is_down());
+        let mut errors = Vec::new();
+        for i in up.into_iter().chain(down) {
+            let node = &self.inner.nodes[i];
+            let (tx, rx) = mpsc::channel(REPORT_QUEUE);
+            let first = AnnouncePeerRequest {
+                host_id: self.host_id().to_string(),
+                task_id: task.to_string(),
+                peer_id: peer_id.to_string(),
+                request: Some(announce_peer_request::Request::RegisterPeerRequest(
+                    RegisterPeerRequest {
+                        download: Some(download.clone()),
+                    },
+                )),
+            };
+            if tx.try_send(first).is_err() {
+                continue;
+            }
+            let mut client = node.client.clone();
+            let call = client.announce_peer(ReceiverStream::new(rx));
+            match tokio::time::timeout(self.inner.opts.schedule_timeout, call).await {
+                Ok(Ok(resp)) => {
+                    node.mark(true);
+                    return Ok(PeerLink {
+                        host_id: self.host_id().to_string(),
+                        task_id: task.to_string(),
+                        peer_id: peer_id.to_string(),
+                        scheduler: node.addr.clone(),
+                        tx,
+                        rx: resp.into_inner(),
+                        dropped: 0,
+                    });
+                }
+                Ok(Err(status)) => {
+                    node.mark(false);
+                    errors.push(format!("{}: {}", node.addr, status.message()));
+                }
+                Err(_) => {
+                    node.mark(false);
+                    errors.push(format!(
+                        "{}: no answer within {:?} (scheduler.scheduleTimeout)",
+                        node.addr, self.inner.opts.schedule_timeout
+                    ));
+                }
+            }
+        }
+        Err(Unreachable(if errors.is_empty() {
+            "no scheduler is configured".to_string()
+        } else {
+            errors.join("; ")
+        }))
+    }
+}
+
+/// What the scheduler said.
+#[derive(Debug)]
+pub enum Answer {
+    /// Fetch from these parents (best first). Layout hints when the scheduler knows them.
+    Parents {
+        /// The parents.
+        parents: Vec<Parent>,
+        /// Content length, if known.
+        content_length: Option<u64>,
+        /// Piece length, if known.
+        piece_length: Option<u64>,
+    },
+    /// Fetch from the source.
+    BackToSource(String),
+    /// The content is empty.
+    Empty,
+    /// The stream ended or failed: no more answers will come.
+    Lost(String),
+}
+
+/// One task's open `AnnouncePeer` stream.
+pub struct PeerLink {
+    host_id: String,
+    task_id: String,
+    peer_id: String,
+    /// Address of the scheduler serving this task.
+    pub scheduler: String,
+    tx: mpsc::Sender<AnnouncePeerRequest>,
+    rx: tonic::Streaming<AnnouncePeerResponse>,
+    dropped: u64,
+}
+
+impl PeerLink {
+    /// Queue a report; never waits (a report the scheduler cannot take in time is dropped and
+    /// counted: the scheduler learns the same from later reports and the final result).
+    pub fn send(&mut self, request: announce_peer_request::Request) {
+        let msg = AnnouncePeerRequest {
+            host_id: self.host_id.clone(),
+            task_id: self.task_id.clone(),
+            peer_id: self.peer_id.clone(),
+            request: Some(request),
+        };
+        if self.tx.try_send(msg).is_err() {
+            self.dropped += 1;
+            if self.dropped == 1 {
+                tracing::warn!(task = %self.task_id, scheduler = %self.scheduler, "scheduler is not reading reports; dropping some");
+            }
+        }
+    }
+
+    /// Send the last reports and close the stream. The scheduler reads everything queued before
+    /// it sees the end (the answer side is drained in the background, so nothing is cut short).
+    pub fn close(self) {
+        let PeerLink { tx, mut rx, .. } = self;
+        drop(tx);
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(10), async {
+                while let Some(Ok(_)) = rx.next().await {}
+            })
+            .await;
+        });
+    }
+
+    /// The next answer. Cancel safe (use it in `select!`).
+    pub async fn answer(&mut self) -> Answer {
+        loop {
+            let msg = match self.rx.next().await {
+                Some(Ok(m)) => m,
+                Some(Err(status)) => {
+                    return Answer::Lost(format!("{}: {}", self.scheduler, status.message()));
+                }
+                None => return Answer::Lost(format!("{} closed the stream", self.scheduler)),
+            };
+            match msg.response {
+                Some(announce_peer_response::Response::NormalTaskResponse(r)) => {
+                    let parents: Vec<Parent> = r
+                        .candidate_parents
+                        .iter()
+                        .filter_map(|c| {
+                            let host = c.host.as_ref()?;
+                            match host.piece_data_addr() {
+                                Some(addr) => Some(Parent {
+                                    id: c.id.clone(),
+                                    addr,
+                                }),
+                                None => {
+                                    tracing::warn!(parent = %c.id, ip = %host.ip, port = host.upload_port, "scheduler offered a parent with no usable address");
+                                    None
+                                }
+                            }
+                        })
+                        .collect();
+                    if parents.is_empty() {
+                        return Answer::BackToSource(
+                            "the scheduler offered no usable parent".to_string(),
+                        );
+                    }
+                    return Answer::Parents {
+                        parents,
+                        content_length: r.content_length,
+                        piece_length: r.piece_length,
+                    };
+                }
+                Some(announce_peer_response::Response::NeedBackToSourceResponse(r)) => {
+                    return Answer::BackToSource(
+                        r.description
+                            .unwrap_or_else(|| "the scheduler said so".to_string()),
+                    );
+                }
+                Some(announce_peer_response::Response::EmptyTaskResponse(_)) => {
+                    return Answer::Empty;
+                }
+                None => {
+                    // A response kind newer than this daemon: ignore it (protocol rule 5).
+                    tracing::debug!(task = %self.task_id, "unknown scheduler response ignored");
+                }
+            }
+        }
+    }
+}
+
+/// A piece as reported to the scheduler.
+pub fn piece_report(
+    record: &crate::storage::PieceRecord,
+    parent_id: &str,
+    cost: Duration,
+) -> Piece {
+    use dragonfly_proto::common::v1::TrafficType;
+    Piece {
+        number: record.number,
+        offset: record.offset,
+        length: record.length,
+        crc32: Some(record.crc32),
+        parent_id: parent_id.to_string(),
+        traffic_type: if parent_id.is_empty() {
+            TrafficType::BackToSource
+        } else {
+            TrafficType::RemotePeer
+        } as i32,
+        cost: prost_types::Duration::try_from(cost).ok(),
+        ..Default::default()
+    }
+}
