@@ -107,6 +107,25 @@ impl dragonfly_proto::Scheduler for SchedulerService {
                     break;
                 }
             }
+            // The stream is gone (peer done, cancelled, crashed or cut off). A peer that did not
+            // finish cannot be trusted to serve anything more: it leaves the graph, and its
+            // children reschedule when they notice.
+            if let Some(c) = ctx {
+                let succeeded = state
+                    .resources
+                    .tasks
+                    .get(&c.task_id)
+                    .and_then(|t| {
+                        t.peers
+                            .get(&c.peer_id)
+                            .map(|p| p.state() == PeerState::Succeeded)
+                    })
+                    .unwrap_or(true);
+                if !succeeded {
+                    tracing::info!(task = %c.task_id, peer = %c.peer_id, "stream ended before the peer finished; it feeds nobody");
+                    peer_failed(&state, &c, false);
+                }
+            }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -407,6 +426,18 @@ fn decide(state: &SchedulerState, c: &StreamCtx) -> Result<Decision, Status> {
         &state.config.evaluator.weights,
         limits,
     );
+    if !candidates.is_empty()
+        && may_back_to_source
+        && !task.has_complete_source()
+        && task.back_to_source_count() < cfg.back_to_source_count as usize
+    {
+        // Peers hold pieces, but nobody fetches the rest (the peer that did is gone): without
+        // this, the swarm would pass its partial pieces around and stall.
+        mark(task, &c.peer_id);
+        return Ok(Decision::Answer(back_to_source(
+            "no peer of the task is fetching it from the source",
+        )));
+    }
     if !candidates.is_empty() {
         task.dag.remove_parents_of(&c.peer_id);
         let mut parents = Vec::with_capacity(candidates.len());

@@ -91,6 +91,15 @@ impl Task {
         })
     }
 
+    /// Whether some live peer holds or is getting the whole content: it succeeded, or it
+    /// fetches from the origin (seed peers included).
+    pub fn has_complete_source(&self) -> bool {
+        self.peers.values().any(|p| {
+            p.state() == PeerState::Succeeded
+                || (p.need_back_to_source && !p.state().is_terminal())
+        })
+    }
+
     /// Peers fetching from the origin right now.
     pub fn back_to_source_count(&self) -> usize {
         self.peers
