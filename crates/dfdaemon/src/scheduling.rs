@@ -13,8 +13,8 @@ use dragonfly_common::task_id::TaskId;
 use dragonfly_proto::SchedulerClient;
 use dragonfly_proto::common::v1::{Download, Host, Piece};
 use dragonfly_proto::scheduler::v1::{
-    AnnounceHostRequest, AnnouncePeerRequest, AnnouncePeerResponse, LeaveHostRequest,
-    RegisterPeerRequest, announce_peer_request, announce_peer_response,
+    AnnounceHostRequest, AnnouncePeerRequest, AnnouncePeerResponse, DeleteTaskRequest,
+    LeaveHostRequest, RegisterPeerRequest, announce_peer_request, announce_peer_response,
 };
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -197,6 +197,28 @@ impl Schedulers {
             }
         });
         futures::future::join_all(calls).await;
+    }
+
+    /// Tell the scheduler owning `task` that this host no longer holds it (local GC evicted it),
+    /// so it stops offering this host as a parent. Best effort, in the background.
+    pub fn forget_task(&self, task: &TaskId) {
+        let addrs: Vec<&str> = self.inner.nodes.iter().map(|n| n.addr.as_str()).collect();
+        let order = hashring::ranking(task.as_str(), &addrs);
+        let Some(i) = order
+            .iter()
+            .copied()
+            .find(|i| !self.inner.nodes[*i].is_down())
+        else {
+            return;
+        };
+        let mut client = self.inner.nodes[i].client.clone();
+        let req = DeleteTaskRequest {
+            host_id: self.host_id().to_string(),
+            task_id: task.to_string(),
+        };
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(CONNECT_TIMEOUT * 2, client.delete_task(req)).await;
+        });
     }
 
     /// Register a peer of `task` with the scheduler that owns it (skipping those that do not

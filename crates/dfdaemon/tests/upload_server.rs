@@ -141,3 +141,81 @@ async fn piece_requests_over_raw_http() {
     }
     assert!(rest.is_empty(), "nothing after the second piece");
 }
+
+/// `DownloadTask` on the upload port: refused unless the daemon is a seed peer, and a seed peer
+/// never writes to a path a remote peer names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn download_task_on_the_upload_port_is_for_seed_peers_only() {
+    use dfdaemon::daemon::download_service::DownloadService;
+    use dragonfly_proto::DfdaemonUploadClient;
+    use dragonfly_proto::dfdaemon::v1::DownloadTaskRequest;
+    use std::sync::Arc;
+
+    let data = random_bytes(41, 5 * MIB);
+    let origin = Origin::new();
+    origin.route("/seeded", Resource::bytes(data.clone()));
+    let o = origin.spawn().await.unwrap();
+    let mut addrs = Vec::new();
+    let mut keep = Vec::new();
+    for seed in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let engine =
+            TaskManager::new(Storage::open(dir.path()).unwrap(), EngineOptions::default()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        addrs.push(listener.local_addr().unwrap());
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let svc = seed.then(|| Arc::new(DownloadService::new(engine.clone(), false, Vec::new())));
+        tokio::spawn(upload::serve_with(
+            listener,
+            engine.clone(),
+            UploadLimits::default(),
+            svc,
+            async {
+                let _ = rx.await;
+            },
+        ));
+        keep.push((dir, stop, engine));
+    }
+    let request = |output: Option<&str>| DownloadTaskRequest {
+        download: Some(dragonfly_proto::Download {
+            url: o.url("/seeded"),
+            output_path: output.map(str::to_string),
+            ..Default::default()
+        }),
+    };
+
+    let mut normal = DfdaemonUploadClient::connect(format!("http://{}", addrs[0]))
+        .await
+        .unwrap();
+    let err = normal.download_task(request(None)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(err.message().contains("not a seed peer"), "{}", err.message());
+
+    let mut seed = DfdaemonUploadClient::connect(format!("http://{}", addrs[1]))
+        .await
+        .unwrap();
+    let err = seed
+        .download_task(request(Some("/tmp/owned")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(!std::path::Path::new("/tmp/owned").exists());
+
+    // A seed peer downloads the task into its storage and streams the pieces as they land.
+    let mut stream = seed.download_task(request(None)).await.unwrap().into_inner();
+    let mut messages = 0;
+    while let Some(m) = stream.message().await.unwrap() {
+        messages += 1;
+        assert!(m.response.is_some());
+    }
+    assert!(messages >= 1);
+    assert_eq!(o.stats.for_path("/seeded").1, data.len() as u64);
+    let engine = &keep[1].2;
+    let id = dfdaemon::task::TaskRequest {
+        url: o.url("/seeded"),
+        ..Default::default()
+    }
+    .task_id();
+    let stored = engine.storage().task(&id).unwrap().expect("the seed stored the task");
+    assert!(stored.is_finished());
+}

@@ -453,3 +453,48 @@ async fn seed_peer_is_triggered_and_offered_while_it_downloads() {
     let (_, answer) = waiting.await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(parent_ids(&answer), vec!["seed-peer"]);
 }
+
+#[tokio::test]
+async fn a_source_peer_that_vanishes_leaves_the_graph_and_a_child_takes_over_the_source() {
+    let mut c = start(config(1, 5)).await;
+    c.host("h1", "127.0.0.2").await;
+    c.host("h2", "127.0.0.3").await;
+    c.host("h3", "127.0.0.4").await;
+
+    let (p1, first) = c.register("h1", "p1").await;
+    assert!(is_back_to_source(&first));
+    p1.send(sch::DownloadPeerBackToSourceStartedRequest { description: None })
+        .await;
+    p1.piece_from_source(0).await;
+    p1.piece_from_source(1).await;
+    settle().await;
+    let (p2, answer) = c.register("h2", "p2").await;
+    assert_eq!(parent_ids(&answer), vec!["p1"]);
+    p2.piece_from(0, "p1").await;
+    settle().await;
+
+    // p1 crashes: its stream ends without a result. It must not be offered any more.
+    drop(p1);
+    settle().await;
+    let state = c
+        .state
+        .resources
+        .tasks
+        .get(TASK)
+        .and_then(|t| t.peers.get("p1").map(|p| p.state()));
+    assert_eq!(state, Some(scheduler::resource::PeerState::Failed));
+
+    // p3 arrives: p2 holds a piece, but nobody fetches the rest any more, so p3 is sent to the
+    // source instead of joining a swarm that would stall.
+    let (p3, answer) = c.register("h3", "p3").await;
+    assert!(is_back_to_source(&answer), "{answer:?}");
+    p3.send(sch::DownloadPeerBackToSourceStartedRequest { description: None })
+        .await;
+    p3.piece_from_source(1).await;
+    settle().await;
+
+    // Now p2's reschedule gets p3 (fetching from the source), never the dead p1.
+    let mut p2 = p2;
+    let answer = p2.reschedule(&["p1"]).await;
+    assert_eq!(parent_ids(&answer), vec!["p3"]);
+}

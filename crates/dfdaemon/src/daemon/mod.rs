@@ -363,6 +363,7 @@ pub async fn start(
                     .await
                 {
                     Ok(Ok(r)) if !r.evicted.is_empty() => {
+                        gc_engine.evicted(&r.evicted);
                         tracing::info!(evicted = r.evicted.len(), bytes_freed = r.bytes_freed, "gc")
                     }
                     Ok(Err(e)) => tracing::warn!(error = %e, "gc failed"),

@@ -498,6 +498,7 @@ async fn run(
         let (s, e, incoming) = (storage.clone(), engine.clone(), layout.content_length());
         let report = blocking(move || s.gc(&policy, &|id| e.in_use(id), incoming)).await?;
         if !report.evicted.is_empty() {
+            engine.evicted(&report.evicted);
             tracing::info!(task = %id, evicted = report.evicted.len(), "made room for a new task");
         }
     }

@@ -365,6 +365,15 @@ impl TaskManager {
         self.inner.schedulers.as_ref()
     }
 
+    /// Tell the scheduler that GC evicted these tasks here.
+    pub fn evicted(&self, evicted: &[crate::storage::Eviction]) {
+        if let Some(s) = &self.inner.schedulers {
+            for e in evicted {
+                s.forget_task(&e.id);
+            }
+        }
+    }
+
     /// This node's host id.
     pub fn host_id(&self) -> &str {
         &self.inner.opts.host_id
