@@ -25,12 +25,13 @@ pub fn collect_tasks(resources: &Resources) -> usize {
     before.saturating_sub(resources.tasks.len())
 }
 
-/// Drops hosts that have not announced themselves for `ttl`, with all of their peers.
+/// Drops hosts that have not announced themselves for `ttl` (or for 3 of the intervals they
+/// announce themselves at, when shorter), with all of their peers.
 pub fn collect_hosts(resources: &Resources, now: Instant, ttl: Duration) -> usize {
     let expired: Vec<String> = resources
         .hosts
         .iter()
-        .filter(|h| now.saturating_duration_since(h.announced_at) >= ttl)
+        .filter(|h| h.expired(now, ttl))
         .map(|h| h.key().clone())
         .collect();
     for id in &expired {
@@ -169,5 +170,25 @@ mod tests {
         );
         let task = res.tasks.get("t");
         assert!(task.is_some_and(|t| t.peers.len() == 1 && t.dag.edge_count() == 0));
+    }
+
+    #[test]
+    fn a_host_is_dropped_after_three_missed_announces() {
+        let res = Resources::default();
+        let t0 = Instant::now();
+        let host = |id: &str| dragonfly_proto::Host {
+            id: id.into(),
+            ..Default::default()
+        };
+        let ttl = Duration::from_secs(3600);
+        res.announce_host_every(host("every-10s"), t0, Some(Duration::from_secs(10)));
+        res.announce_host_every(host("silent-about-it"), t0, None);
+        res.announce_host_every(host("every-2h"), t0, Some(Duration::from_secs(7200)));
+        assert_eq!(collect_hosts(&res, t0 + Duration::from_secs(29), ttl), 0);
+        assert_eq!(collect_hosts(&res, t0 + Duration::from_secs(30), ttl), 1);
+        assert!(!res.hosts.contains_key("every-10s"));
+        // Without an interval, or with one longer than hostTTL / 3, hostTTL applies.
+        assert_eq!(collect_hosts(&res, t0 + Duration::from_secs(3599), ttl), 0);
+        assert_eq!(collect_hosts(&res, t0 + ttl, ttl), 2);
     }
 }

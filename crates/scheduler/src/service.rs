@@ -55,15 +55,20 @@ impl dragonfly_proto::Scheduler for SchedulerService {
         &self,
         request: Request<sch::AnnounceHostRequest>,
     ) -> Result<Response<()>, Status> {
-        let host = request
-            .into_inner()
+        let req = request.into_inner();
+        let interval = req
+            .interval
+            .and_then(|d| std::time::Duration::try_from(d).ok());
+        let host = req
             .host
             .filter(|h| !h.id.is_empty())
             .ok_or_else(|| Status::invalid_argument("AnnounceHostRequest.host.id is empty"))?;
         if !self.state.resources.hosts.contains_key(&host.id) {
             tracing::info!(host = %host.id, ip = %host.ip, seed = host.is_seed(), "host announced");
         }
-        self.state.resources.announce_host(host, Instant::now());
+        self.state
+            .resources
+            .announce_host_every(host, Instant::now(), interval);
         Ok(Response::new(()))
     }
 

@@ -9,6 +9,9 @@ pub struct Host {
     pub info: dragonfly_proto::Host,
     /// When it last announced itself (hosts silent for `scheduler.gc.hostTTL` are dropped).
     pub announced_at: Instant,
+    /// Silence after which the host is dropped, from the interval it announces itself at
+    /// (3 missed announces); `None` when it did not say (then `hostTTL` alone applies).
+    pub expires_after: Option<std::time::Duration>,
 }
 
 impl Host {
@@ -17,7 +20,15 @@ impl Host {
         Host {
             info,
             announced_at: now,
+            expires_after: None,
         }
+    }
+
+    /// Whether the host has been silent too long at `now`: `host_ttl`, or 3 of its announce
+    /// intervals when that is shorter.
+    pub fn expired(&self, now: Instant, host_ttl: std::time::Duration) -> bool {
+        let ttl = self.expires_after.map_or(host_ttl, |d| d.min(host_ttl));
+        now.saturating_duration_since(self.announced_at) >= ttl
     }
 
     /// Host id.

@@ -29,8 +29,23 @@ pub struct Resources {
 impl Resources {
     /// Adds or refreshes a host.
     pub fn announce_host(&self, info: dragonfly_proto::Host, now: Instant) {
+        self.announce_host_every(info, now, None);
+    }
+
+    /// Adds or refreshes a host that announces itself every `interval`: it is dropped after 3
+    /// missed announces (or `hostTTL`, whichever comes first).
+    pub fn announce_host_every(
+        &self,
+        info: dragonfly_proto::Host,
+        now: Instant,
+        interval: Option<std::time::Duration>,
+    ) {
         let id = info.id.clone();
-        self.hosts.insert(id, Host::new(info, now));
+        let mut host = Host::new(info, now);
+        host.expires_after = interval
+            .filter(|d| !d.is_zero())
+            .map(|d| d.saturating_mul(3));
+        self.hosts.insert(id, host);
     }
 
     /// Whether `host_id` is a known seed peer host.
