@@ -16,6 +16,7 @@ use dragonfly_proto::scheduler::v1::{
     AnnounceHostRequest, AnnouncePeerRequest, AnnouncePeerResponse, DeleteTaskRequest,
     LeaveHostRequest, RegisterPeerRequest, announce_peer_request, announce_peer_response,
 };
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -56,6 +57,9 @@ struct Node {
     addr: String,
     client: SchedulerClient<Channel>,
     down_until: Mutex<Option<Instant>>,
+    /// The scheduler has this host's last announce. Cleared when a call or stream to it fails
+    /// (it may have restarted and forgotten the host); the next registration re-announces first.
+    announced: Arc<AtomicBool>,
 }
 
 impl Node {
@@ -103,6 +107,7 @@ impl Schedulers {
                 addr: addr.clone(),
                 client: SchedulerClient::new(endpoint.connect_lazy()),
                 down_until: Mutex::new(None),
+                announced: Arc::new(AtomicBool::new(false)),
             });
         }
         Ok(Self {
@@ -131,42 +136,39 @@ impl Schedulers {
 
     /// Announce this host to every scheduler once; returns how many accepted it.
     pub async fn announce_once(&self) -> usize {
-        let req = AnnounceHostRequest {
-            host: Some(self.inner.opts.host.clone()),
-            interval: prost_types::Duration::try_from(self.inner.opts.announce_interval).ok(),
-        };
-        let calls = self.inner.nodes.iter().map(|node| {
-            let mut client = node.client.clone();
-            let req = req.clone();
-            async move {
-                let r = tokio::time::timeout(
-                    CONNECT_TIMEOUT * 2,
-                    client.announce_host(tonic::Request::new(req)),
-                )
-                .await;
-                match r {
-                    Ok(Ok(_)) => {
-                        node.mark(true);
-                        true
-                    }
-                    Ok(Err(status)) => {
-                        tracing::debug!(scheduler = %node.addr, error = %status.message(), "announce host failed");
-                        node.mark(false);
-                        false
-                    }
-                    Err(_) => {
-                        tracing::debug!(scheduler = %node.addr, "announce host timed out");
-                        node.mark(false);
-                        false
-                    }
-                }
-            }
-        });
+        let calls = self.inner.nodes.iter().map(|node| self.announce_to(node));
         futures::future::join_all(calls)
             .await
             .into_iter()
             .filter(|ok| *ok)
             .count()
+    }
+
+    async fn announce_to(&self, node: &Node) -> bool {
+        let req = AnnounceHostRequest {
+            host: Some(self.inner.opts.host.clone()),
+            interval: prost_types::Duration::try_from(self.inner.opts.announce_interval).ok(),
+        };
+        let mut client = node.client.clone();
+        let r = tokio::time::timeout(
+            CONNECT_TIMEOUT * 2,
+            client.announce_host(tonic::Request::new(req)),
+        )
+        .await;
+        let ok = match r {
+            Ok(Ok(_)) => true,
+            Ok(Err(status)) => {
+                tracing::debug!(scheduler = %node.addr, error = %status.message(), "announce host failed");
+                false
+            }
+            Err(_) => {
+                tracing::debug!(scheduler = %node.addr, "announce host timed out");
+                false
+            }
+        };
+        node.mark(ok);
+        node.announced.store(ok, Ordering::Relaxed);
+        ok
     }
 
     /// Announce this host every `announce_interval` until `shutdown`, then leave every scheduler.
@@ -238,6 +240,10 @@ impl Schedulers {
         let mut errors = Vec::new();
         for i in up.into_iter().chain(down) {
             let node = &self.inner.nodes[i];
+            if !node.announced.load(Ordering::Relaxed) && !self.announce_to(node).await {
+                errors.push(format!("{}: does not take this host's announce", node.addr));
+                continue;
+            }
             let (tx, rx) = mpsc::channel(REPORT_QUEUE);
             let first = AnnouncePeerRequest {
                 host_id: self.host_id().to_string(),
@@ -265,14 +271,17 @@ impl Schedulers {
                         tx,
                         rx: resp.into_inner(),
                         dropped: 0,
+                        announced: node.announced.clone(),
                     });
                 }
                 Ok(Err(status)) => {
                     node.mark(false);
+                    node.announced.store(false, Ordering::Relaxed);
                     errors.push(format!("{}: {}", node.addr, status.message()));
                 }
                 Err(_) => {
                     node.mark(false);
+                    node.announced.store(false, Ordering::Relaxed);
                     errors.push(format!(
                         "{}: no answer within {:?} (scheduler.scheduleTimeout)",
                         node.addr, self.inner.opts.schedule_timeout
@@ -318,6 +327,8 @@ pub struct PeerLink {
     tx: mpsc::Sender<AnnouncePeerRequest>,
     rx: tonic::Streaming<AnnouncePeerResponse>,
     dropped: u64,
+    /// The scheduler node's "has our announce" flag (cleared when this stream breaks).
+    announced: Arc<AtomicBool>,
 }
 
 impl PeerLink {
@@ -357,9 +368,13 @@ impl PeerLink {
             let msg = match self.rx.next().await {
                 Some(Ok(m)) => m,
                 Some(Err(status)) => {
+                    self.announced.store(false, Ordering::Relaxed);
                     return Answer::Lost(format!("{}: {}", self.scheduler, status.message()));
                 }
-                None => return Answer::Lost(format!("{} closed the stream", self.scheduler)),
+                None => {
+                    self.announced.store(false, Ordering::Relaxed);
+                    return Answer::Lost(format!("{} closed the stream", self.scheduler));
+                }
             };
             match msg.response {
                 Some(announce_peer_response::Response::NormalTaskResponse(r)) => {

@@ -58,8 +58,11 @@ struct Scheduler {
 
 impl Scheduler {
     fn start(dir: &Path, seed_peers: bool) -> Scheduler {
+        Self::start_on(dir, free_port(), seed_peers)
+    }
+
+    fn start_on(dir: &Path, port: u16, seed_peers: bool) -> Scheduler {
         std::fs::create_dir_all(dir).unwrap();
-        let port = free_port();
         let cfg = format!(
             "server:\n  listenIP: 127.0.0.1\n  port: {port}\n  logDir: {d}\nseedPeer:\n  enable: {seed_peers}\n",
             d = dir.display()
@@ -466,6 +469,27 @@ async fn downloads_finish_from_the_source_when_the_scheduler_dies_or_was_never_t
     let r = dfget(&lonely, &o.url("/g"), &out, &digest).await;
     assert_ok(&r, "a daemon with a dead scheduler");
     assert!(same(&out, &data));
+
+    // The scheduler comes back (empty): the daemons announce themselves again before their next
+    // task, so P2P works at once rather than after the next periodic announce.
+    let _back = Scheduler::start_on(&work.path().join("scheduler-again"), sched.port, false);
+    origin.route("/h", Resource::bytes(data.clone()));
+    let url = o.url("/h");
+    for (i, p) in peers.iter().enumerate().take(2) {
+        let out = work.path().join(format!("h{i}"));
+        assert_ok(
+            &dfget(p, &url, &out, &digest).await,
+            &format!("p{i} after the restart"),
+        );
+        assert!(same(&out, &data));
+    }
+    assert_eq!(
+        o.stats.for_path("/h").1,
+        data.len() as u64,
+        "served once after the restart"
+    );
+    let fed = peers[1].fed();
+    assert_eq!(fed.get(&peers[0].addr()), Some(&6), "{fed:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -189,7 +189,11 @@ async fn download_task_on_the_upload_port_is_for_seed_peers_only() {
         .unwrap();
     let err = normal.download_task(request(None)).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
-    assert!(err.message().contains("not a seed peer"), "{}", err.message());
+    assert!(
+        err.message().contains("not a seed peer"),
+        "{}",
+        err.message()
+    );
 
     let mut seed = DfdaemonUploadClient::connect(format!("http://{}", addrs[1]))
         .await
@@ -202,7 +206,11 @@ async fn download_task_on_the_upload_port_is_for_seed_peers_only() {
     assert!(!std::path::Path::new("/tmp/owned").exists());
 
     // A seed peer downloads the task into its storage and streams the pieces as they land.
-    let mut stream = seed.download_task(request(None)).await.unwrap().into_inner();
+    let mut stream = seed
+        .download_task(request(None))
+        .await
+        .unwrap()
+        .into_inner();
     let mut messages = 0;
     while let Some(m) = stream.message().await.unwrap() {
         messages += 1;
@@ -216,6 +224,10 @@ async fn download_task_on_the_upload_port_is_for_seed_peers_only() {
         ..Default::default()
     }
     .task_id();
-    let stored = engine.storage().task(&id).unwrap().expect("the seed stored the task");
+    let stored = engine
+        .storage()
+        .task(&id)
+        .unwrap()
+        .expect("the seed stored the task");
     assert!(stored.is_finished());
 }
