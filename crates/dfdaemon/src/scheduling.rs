@@ -46,6 +46,8 @@ pub struct SchedulerOptions {
     /// Fail a download instead of going to the source when no scheduler answers
     /// (`scheduler.disableAutoBackSource`).
     pub disable_auto_back_source: bool,
+    /// The upload server's counters, announced with the host.
+    pub upload_stats: Arc<crate::upload::UploadStats>,
 }
 
 /// Why no scheduler could be used.
@@ -145,8 +147,13 @@ impl Schedulers {
     }
 
     async fn announce_to(&self, node: &Node) -> bool {
+        let mut host = self.inner.opts.host.clone();
+        let stats = &self.inner.opts.upload_stats;
+        host.concurrent_upload_count = stats.in_flight.load(Ordering::Relaxed);
+        host.upload_count = stats.pieces.load(Ordering::Relaxed);
+        host.upload_failed_count = stats.failed.load(Ordering::Relaxed);
         let req = AnnounceHostRequest {
-            host: Some(self.inner.opts.host.clone()),
+            host: Some(host),
             interval: prost_types::Duration::try_from(self.inner.opts.announce_interval).ok(),
         };
         let mut client = node.client.clone();

@@ -140,6 +140,13 @@ async fn piece_requests_over_raw_http() {
         rest = &rest[head_end + range.len()..];
     }
     assert!(rest.is_empty(), "nothing after the second piece");
+
+    // What the scheduler hears about this node's uploads: the pieces sent whole, none in flight.
+    use std::sync::atomic::Ordering::Relaxed;
+    let stats = engine.upload_stats();
+    assert!(stats.pieces.load(Relaxed) >= 2, "{stats:?}");
+    assert!(stats.bytes.load(Relaxed) >= 5 * MIB as u64, "{stats:?}");
+    assert_eq!(stats.in_flight.load(Relaxed), 0);
 }
 
 /// `DownloadTask` on the upload port: refused unless the daemon is a seed peer, and a seed peer

@@ -213,6 +213,7 @@ pub async fn start(
         upload_addr.port(),
         if cfg.seed_peer.enable { "-seed" } else { "" }
     );
+    let upload_stats = std::sync::Arc::new(crate::upload::UploadStats::default());
     let schedulers = if scheduler_addrs.is_empty() {
         None
     } else {
@@ -243,6 +244,7 @@ pub async fn start(
                 .max(std::time::Duration::from_secs(1)),
             host,
             disable_auto_back_source: cfg.scheduler.disable_auto_back_source,
+            upload_stats: upload_stats.clone(),
         };
         Some(Schedulers::new(opts).map_err(|reason| DaemonError::Config {
             key: "scheduler.netAddrs",
@@ -254,6 +256,7 @@ pub async fn start(
         concurrent_pieces: (cfg.download.concurrent_piece_count as usize).max(1),
         piece_timeout: cfg.download.piece_download_timeout.get(),
         gc: Some(policy.clone()),
+        upload_stats,
         ..EngineOptions::default()
     };
     let engine = TaskManager::with_schedulers(storage, opts, schedulers.clone()).map_err(|e| {

@@ -40,6 +40,8 @@ pub struct EngineOptions {
     pub source: SourceOptions,
     /// Disk GC policy applied before a new task is stored (`None`: no GC on admission).
     pub gc: Option<crate::storage::GcPolicy>,
+    /// Counters of the upload server (shared with the scheduler announcer).
+    pub upload_stats: Arc<crate::upload::UploadStats>,
 }
 
 impl Default for EngineOptions {
@@ -51,6 +53,7 @@ impl Default for EngineOptions {
             parent_metadata_timeout: Duration::from_secs(5),
             source: SourceOptions::default(),
             gc: None,
+            upload_stats: Arc::default(),
         }
     }
 }
@@ -363,6 +366,11 @@ impl TaskManager {
     /// The schedulers this engine asks, if any.
     pub fn schedulers(&self) -> Option<&crate::scheduling::Schedulers> {
         self.inner.schedulers.as_ref()
+    }
+
+    /// The upload server's counters.
+    pub fn upload_stats(&self) -> &crate::upload::UploadStats {
+        &self.inner.opts.upload_stats
     }
 
     /// Tell the scheduler that GC evicted these tasks here.

@@ -9,6 +9,7 @@ use dragonfly_common::task_id::TaskId;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
+use std::sync::atomic::Ordering;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
@@ -156,12 +157,38 @@ async fn send_piece(
         shared.limits.acquire(remote.ip()).await,
         shared.engine.pin(&task),
     );
-    let content = storage.content_path(&task);
+    let stats = shared.engine.upload_stats();
+    stats.in_flight.fetch_add(1, Ordering::Relaxed);
+    let result = send_body(stream, &storage, &task, number, &record, shared, remote).await;
+    stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+    match &result {
+        Ok(()) => {
+            stats.pieces.fetch_add(1, Ordering::Relaxed);
+            stats.bytes.fetch_add(record.length, Ordering::Relaxed);
+        }
+        Err(Err(_)) => {
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(Ok(_)) => {}
+    }
+    result
+}
+
+async fn send_body(
+    stream: &mut TcpStream,
+    storage: &crate::storage::Storage,
+    task: &TaskId,
+    number: u32,
+    record: &crate::storage::PieceRecord,
+    shared: &Shared,
+    remote: SocketAddr,
+) -> Result<(), Result<Refusal, io::Error>> {
+    let content = storage.content_path(task);
     let file = match std::fs::File::open(&content) {
         Ok(f) => f,
         Err(e) => return Err(Ok(refuse("404 Not Found", format!("task {task}: {e}\n")))),
     };
-    if !shared.engine.is_running(&task) {
+    if !shared.engine.is_running(task) {
         let (s, t) = (storage.clone(), task.clone());
         tokio::task::spawn_blocking(move || s.touch(&t));
     }
