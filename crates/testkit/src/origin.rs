@@ -1,5 +1,7 @@
 //! An HTTP/1.1 origin for tests and the demo: serves registered resources (memory or file) with
 //! single-range `Range` support, counts requests and body bytes, and misbehaves on request.
+//! An optional [`RateLimiter`] caps the body bytes per second of all connections together, like
+//! an origin whose uplink is the bottleneck.
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -18,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 
 type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 
@@ -139,12 +142,83 @@ impl Stats {
     }
 }
 
+/// A cap on body bytes per second shared by every connection: a token bucket (kept as the
+/// time at which the bucket would be full again, GCRA-style) holding at most `burst` bytes.
+#[derive(Debug)]
+pub struct RateLimiter {
+    bytes_per_sec: f64,
+    /// How far ahead of real time the reservations may run (the bucket size, as time).
+    burst: Duration,
+    /// When every byte reserved so far has been paid for at the rate.
+    paid_until: Mutex<Instant>,
+}
+
+impl RateLimiter {
+    /// A limiter of `bytes_per_sec` (more than 0). The bucket holds the larger of one body
+    /// frame and 20 ms worth of bytes, so sleeps are not shorter than the timer can honour.
+    pub fn new(bytes_per_sec: u64) -> Self {
+        let rate = bytes_per_sec.max(1) as f64;
+        let burst = Duration::from_secs_f64((FRAME as f64 / rate).max(0.02));
+        Self {
+            bytes_per_sec: rate,
+            burst,
+            paid_until: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// The cap, in bytes per second.
+    pub fn bytes_per_sec(&self) -> u64 {
+        self.bytes_per_sec as u64
+    }
+
+    /// Wait until `n` more bytes may be sent.
+    pub async fn acquire(&self, n: u64) {
+        let ready_at = {
+            let Ok(mut paid) = self.paid_until.lock() else {
+                return;
+            };
+            let now = Instant::now();
+            let start = (*paid).max(now);
+            *paid = start + Duration::from_secs_f64(n as f64 / self.bytes_per_sec);
+            paid.checked_sub(self.burst).unwrap_or(*paid)
+        };
+        if ready_at > Instant::now() {
+            tokio::time::sleep_until(ready_at).await;
+        }
+    }
+}
+
+/// Parse a byte rate: a number with an optional unit, `K`/`M`/`G` (also `Ki`, `KiB`, `KB`, ...;
+/// all binary: 1K = 1024), e.g. `100M` or `104857600`.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let num: f64 = num.parse().ok()?;
+    let unit = unit.trim().to_ascii_lowercase();
+    let unit = unit.trim_end_matches("/s");
+    let unit = unit.strip_suffix('b').unwrap_or(unit);
+    let unit = unit.strip_suffix('i').unwrap_or(unit);
+    let mult: u64 = match unit {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        _ => return None,
+    };
+    let v = num * mult as f64;
+    (v.is_finite() && v >= 0.0).then_some(v as u64)
+}
+
 /// The origin's routing table and counters. Cheap to clone; clones share state.
 #[derive(Clone, Default)]
 pub struct Origin {
     routes: Arc<Mutex<HashMap<String, Resource>>>,
     dir: Option<PathBuf>,
     stats: Arc<Stats>,
+    rate_limit: Option<Arc<RateLimiter>>,
 }
 
 impl Origin {
@@ -159,6 +233,12 @@ impl Origin {
             dir: Some(dir.into()),
             ..Self::default()
         }
+    }
+
+    /// Cap the body bytes of all connections together at `bytes_per_sec` (0: no cap).
+    pub fn with_rate_limit(mut self, bytes_per_sec: u64) -> Self {
+        self.rate_limit = (bytes_per_sec > 0).then(|| Arc::new(RateLimiter::new(bytes_per_sec)));
+        self
     }
 
     /// Serve `resource` at `path` (e.g. `/blob`).
@@ -376,12 +456,17 @@ async fn handle(origin: &Origin, req: Request<Incoming>) -> Response<Body> {
     let frames = body_frames(resource.content.clone(), start, count);
     let delay = b.frame_delay;
     let corrupt = b.corrupt;
+    let limiter = origin.rate_limit.clone();
     let counted = frames.then(move |item| {
         let stats = stats.clone();
         let path = path.clone();
+        let limiter = limiter.clone();
         async move {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
+            }
+            if let (Some(l), Ok(chunk)) = (&limiter, &item) {
+                l.acquire(chunk.len() as u64).await;
             }
             item.map(|chunk| {
                 let chunk = if corrupt && !chunk.is_empty() {
@@ -455,7 +540,59 @@ fn body_frames(
 
 #[cfg(test)]
 mod tests {
-    use super::parse_range;
+    use super::{Origin, Resource, parse_range, parse_size};
+    use std::time::Instant;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// GET `path` over a raw HTTP/1.1 connection; the number of bytes received (head + body).
+    async fn fetch(addr: std::net::SocketAddr, path: &str) -> usize {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.unwrap();
+        buf.len()
+    }
+
+    #[tokio::test]
+    async fn rate_limit_caps_all_connections_together() {
+        const MIB: usize = 1 << 20;
+        let origin = Origin::new().with_rate_limit(8 << 20);
+        origin.route("/a", Resource::bytes(vec![7u8; 2 * MIB]));
+        origin.route("/b", Resource::bytes(vec![9u8; 2 * MIB]));
+        origin.route("/c", Resource::bytes(vec![1u8; 4 * MIB]));
+        let running = origin.spawn().await.unwrap();
+
+        // One connection: 4 MiB at 8 MiB/s cannot take less than 0.4 s (0.5 s minus the bucket).
+        let t = Instant::now();
+        assert!(fetch(running.addr, "/c").await > 4 * MIB);
+        let one = t.elapsed();
+        assert!(one.as_secs_f64() >= 0.4, "4 MiB at 8 MiB/s took {one:?}");
+
+        // Two connections at once share the cap: 2 x 2 MiB also takes at least 0.4 s.
+        let t = Instant::now();
+        let (a, b) = tokio::join!(fetch(running.addr, "/a"), fetch(running.addr, "/b"));
+        let two = t.elapsed();
+        assert!(a > 2 * MIB && b > 2 * MIB);
+        assert!(
+            two.as_secs_f64() >= 0.4,
+            "2 x 2 MiB at 8 MiB/s took {two:?}"
+        );
+        assert_eq!(running.stats.body_bytes(), 8 * MIB as u64);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("104857600"), Some(100 << 20));
+        assert_eq!(parse_size("100M"), Some(100 << 20));
+        assert_eq!(parse_size("100MiB"), Some(100 << 20));
+        assert_eq!(parse_size("100Mi"), Some(100 << 20));
+        assert_eq!(parse_size("1.5G"), Some(3 << 29));
+        assert_eq!(parse_size("64k"), Some(64 << 10));
+        assert_eq!(parse_size("8MiB/s"), Some(8 << 20));
+        assert_eq!(parse_size("fast"), None);
+        assert_eq!(parse_size("10X"), None);
+    }
 
     #[test]
     fn ranges() {

@@ -16,6 +16,14 @@ struct Cli {
     /// Create FILE=SIZE_MIB in --dir with deterministic content before serving (repeatable).
     #[arg(long, value_name = "NAME=MIB")]
     generate: Vec<String>,
+    /// Cap the body bytes per second of all connections together (e.g. 100M, 1.5G, 65536;
+    /// units are binary). Unset: no cap.
+    #[arg(long, value_name = "BYTES_PER_SEC", value_parser = parse_rate)]
+    rate_limit: Option<u64>,
+}
+
+fn parse_rate(s: &str) -> Result<u64, String> {
+    testkit::origin::parse_size(s).ok_or_else(|| format!("{s:?} is not a size like 100M"))
 }
 
 #[tokio::main]
@@ -41,7 +49,11 @@ async fn main() -> anyhow::Result<()> {
         cli.dir.display(),
         listener.local_addr()?
     );
-    let origin = testkit::origin::Origin::with_dir(cli.dir);
+    let mut origin = testkit::origin::Origin::with_dir(cli.dir);
+    if let Some(rate) = cli.rate_limit {
+        origin = origin.with_rate_limit(rate);
+        eprintln!("dforigin: body bytes capped at {rate} bytes/s for all connections together");
+    }
     let stats = origin.stats();
     testkit::origin::serve(listener, origin, async {
         let _ = tokio::signal::ctrl_c().await;
