@@ -34,6 +34,8 @@ bench: release
 	bash scripts/ensure-deps.sh $(BENCH_PACKAGES)
 	bash bench/standalone.sh
 	bash bench/p2p.sh
+	bash bench/scheduler.sh
+	bash bench/swarm.sh
 
 clean:
 	$(CARGO) clean

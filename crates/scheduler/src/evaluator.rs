@@ -11,11 +11,15 @@ use crate::config::EvaluatorWeights;
 use crate::resource::host::{idc_affinity, location_affinity};
 use crate::resource::{Host, Peer, PeerState, Task};
 use dashmap::DashMap;
+use rand::Rng;
 use rand::seq::IteratorRandom;
 use std::time::Duration;
 
 /// A candidate whose mean piece cost exceeds this many times the median is dropped.
 pub const OUTLIER_FACTOR: u32 = 2;
+
+/// Random positions probed per wanted sample before a large task is scanned in full.
+const PROBES_PER_PICK: usize = 4;
 
 /// How many peers to look at and how many to return.
 #[derive(Debug, Clone, Copy)]
@@ -81,17 +85,15 @@ pub fn choose_parents(
     let child_host = hosts.get(&child.host_id).map(|h| h.info.clone());
     let is_seed = |host_id: &str| hosts.get(host_id).is_some_and(|h| h.is_seed());
 
-    // Cheap per-peer checks first so the random sample is drawn from peers that can give something.
-    let sample = task
-        .peers
-        .values()
-        .filter(|p| p.id != child_id && p.host_id != child.host_id)
-        .filter(|p| has_something_to_give(p, &is_seed))
-        .choose_multiple(&mut rand::rng(), limits.filter);
+    let sample = sample_givers(task, child, &is_seed, limits.filter);
 
-    let mut survivors: Vec<(&Peer, Host)> = Vec::new();
+    // Host factors are read under the host's map guard, never cloned (this runs per registration).
+    let mut survivors: Vec<(&Peer, ScoreParts)> = Vec::new();
     for p in sample {
-        let Some(host) = hosts.get(&p.host_id).map(|h| h.clone()) else {
+        let Some((free_slot, parts)) = hosts.get(&p.host_id).map(|host| {
+            let parts = score(p, &host, child_host.as_ref(), task.piece_count);
+            (host.has_free_upload_slot(), parts)
+        }) else {
             tracing::debug!(parent = %p.id, "filtered: host not announced");
             continue;
         };
@@ -99,23 +101,20 @@ pub fn choose_parents(
             tracing::debug!(parent = %p.id, "filtered: blocklisted");
         } else if !task.dag.can_add_edge(&p.id, child_id) {
             tracing::debug!(parent = %p.id, "filtered: would make a cycle");
-        } else if !host.has_free_upload_slot() {
+        } else if !free_slot {
             tracing::debug!(parent = %p.id, "filtered: no free upload slot");
         } else {
-            survivors.push((p, host));
+            survivors.push((p, parts));
         }
     }
     drop_cost_outliers(&mut survivors);
 
     let mut scored: Vec<Candidate> = survivors
         .into_iter()
-        .map(|(p, host)| {
-            let parts = score(p, &host, child_host.as_ref(), task.piece_count);
-            Candidate {
-                peer_id: p.id.clone(),
-                score: parts.total(weights),
-                parts,
-            }
+        .map(|(p, parts)| Candidate {
+            peer_id: p.id.clone(),
+            score: parts.total(weights),
+            parts,
         })
         .collect();
     scored.sort_by(|a, b| {
@@ -135,19 +134,59 @@ pub fn choose_parents(
     scored
 }
 
+/// Up to `n` peers drawn at random among those that could feed `child` (not the child, not on its
+/// host, something to give). A large task is sampled by probing random positions, so a
+/// registration costs O(n) and not O(peers); when givers are too rare for the probes to find `n`
+/// (or the task is small) every peer is scanned.
+fn sample_givers<'a>(
+    task: &'a Task,
+    child: &Peer,
+    is_seed: &impl Fn(&str) -> bool,
+    n: usize,
+) -> Vec<&'a Peer> {
+    let eligible = |p: &&Peer| {
+        p.id != child.id && p.host_id != child.host_id && has_something_to_give(p, is_seed)
+    };
+    let mut rng = rand::rng();
+    let probes = n.saturating_mul(PROBES_PER_PICK);
+    let len = task.peers.len();
+    if n > 0 && len > probes.saturating_mul(2) {
+        // Random positions, duplicates skipped: by symmetry the first `n` distinct eligible peers
+        // are a uniform sample of the eligible ones.
+        let mut picked: Vec<&Peer> = Vec::with_capacity(n);
+        for _ in 0..probes {
+            let Some(p) = task.peers.get_index(rng.random_range(0..len)) else {
+                continue;
+            };
+            if eligible(&p) && !picked.iter().any(|q| std::ptr::eq(*q, p)) {
+                picked.push(p);
+                if picked.len() == n {
+                    return picked;
+                }
+            }
+        }
+    }
+    task.peers
+        .values()
+        .filter(eligible)
+        .choose_multiple(&mut rng, n)
+}
+
 /// A peer that is alive and holds a piece, or a seed peer fetching the task from the origin.
 fn has_something_to_give(p: &Peer, is_seed: &impl Fn(&str) -> bool) -> bool {
     match p.state() {
         PeerState::Failed | PeerState::Left => false,
         PeerState::Succeeded => true,
-        PeerState::BackToSource | PeerState::Running if is_seed(&p.host_id) => true,
-        _ => p.finished_count() > 0,
+        // The piece count first: the seed check is a host lookup.
+        _ if p.finished_count() > 0 => true,
+        PeerState::BackToSource | PeerState::Running => is_seed(&p.host_id),
+        _ => false,
     }
 }
 
 /// Drops candidates whose mean piece cost is above `OUTLIER_FACTOR` x the median (peers without
 /// costs yet are kept).
-fn drop_cost_outliers(survivors: &mut Vec<(&Peer, Host)>) {
+fn drop_cost_outliers(survivors: &mut Vec<(&Peer, ScoreParts)>) {
     let mut costs: Vec<Duration> = survivors
         .iter()
         .filter_map(|(p, _)| p.mean_piece_cost())
@@ -384,6 +423,37 @@ mod tests {
             w.peer(&format!("p{i}"), 1);
         }
         assert_eq!(w.choose("child").len(), 4);
+    }
+
+    #[test]
+    fn large_tasks_are_sampled_without_missing_rare_givers() {
+        let mut w = World::new();
+        w.peer("child", 0);
+        for i in 0..1000 {
+            w.peer(&format!("idle{i}"), 0);
+        }
+        // 3 givers among 1001 peers: random probes miss them, the full scan must not.
+        for i in 0..3 {
+            w.peer(&format!("giver{i}"), 1);
+        }
+        let mut got = w.choose("child");
+        got.sort();
+        assert_eq!(got, vec!["giver0", "giver1", "giver2"]);
+
+        // Mostly givers: probing finds `filter` distinct eligible peers.
+        for i in 0..1000 {
+            w.peer(&format!("idle{i}"), 1);
+        }
+        let child = w.task.peers.get("child").cloned();
+        let Some(child) = child else {
+            unreachable!("the child was added above")
+        };
+        let is_seed = |_: &str| false;
+        let sample = sample_givers(&w.task, &child, &is_seed, 15);
+        let ids: std::collections::HashSet<&str> = sample.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(sample.len(), 15);
+        assert_eq!(ids.len(), 15);
+        assert!(!ids.contains("child"));
     }
 
     proptest! {

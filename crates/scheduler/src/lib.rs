@@ -8,6 +8,7 @@
 pub mod config;
 pub mod evaluator;
 pub mod gc;
+pub mod grpc;
 pub mod resource;
 pub mod seed;
 pub mod server;

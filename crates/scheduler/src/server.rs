@@ -1,14 +1,14 @@
 //! The scheduler's shared state and its gRPC server entry point.
 
 use crate::config::SchedulerConfig;
+use crate::grpc::SchedulerGrpc;
 use crate::resource::Resources;
 use crate::seed::{GrpcSeedTrigger, NoSeedTrigger, SeedTrigger};
 use crate::service::SchedulerService;
-use dragonfly_proto::SchedulerServer;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 /// Everything one scheduler instance knows, shared by the gRPC service and the GC.
 pub struct SchedulerState {
@@ -62,8 +62,12 @@ pub async fn serve(
         let _ = gc_stopped.await;
     }));
     let result = tonic::transport::Server::builder()
-        .add_service(SchedulerServer::new(SchedulerService::new(state)))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .add_service(SchedulerGrpc::new(SchedulerService::new(state)))
+        // Without TCP_NODELAY a small answer can wait 40 ms for the peer's delayed ACK (Nagle).
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await;
     let _ = stop_gc.send(());
     let _ = gc.await;

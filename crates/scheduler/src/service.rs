@@ -10,10 +10,8 @@ use dragonfly_proto::scheduler::v1::announce_peer_request::Request as Req;
 use sch::AnnouncePeerResponse;
 use std::pin::Pin;
 use std::sync::Arc;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
@@ -86,53 +84,20 @@ impl dragonfly_proto::Scheduler for SchedulerService {
         &self,
         request: Request<Streaming<sch::AnnouncePeerRequest>>,
     ) -> Result<Response<Self::AnnouncePeerStream>, Status> {
-        let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(8);
-        let state = self.state.clone();
-        tokio::spawn(async move {
-            let mut ctx: Option<StreamCtx> = None;
-            loop {
-                let msg = match inbound.message().await {
-                    Ok(Some(msg)) => msg,
-                    Ok(None) => break,
-                    Err(status) => {
-                        tracing::debug!("announce stream ended: {status}");
-                        break;
-                    }
-                };
-                let span = tracing::info_span!("peer", task = %msg.task_id, peer = %msg.peer_id);
-                let reply = handle(&state, &mut ctx, msg).instrument(span).await;
-                let end = reply.is_err();
-                if let Some(reply) = reply.transpose()
-                    && tx.send(reply).await.is_err()
-                {
-                    break;
-                }
-                if end {
-                    break;
-                }
-            }
-            // The stream is gone (peer done, cancelled, crashed or cut off). A peer that did not
-            // finish cannot be trusted to serve anything more: it leaves the graph, and its
-            // children reschedule when they notice.
-            if let Some(c) = ctx {
-                let succeeded = state
-                    .resources
-                    .tasks
-                    .get(&c.task_id)
-                    .and_then(|t| {
-                        t.peers
-                            .get(&c.peer_id)
-                            .map(|p| p.state() == PeerState::Succeeded)
-                    })
-                    .unwrap_or(true);
-                if !succeeded {
-                    tracing::info!(task = %c.task_id, peer = %c.peer_id, "stream ended before the peer finished; it feeds nobody");
-                    peer_failed(&state, &c, false);
-                }
-            }
+        // The reply stream itself reads and handles the requests: no task or channel per peer,
+        // which matters with 10,000 streams open.
+        let peer = AnnounceLoop {
+            state: self.state.clone(),
+            inbound: request.into_inner(),
+            ctx: None,
+            span: None,
+            done: false,
+        };
+        let replies = futures::stream::unfold(peer, |mut peer| async move {
+            let reply = peer.next_reply().await?;
+            Some((reply, peer))
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(replies)))
     }
 
     async fn stat_peer(
@@ -199,6 +164,81 @@ impl dragonfly_proto::Scheduler for SchedulerService {
     }
 }
 
+/// One AnnouncePeer stream: its requests, whom it is about, and its tracing span.
+struct AnnounceLoop {
+    state: Arc<SchedulerState>,
+    inbound: Streaming<sch::AnnouncePeerRequest>,
+    ctx: Option<StreamCtx>,
+    /// Made from the first message (and each registration), not per message.
+    span: Option<tracing::Span>,
+    /// An error was sent; the stream ends.
+    done: bool,
+}
+
+impl AnnounceLoop {
+    /// Handles requests until one has an answer; `None` once the stream is over.
+    async fn next_reply(&mut self) -> Option<Result<AnnouncePeerResponse, Status>> {
+        if self.done {
+            return None;
+        }
+        loop {
+            let msg = match self.inbound.message().await {
+                Ok(Some(msg)) => msg,
+                Ok(None) => return None,
+                Err(status) => {
+                    tracing::debug!("announce stream ended: {status}");
+                    return None;
+                }
+            };
+            let registers = matches!(msg.request, Some(Req::RegisterPeerRequest(_)));
+            let span = match &self.span {
+                Some(span) if !registers => span.clone(),
+                _ => {
+                    let span =
+                        tracing::info_span!("peer", task = %msg.task_id, peer = %msg.peer_id);
+                    self.span = Some(span.clone());
+                    span
+                }
+            };
+            // Boxed: an idle stream then holds a pointer, not the largest handler state (~2.5 KiB).
+            match Box::pin(handle(&self.state, &mut self.ctx, msg).instrument(span)).await {
+                Ok(Some(reply)) => return Some(Ok(reply)),
+                Ok(None) => {}
+                Err(status) => {
+                    self.done = true;
+                    return Some(Err(status));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for AnnounceLoop {
+    /// The stream is gone (peer done, cancelled, crashed or cut off; the reply stream is dropped in
+    /// every case). A peer that did not finish cannot be trusted to serve anything more: it leaves
+    /// the graph, and its children reschedule when they notice.
+    fn drop(&mut self) {
+        let Some(c) = self.ctx.take() else {
+            return;
+        };
+        let succeeded = self
+            .state
+            .resources
+            .tasks
+            .get(&c.task_id)
+            .and_then(|t| {
+                t.peers
+                    .get(&c.peer_id)
+                    .map(|p| p.state() == PeerState::Succeeded)
+            })
+            .unwrap_or(true);
+        if !succeeded {
+            tracing::info!(task = %c.task_id, peer = %c.peer_id, "stream ended before the peer finished; it feeds nobody");
+            peer_failed(&self.state, &c, false);
+        }
+    }
+}
+
 /// Handles one stream message; `Ok(Some)` is sent back, `Err` ends the stream.
 async fn handle(
     state: &SchedulerState,
@@ -210,8 +250,10 @@ async fn handle(
         return Ok(None);
     };
     if let Req::RegisterPeerRequest(register) = request {
-        let c = register_peer(state, &msg.host_id, &msg.task_id, &msg.peer_id, register)?;
+        let (c, peers) = register_peer(state, &msg.host_id, &msg.task_id, &msg.peer_id, register)?;
         let reply = schedule(state, &c).await?;
+        // One line per registration, written after every lock is released.
+        tracing::info!(host = %c.host_id, peers, answer = %Answer(&reply), "peer registered");
         *ctx = Some(c);
         return Ok(Some(reply));
     }
@@ -250,11 +292,13 @@ async fn handle(
                     p.reschedule_count += 1;
                 }
             });
+            let reply = schedule(state, &c).await?;
             tracing::info!(
                 reason = r.description.as_deref().unwrap_or(""),
-                "reschedule"
+                answer = %Answer(&reply),
+                "rescheduled"
             );
-            schedule(state, &c).await.map(Some)
+            Ok(Some(reply))
         }
         Req::DownloadPeerStartedRequest(_) => {
             set_state(state, &c, PeerState::Running);
@@ -320,7 +364,7 @@ fn register_peer(
     task_id: &str,
     peer_id: &str,
     register: sch::RegisterPeerRequest,
-) -> Result<StreamCtx, Status> {
+) -> Result<(StreamCtx, usize), Status> {
     if host_id.is_empty() || task_id.is_empty() || peer_id.is_empty() {
         return Err(Status::invalid_argument(format!(
             "RegisterPeerRequest needs host_id, task_id and peer_id (got {host_id:?}, {task_id:?}, {peer_id:?})"
@@ -347,13 +391,14 @@ fn register_peer(
         peer_id.to_owned(),
         Peer::new(peer_id, task_id, host_id, now),
     );
-    tracing::info!(task = %task_id, peer = %peer_id, host = %host_id, peers = task.peers.len(), "peer registered");
-    Ok(StreamCtx {
+    let peers = task.peers.len();
+    let c = StreamCtx {
         host_id: host_id.to_owned(),
         task_id: task_id.to_owned(),
         peer_id: peer_id.to_owned(),
         download,
-    })
+    };
+    Ok((c, peers))
 }
 
 /// Finds parents for the peer, waiting `retryInterval` between attempts up to `retryLimit` times;
@@ -469,7 +514,6 @@ fn decide(state: &SchedulerState, c: &StreamCtx) -> Result<Decision, Status> {
             if let Some(peer) = task.peers.get_mut(&c.peer_id) {
                 let _ = peer.transition(PeerState::ReceivedNormal);
             }
-            tracing::info!(parents = ?parents.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), "parents chosen");
             return Ok(Decision::Answer(AnnouncePeerResponse::new(
                 sch::NormalTaskResponse {
                     candidate_parents: parents,
@@ -526,12 +570,41 @@ fn mark_back_to_source(state: &SchedulerState, c: &StreamCtx) {
     update_peer(state, c, mark);
 }
 
+/// Built under the task's lock: the caller logs the answer (see [`Answer`]) once it is released.
 fn back_to_source(why: impl Into<String>) -> AnnouncePeerResponse {
-    let description = why.into();
-    tracing::info!(reason = %description, "back to source");
     AnnouncePeerResponse::new(sch::NeedBackToSourceResponse {
-        description: Some(description),
+        description: Some(why.into()),
     })
+}
+
+/// A scheduling answer as logged: `parents [a, b]`, `back to source (why)`, `empty task`.
+struct Answer<'a>(&'a AnnouncePeerResponse);
+
+impl std::fmt::Display for Answer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use sch::announce_peer_response::Response as R;
+        match &self.0.response {
+            Some(R::NormalTaskResponse(n)) => {
+                f.write_str("parents [")?;
+                for (i, p) in n.candidate_parents.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    f.write_str(&p.id)?;
+                }
+                f.write_str("]")
+            }
+            Some(R::NeedBackToSourceResponse(b)) => {
+                write!(
+                    f,
+                    "back to source ({})",
+                    b.description.as_deref().unwrap_or("")
+                )
+            }
+            Some(R::EmptyTaskResponse(_)) => f.write_str("empty task"),
+            None => f.write_str("nothing"),
+        }
+    }
 }
 
 /// Runs `f` on the peer's task (with the peer id) and refreshes the peer's `updated_at`.

@@ -7,11 +7,13 @@
 pub mod dag;
 pub mod host;
 pub mod peer;
+pub mod peer_map;
 pub mod task;
 
 pub use dag::{Dag, DagError};
 pub use host::Host;
 pub use peer::{InvalidTransition, Peer, PeerState};
+pub use peer_map::PeerMap;
 pub use task::{Task, TaskState};
 
 use dashmap::DashMap;

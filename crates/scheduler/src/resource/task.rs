@@ -2,7 +2,7 @@
 
 use super::dag::Dag;
 use super::peer::{Peer, PeerState};
-use std::collections::HashMap;
+use super::peer_map::PeerMap;
 use tokio::time::Instant;
 
 /// Lifecycle of a task as the scheduler sees it.
@@ -47,7 +47,7 @@ pub struct Task {
     /// State.
     pub state: TaskState,
     /// Peers by id.
-    pub peers: HashMap<String, Peer>,
+    pub peers: PeerMap,
     /// Who feeds whom.
     pub dag: Dag,
     /// A seed peer was already asked to fetch this task.
@@ -68,7 +68,7 @@ impl Task {
             piece_length: None,
             piece_count: None,
             state: TaskState::Pending,
-            peers: HashMap::new(),
+            peers: PeerMap::default(),
             dag: Dag::default(),
             seed_triggered: false,
             created_at: now,
@@ -95,8 +95,7 @@ impl Task {
     /// fetches from the origin (seed peers included).
     pub fn has_complete_source(&self) -> bool {
         self.peers.values().any(|p| {
-            p.state() == PeerState::Succeeded
-                || (p.need_back_to_source && !p.state().is_terminal())
+            p.state() == PeerState::Succeeded || (p.need_back_to_source && !p.state().is_terminal())
         })
     }
 
