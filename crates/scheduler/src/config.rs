@@ -116,6 +116,10 @@ pub struct SchedulingConfig {
     pub retry_interval: Duration,
     /// Parents handed to a peer at most (1 or more).
     pub candidate_parent_limit: u32,
+    /// Children one parent feeds at once at most, so a swarm grows as a tree rather than a star
+    /// around the first holder (0: no limit). Past it, new peers get other parents, or wait for
+    /// them; on the last attempt a busy parent is still better than the origin.
+    pub child_limit: u32,
     /// Peers of the task sampled and filtered before scoring (at least `candidateParentLimit`).
     pub filter_parent_limit: u32,
     /// Garbage collection of peers, tasks and hosts.
@@ -131,6 +135,7 @@ impl Default for SchedulingConfig {
             retry_limit: 10,
             retry_interval: Duration::from_millis(200),
             candidate_parent_limit: 4,
+            child_limit: 8,
             filter_parent_limit: 15,
             gc: GcConfig::default(),
         }

@@ -28,6 +28,12 @@ pub struct Limits {
     pub filter: usize,
     /// Parents returned at most (`scheduler.candidateParentLimit`).
     pub candidates: usize,
+    /// Children one parent feeds at most (`scheduler.childLimit`; 0: no limit). A parent at the
+    /// limit is offered only when `over_limit_ok` and no other parent qualifies.
+    pub children: usize,
+    /// Offer parents at the child limit when nothing else qualifies (the last scheduling
+    /// attempt: better a busy parent than the origin).
+    pub over_limit_ok: bool,
 }
 
 /// The parts of a candidate's score, each in 0..=1.
@@ -89,6 +95,7 @@ pub fn choose_parents(
 
     // Host factors are read under the host's map guard, never cloned (this runs per registration).
     let mut survivors: Vec<(&Peer, ScoreParts)> = Vec::new();
+    let mut full: Vec<(&Peer, ScoreParts)> = Vec::new();
     for p in sample {
         let Some((free_slot, parts)) = hosts.get(&p.host_id).map(|host| {
             let parts = score(p, &host, child_host.as_ref(), task.piece_count);
@@ -103,9 +110,21 @@ pub fn choose_parents(
             tracing::debug!(parent = %p.id, "filtered: would make a cycle");
         } else if !free_slot {
             tracing::debug!(parent = %p.id, "filtered: no free upload slot");
+        } else if limits.children > 0
+            && task.dag.child_count(&p.id) >= limits.children
+            && !task.dag.has_edge(&p.id, child_id)
+        {
+            tracing::debug!(parent = %p.id, children = task.dag.child_count(&p.id), "filtered: feeds enough children");
+            full.push((p, parts));
         } else {
             survivors.push((p, parts));
         }
+    }
+    if survivors.is_empty() && limits.over_limit_ok {
+        // Least loaded first: the score below does not know about children.
+        full.sort_by_key(|(p, _)| task.dag.child_count(&p.id));
+        full.truncate(limits.candidates.max(1));
+        survivors = full;
     }
     drop_cost_outliers(&mut survivors);
 
@@ -247,6 +266,8 @@ mod tests {
     use tokio::time::Instant;
 
     const LIMITS: Limits = Limits {
+        children: 0,
+        over_limit_ok: false,
         filter: 100,
         candidates: 4,
     };
@@ -471,7 +492,12 @@ mod tests {
                     w.task.peers.get_mut("child").map(|c| c.blocklist.insert(id));
                 }
             }
-            let limits = Limits { filter, candidates: 4 };
+            let limits = Limits {
+                filter,
+                candidates: 4,
+                children: 0,
+                over_limit_ok: false,
+            };
             let got = choose_parents(&w.task, "child", &w.hosts, &EvaluatorWeights::default(), limits);
             let child = w.task.peers.get("child").map(|c| c.blocklist.clone()).unwrap_or_default();
             prop_assert!(got.len() <= 4);

@@ -406,7 +406,7 @@ fn register_peer(
 async fn schedule(state: &SchedulerState, c: &StreamCtx) -> Result<AnnouncePeerResponse, Status> {
     let cfg = &state.config.scheduler;
     for attempt in 0..=cfg.retry_limit {
-        match decide(state, c)? {
+        match decide(state, c, attempt == cfg.retry_limit)? {
             Decision::Answer(reply) => return Ok(reply),
             Decision::Wait => {
                 tracing::debug!(attempt, "no parent yet, waiting");
@@ -428,7 +428,7 @@ async fn schedule(state: &SchedulerState, c: &StreamCtx) -> Result<AnnouncePeerR
 }
 
 /// One scheduling attempt under the task's lock.
-fn decide(state: &SchedulerState, c: &StreamCtx) -> Result<Decision, Status> {
+fn decide(state: &SchedulerState, c: &StreamCtx, last_attempt: bool) -> Result<Decision, Status> {
     let cfg = &state.config.scheduler;
     let res = &state.resources;
     let mut guard = res
@@ -468,6 +468,8 @@ fn decide(state: &SchedulerState, c: &StreamCtx) -> Result<Decision, Status> {
     let limits = Limits {
         filter: cfg.filter_parent_limit as usize,
         candidates: cfg.candidate_parent_limit as usize,
+        children: cfg.child_limit as usize,
+        over_limit_ok: last_attempt,
     };
     let candidates = evaluator::choose_parents(
         task,
@@ -670,6 +672,8 @@ fn peer_finished(state: &SchedulerState, c: &StreamCtx, content_length: u64, pie
                 tracing::debug!("{e}");
             }
         }
+        // It needs no parent any more: free their child slots.
+        task.dag.remove_parents_of(id);
         task.content_length = Some(content_length);
         task.piece_count = Some(piece_count);
         task.state = TaskState::Succeeded;

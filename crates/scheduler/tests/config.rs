@@ -85,6 +85,7 @@ fn defaults() {
     assert_eq!(c.scheduler.retry_limit, 10);
     assert_eq!(c.scheduler.retry_interval.get().as_millis(), 200);
     assert_eq!(c.scheduler.candidate_parent_limit, 4);
+    assert_eq!(c.scheduler.child_limit, 8);
     assert_eq!(c.scheduler.filter_parent_limit, 15);
     assert_eq!(c.scheduler.gc.peer_gc_interval.get().as_secs(), 10);
     assert_eq!(c.scheduler.gc.peer_ttl.get().as_secs(), 24 * 3600);

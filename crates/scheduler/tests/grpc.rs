@@ -498,3 +498,68 @@ async fn a_source_peer_that_vanishes_leaves_the_graph_and_a_child_takes_over_the
     let answer = p2.reschedule(&["p1"]).await;
     assert_eq!(parent_ids(&answer), vec!["p3"]);
 }
+
+#[tokio::test]
+async fn a_parent_feeds_at_most_child_limit_children_and_the_swarm_grows_as_a_tree() {
+    let mut cfg = config(1, 5);
+    cfg.scheduler.child_limit = 2;
+    let mut c = start(cfg).await;
+    for (h, ip) in [
+        ("h1", "127.0.0.2"),
+        ("h2", "127.0.0.3"),
+        ("h3", "127.0.0.4"),
+        ("h4", "127.0.0.5"),
+        ("h5", "127.0.0.6"),
+    ] {
+        c.host(h, ip).await;
+    }
+    let (p1, first) = c.register("h1", "p1").await;
+    assert!(is_back_to_source(&first));
+    p1.send(sch::DownloadPeerBackToSourceStartedRequest { description: None })
+        .await;
+    p1.piece_from_source(0).await;
+    settle().await;
+
+    let (p2, a2) = c.register("h2", "p2").await;
+    let (_p3, a3) = c.register("h3", "p3").await;
+    assert_eq!(parent_ids(&a2), vec!["p1"]);
+    assert_eq!(parent_ids(&a3), vec!["p1"]);
+
+    // p1 feeds two children: the next peer gets one of them, not p1.
+    p2.piece_from(0, "p1").await;
+    settle().await;
+    let (_p4, a4) = c.register("h4", "p4").await;
+    assert_eq!(parent_ids(&a4), vec!["p2"]);
+
+    // p2 finishes: it needs p1 no more, so p1 has a free child slot again.
+    p2.send(sch::DownloadPeerFinishedRequest {
+        content_length: 8 << 20,
+        piece_count: 2,
+    })
+    .await;
+    settle().await;
+    let (_p5, a5) = c.register("h5", "p5").await;
+    let ids = parent_ids(&a5);
+    assert!(ids.contains(&"p1".to_string()), "{ids:?}");
+}
+
+#[tokio::test]
+async fn a_full_parent_is_still_better_than_the_origin_on_the_last_attempt() {
+    let mut cfg = config(1, 5);
+    cfg.scheduler.child_limit = 1;
+    let mut c = start(cfg).await;
+    c.host("h1", "127.0.0.2").await;
+    c.host("h2", "127.0.0.3").await;
+    c.host("h3", "127.0.0.4").await;
+    let (p1, first) = c.register("h1", "p1").await;
+    assert!(is_back_to_source(&first));
+    p1.send(sch::DownloadPeerBackToSourceStartedRequest { description: None })
+        .await;
+    p1.piece_from_source(0).await;
+    settle().await;
+    let (_p2, a2) = c.register("h2", "p2").await;
+    assert_eq!(parent_ids(&a2), vec!["p1"]);
+    // p2 has nothing yet and p1 is full: p3 waits, then gets p1 anyway (not the origin).
+    let (_p3, a3) = c.register("h3", "p3").await;
+    assert_eq!(parent_ids(&a3), vec!["p1"]);
+}

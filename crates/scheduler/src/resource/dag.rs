@@ -53,6 +53,16 @@ impl Dag {
         Ok(())
     }
 
+    /// How many children `parent` feeds.
+    pub fn child_count(&self, parent: &str) -> usize {
+        self.children.get(parent).map_or(0, HashSet::len)
+    }
+
+    /// Whether `parent -> child` exists.
+    pub fn has_edge(&self, parent: &str, child: &str) -> bool {
+        self.children.get(parent).is_some_and(|c| c.contains(child))
+    }
+
     /// Removes `parent -> child` if present.
     pub fn remove_edge(&mut self, parent: &str, child: &str) {
         remove_from(&mut self.children, parent, child);
