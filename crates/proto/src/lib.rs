@@ -326,6 +326,7 @@ mod impls {
         DownloadPieceBackToSourceFinishedRequest(sch::DownloadPieceBackToSourceFinishedRequest),
         DownloadPieceFailedRequest(sch::DownloadPieceFailedRequest),
         DownloadPieceBackToSourceFailedRequest(sch::DownloadPieceBackToSourceFailedRequest),
+        MoreParentsRequest(sch::MoreParentsRequest),
     });
 
     oneof_from!(sch::announce_peer_response::Response {

@@ -14,8 +14,8 @@ use dragonfly_proto::scheduler::v1::{
     DownloadPeerBackToSourceStartedRequest, DownloadPeerFailedRequest, DownloadPeerFinishedRequest,
     DownloadPeerStartedRequest, DownloadPieceBackToSourceFailedRequest,
     DownloadPieceBackToSourceFinishedRequest, DownloadPieceFailedRequest,
-    DownloadPieceFinishedRequest, EmptyTaskResponse, NeedBackToSourceResponse, NormalTaskResponse,
-    RegisterPeerRequest, RescheduleRequest, announce_peer_request::Request,
+    DownloadPieceFinishedRequest, EmptyTaskResponse, MoreParentsRequest, NeedBackToSourceResponse,
+    NormalTaskResponse, RegisterPeerRequest, RescheduleRequest, announce_peer_request::Request,
     announce_peer_response::Response,
 };
 use dragonfly_proto::time::duration_to_proto;
@@ -118,13 +118,14 @@ fn all_request_variants() -> Vec<Request> {
             temporary: true,
         }
         .into(),
+        MoreParentsRequest {}.into(),
     ]
 }
 
 #[test]
 fn announce_peer_request_round_trips_every_variant() {
     let variants = all_request_variants();
-    assert_eq!(variants.len(), 12, "one per oneof variant");
+    assert_eq!(variants.len(), 13, "one per oneof variant");
     let mut seen_tags = std::collections::HashSet::new();
     for variant in variants {
         let msg = AnnouncePeerRequest::new("host-1", "task-1", "peer-1", variant);
@@ -136,14 +137,15 @@ fn announce_peer_request_round_trips_every_variant() {
         assert_eq!(decoded.peer_id, "peer-1");
         assert!(decoded.request.is_some());
         // Each variant uses a distinct field number: the key byte right after the three id strings.
-        // Field numbers 4..=15 are < 16, so the key is a single byte (number << 3 | 2).
+        // Keys are varints of (number << 3 | 2): one byte for 4..=15; for 16 the first byte is
+        // 0x82 (continuation bit set), whose upper bits still read 16.
         let ids_len = [&msg.host_id, &msg.task_id, &msg.peer_id]
             .iter()
             .map(|s| 2 + s.len())
             .sum::<usize>();
         seen_tags.insert(bytes[ids_len] >> 3);
     }
-    assert_eq!(seen_tags, (4u8..=15).collect());
+    assert_eq!(seen_tags, (4u8..=16).collect());
 }
 
 #[test]

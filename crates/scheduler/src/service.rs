@@ -284,6 +284,13 @@ async fn handle(
     };
     match request {
         Req::RegisterPeerRequest(_) => Ok(None),
+        Req::MoreParentsRequest(_) => {
+            let reply = more_parents(state, &c);
+            if let Some(r) = &reply {
+                tracing::debug!(answer = %Answer(r), "more parents");
+            }
+            Ok(reply)
+        }
         Req::RescheduleRequest(r) => {
             update_peer(state, &c, |task, peer_id| {
                 task.dag.remove_parents_of(peer_id);
@@ -492,38 +499,12 @@ fn decide(state: &SchedulerState, c: &StreamCtx, last_attempt: bool) -> Result<D
     }
     if !candidates.is_empty() {
         task.dag.remove_parents_of(&c.peer_id);
-        let mut parents = Vec::with_capacity(candidates.len());
-        for cand in &candidates {
-            if task.dag.add_edge(&cand.peer_id, &c.peer_id).is_err() {
-                continue; // the evaluator checked; a refused edge is not offered
-            }
-            let Some(p) = task.peers.get(&cand.peer_id) else {
-                continue;
-            };
-            let Some(h) = res.hosts.get(&p.host_id) else {
-                continue;
-            };
-            let mut cp = sch::CandidateParent {
-                id: p.id.clone(),
-                host: Some(h.info.clone()),
-                finished_piece_count: p.finished_count(),
-                ..Default::default()
-            };
-            cp.set_state(p.state().to_proto());
-            parents.push(cp);
-        }
+        let parents = link_parents(task, &res.hosts, &c.peer_id, &candidates);
         if !parents.is_empty() {
             if let Some(peer) = task.peers.get_mut(&c.peer_id) {
                 let _ = peer.transition(PeerState::ReceivedNormal);
             }
-            return Ok(Decision::Answer(AnnouncePeerResponse::new(
-                sch::NormalTaskResponse {
-                    candidate_parents: parents,
-                    content_length: task.content_length,
-                    piece_length: task.piece_length,
-                    piece_count: task.piece_count,
-                },
-            )));
+            return Ok(Decision::Answer(normal_response(task, parents)));
         }
     }
 
@@ -560,6 +541,86 @@ fn decide(state: &SchedulerState, c: &StreamCtx, last_attempt: bool) -> Result<D
         return Ok(Decision::Answer(back_to_source("no peer has the task yet")));
     }
     Ok(Decision::Wait)
+}
+
+/// Adds the edges candidate -> child and describes each linked parent for the child.
+fn link_parents(
+    task: &mut Task,
+    hosts: &dashmap::DashMap<String, crate::resource::Host>,
+    child_id: &str,
+    candidates: &[evaluator::Candidate],
+) -> Vec<sch::CandidateParent> {
+    let mut parents = Vec::with_capacity(candidates.len());
+    for cand in candidates {
+        if task.dag.add_edge(&cand.peer_id, child_id).is_err() {
+            continue; // the evaluator checked; a refused edge is not offered
+        }
+        let Some(p) = task.peers.get(&cand.peer_id) else {
+            continue;
+        };
+        let Some(h) = hosts.get(&p.host_id) else {
+            continue;
+        };
+        let mut cp = sch::CandidateParent {
+            id: p.id.clone(),
+            host: Some(h.info.clone()),
+            finished_piece_count: p.finished_count(),
+            ..Default::default()
+        };
+        cp.set_state(p.state().to_proto());
+        parents.push(cp);
+    }
+    parents
+}
+
+fn normal_response(task: &Task, parents: Vec<sch::CandidateParent>) -> AnnouncePeerResponse {
+    AnnouncePeerResponse::new(sch::NormalTaskResponse {
+        candidate_parents: parents,
+        content_length: task.content_length,
+        piece_length: task.piece_length,
+        piece_count: task.piece_count,
+    })
+}
+
+/// `MoreParentsRequest`: parents the peer does not have yet, keeping its current ones; `None`
+/// when there are none (no answer is sent, nothing is counted against the peer).
+fn more_parents(state: &SchedulerState, c: &StreamCtx) -> Option<AnnouncePeerResponse> {
+    let cfg = &state.config.scheduler;
+    let res = &state.resources;
+    let mut guard = res.tasks.get_mut(&c.task_id)?;
+    let task = &mut *guard;
+    let peer = task.peers.get_mut(&c.peer_id)?;
+    peer.updated_at = Instant::now();
+    if peer.state().is_terminal() {
+        return None;
+    }
+    let limits = Limits {
+        filter: cfg.filter_parent_limit as usize,
+        candidates: cfg.candidate_parent_limit as usize,
+        children: cfg.child_limit as usize,
+        over_limit_ok: false,
+    };
+    let have = task.dag.parents_of(&c.peer_id).count();
+    let wanted = limits.candidates.saturating_sub(have);
+    if wanted == 0 {
+        return None;
+    }
+    let mut fresh: Vec<evaluator::Candidate> = evaluator::choose_parents(
+        task,
+        &c.peer_id,
+        &res.hosts,
+        &state.config.evaluator.weights,
+        Limits {
+            candidates: limits.candidates + have,
+            ..limits
+        },
+    )
+    .into_iter()
+    .filter(|cand| !task.dag.has_edge(&cand.peer_id, &c.peer_id))
+    .collect();
+    fresh.truncate(wanted);
+    let parents = link_parents(task, &res.hosts, &c.peer_id, &fresh);
+    (!parents.is_empty()).then(|| normal_response(task, parents))
 }
 
 fn mark(task: &mut Task, peer_id: &str) {

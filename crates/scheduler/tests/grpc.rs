@@ -563,3 +563,48 @@ async fn a_full_parent_is_still_better_than_the_origin_on_the_last_attempt() {
     let (_p3, a3) = c.register("h3", "p3").await;
     assert_eq!(parent_ids(&a3), vec!["p1"]);
 }
+
+#[tokio::test]
+async fn more_parents_adds_parents_without_counting_against_the_peer() {
+    let mut c = start(config(1, 1)).await;
+    for (h, ip) in [
+        ("h1", "127.0.0.2"),
+        ("h2", "127.0.0.3"),
+        ("h3", "127.0.0.4"),
+    ] {
+        c.host(h, ip).await;
+    }
+    let (p1, first) = c.register("h1", "p1").await;
+    assert!(is_back_to_source(&first));
+    p1.send(sch::DownloadPeerBackToSourceStartedRequest { description: None })
+        .await;
+    p1.piece_from_source(0).await;
+    settle().await;
+    let (mut p2, a2) = c.register("h2", "p2").await;
+    assert_eq!(parent_ids(&a2), vec!["p1"]);
+
+    // Nothing new to offer: no answer at all (the peer does not wait for one).
+    p2.send(sch::MoreParentsRequest {}).await;
+    settle().await;
+    let (p3, a3) = c.register("h3", "p3").await;
+    assert_eq!(parent_ids(&a3), vec!["p1"]);
+    p3.piece_from(0, "p1").await;
+    settle().await;
+
+    // p3 now holds a piece: p2 gets it in addition to p1, and even with
+    // retryBackToSourceLimit 1 the request is not a reschedule.
+    p2.send(sch::MoreParentsRequest {}).await;
+    assert_eq!(parent_ids(&p2.next().await), vec!["p3"]);
+    p2.send(sch::MoreParentsRequest {}).await;
+    settle().await;
+    let parents: Vec<String> = c
+        .state
+        .resources
+        .tasks
+        .get(TASK)
+        .map(|t| t.dag.parents_of("p2").map(str::to_string).collect())
+        .unwrap_or_default();
+    let mut parents = parents;
+    parents.sort();
+    assert_eq!(parents, vec!["p1", "p3"]);
+}

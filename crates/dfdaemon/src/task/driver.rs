@@ -16,7 +16,7 @@ use dragonfly_proto::scheduler::v1::{
     DownloadPeerBackToSourceFailedRequest, DownloadPeerBackToSourceFinishedRequest,
     DownloadPeerBackToSourceStartedRequest, DownloadPeerFailedRequest, DownloadPeerFinishedRequest,
     DownloadPieceBackToSourceFinishedRequest, DownloadPieceFailedRequest,
-    DownloadPieceFinishedRequest, RescheduleRequest,
+    DownloadPieceFinishedRequest, MoreParentsRequest, RescheduleRequest,
 };
 use http::StatusCode;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -29,6 +29,11 @@ use tokio::task::JoinSet;
 const WRITE_CHUNK: usize = 1 << 20;
 /// Attempts per piece at the source for errors that may pass.
 const SOURCE_ATTEMPTS: u32 = 3;
+/// How often a task with fewer than [`WANTED_PARENTS`] live parents asks for more.
+const MORE_PARENTS_EVERY: Duration = Duration::from_secs(1);
+/// Live parents after which a task stops asking for more (the scheduler's default
+/// `candidateParentLimit`).
+const WANTED_PARENTS: usize = 4;
 
 /// Run the task to its end and publish the outcome.
 pub(super) async fn drive(engine: TaskManager, task: Arc<Task>, req: TaskRequest) {
@@ -161,6 +166,14 @@ impl Parents {
     /// Some parent's stream is open.
     fn any_open(&self) -> bool {
         self.list.iter().any(|p| !p.bad && p.open)
+    }
+
+    /// Parents that have or may still get pieces.
+    fn live_count(&self) -> usize {
+        self.list
+            .iter()
+            .filter(|p| !p.bad && (p.open || !p.has.is_empty()))
+            .count()
     }
 
     /// Ids of the parents that failed.
@@ -539,6 +552,11 @@ async fn run(
     let concurrency = inner.opts.concurrent_pieces.max(1);
     let stall = inner.opts.piece_timeout;
     let mut last_progress = tokio::time::Instant::now();
+    let mut more = tokio::time::interval_at(
+        tokio::time::Instant::now() + MORE_PARENTS_EVERY,
+        MORE_PARENTS_EVERY,
+    );
+    more.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     while !missing.is_empty() || !set.is_empty() {
         // Parents cannot help: ask the scheduler for others (or, without one, use the source).
@@ -690,6 +708,13 @@ async fn run(
             answer = next_answer(&mut sched.link), if sched.link.is_some() => {
                 sched.apply(answer, &mut parents, &id)?;
                 last_progress = tokio::time::Instant::now();
+            }
+            _ = more.tick(), if sched.link.is_some() && !missing.is_empty() => {
+                // Fewer parents than it could use: ask for more (peers that got pieces since),
+                // so the swarm spreads the upload over everyone instead of a few.
+                if sched.asked.is_none() && !sched.told_source && parents.live_count() < WANTED_PARENTS {
+                    sched.send(Request::MoreParentsRequest(MoreParentsRequest {}));
+                }
             }
             _ = tokio::time::sleep_until(sched.asked.unwrap_or_else(tokio::time::Instant::now) + sched.timeout), if sched.asked.is_some() => {
                 sched.lost(&id, "no answer to a reschedule within scheduler.scheduleTimeout")?;
