@@ -311,6 +311,8 @@ pub enum Answer {
     Parents {
         /// The parents.
         parents: Vec<Parent>,
+        /// Ids of those that are seed peers.
+        seeds: Vec<String>,
         /// Content length, if known.
         content_length: Option<u64>,
         /// Piece length, if known.
@@ -407,8 +409,15 @@ impl PeerLink {
                             "the scheduler offered no usable parent".to_string(),
                         );
                     }
+                    let seeds = r
+                        .candidate_parents
+                        .iter()
+                        .filter(|c| c.host.as_ref().is_some_and(|h| h.is_seed()))
+                        .map(|c| c.id.clone())
+                        .collect();
                     return Answer::Parents {
                         parents,
+                        seeds,
                         content_length: r.content_length,
                         piece_length: r.piece_length,
                     };

@@ -109,6 +109,9 @@ struct ParentState {
     /// It failed, lied or stalled: never ask it again for this task.
     bad: bool,
     inflight: usize,
+    /// A seed peer: asked only for pieces no other parent has, so its uplink carries each piece
+    /// to few children and the others swap among themselves.
+    seed: bool,
 }
 
 /// The task's parents, with a follower (SyncPieces) per parent. Parents are added as the
@@ -135,7 +138,7 @@ impl Parents {
     }
 
     /// Start following `p` unless it is already known.
-    fn add(&mut self, p: Parent) {
+    fn add(&mut self, p: Parent, seed: bool) {
         if self.list.iter().any(|s| s.parent.id == p.id) {
             return;
         }
@@ -153,6 +156,7 @@ impl Parents {
             open: true,
             bad: false,
             inflight: 0,
+            seed,
         });
     }
 
@@ -254,12 +258,14 @@ impl Sched {
         match answer {
             Answer::Parents {
                 parents: offered,
+                seeds,
                 content_length,
                 piece_length,
             } => {
                 tracing::info!(task = %id, parents = ?offered.iter().map(|p| p.addr.to_string()).collect::<Vec<_>>(), "scheduler assigned parents");
                 for p in offered {
-                    parents.add(p);
+                    let seed = seeds.contains(&p.id);
+                    parents.add(p, seed);
                 }
                 if !self.told_started {
                     self.told_started = true;
@@ -441,7 +447,7 @@ async fn run(
 
     let (mut parents, mut prx) = Parents::new(inner.opts.host_id.clone(), id.clone());
     for p in &req.parents {
-        parents.add(p.clone());
+        parents.add(p.clone(), false);
     }
 
     // 0. Register with the scheduler and take its first answer.
@@ -552,6 +558,11 @@ async fn run(
     let concurrency = inner.opts.concurrent_pieces.max(1);
     let stall = inner.opts.piece_timeout;
     let mut last_progress = tokio::time::Instant::now();
+    let start = if parents.list.is_empty() && sched.link.is_none() {
+        0 // no swarm: in order
+    } else {
+        rand::random_range(0..layout.piece_count().max(1))
+    };
     let mut more = tokio::time::interval_at(
         tokio::time::Instant::now() + MORE_PARENTS_EVERY,
         MORE_PARENTS_EVERY,
@@ -566,8 +577,11 @@ async fn run(
         }
         // Schedule as many pieces as allowed: a parent that has the piece (least busy), else the
         // source once no usable parent may still get it.
+        // From a per-task random point on (wrapping): siblings that share a seed ask it for
+        // different pieces and then swap them, instead of all asking for the same ones.
         let candidates: Vec<u32> = missing
-            .iter()
+            .range(start..)
+            .chain(missing.range(..start))
             .copied()
             .filter(|n| !inflight.contains_key(n))
             .collect();
@@ -580,7 +594,7 @@ async fn run(
                 .iter()
                 .enumerate()
                 .filter(|(_, p)| !p.bad && p.has.contains_key(&n))
-                .min_by_key(|(_, p)| p.inflight)
+                .min_by_key(|(_, p)| (p.seed, p.inflight))
                 .map(|(i, _)| i);
             let from = match best {
                 Some(i) => From::Parent(i),
