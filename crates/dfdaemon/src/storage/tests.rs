@@ -74,9 +74,19 @@ fn writer_buffers_large_pieces_in_any_chunking() {
     let (s, _) = open_at(dir.path(), 0);
     let t = id(1);
     let len = 3 * MIB + 12345;
-    s.create_task(new_task(&t, 3 * len as u64, len as u64))
+    s.create_task(new_task(&t, 4 * len as u64, len as u64))
         .unwrap();
     let data = bytes(len, 7);
+    // Mixed: a small chunk (buffered), then a large one while the buffer is not empty (buffered
+    // too), then a large one after a flush (written directly), then the tail.
+    let mut w = s.piece_writer(&t, 3).unwrap();
+    let cuts = [0, 10, 10 + 2 * MIB, 10 + 2 * MIB + 10 + MIB / 2, len];
+    for pair in cuts.windows(2) {
+        w.write(&data[pair[0]..pair[1]]).unwrap();
+    }
+    assert_eq!(w.written(), len as u64);
+    w.commit(Some(crc32fast::hash(&data)), None).unwrap();
+    assert_eq!(s.read_piece(&t, 3, true).unwrap(), data);
     // Tiny chunks, chunks that straddle the 1 MiB buffer, chunks bigger than it.
     for (number, chunk) in [(0u32, 17usize), (1, 700_001), (2, 1_500_000)] {
         let mut w = s.piece_writer(&t, number).unwrap();

@@ -45,16 +45,14 @@ impl PieceWriter {
         file: File,
         path: &Path,
     ) -> Self {
-        let capacity = usize::try_from(range.length)
-            .unwrap_or(WRITE_BUFFER)
-            .min(WRITE_BUFFER);
         PieceWriter {
             storage,
             task,
             range,
             file,
             path: path.to_path_buf(),
-            buf: Vec::with_capacity(capacity),
+            // Allocated only when small chunks arrive (large ones are written directly).
+            buf: Vec::new(),
             flushed: 0,
             hasher: crc32fast::Hasher::new(),
         }
@@ -83,6 +81,14 @@ impl PieceWriter {
             });
         }
         self.hasher.update(chunk);
+        if self.buf.is_empty() && chunk.len() >= WRITE_BUFFER {
+            // The caller batched already: straight to the file, no second copy in memory.
+            self.file
+                .write_all_at(chunk, self.range.offset + self.flushed)
+                .map_err(|e| StorageError::io(&self.path, e))?;
+            self.flushed += chunk.len() as u64;
+            return Ok(());
+        }
         while !chunk.is_empty() {
             let room = WRITE_BUFFER - self.buf.len();
             let (now, rest) = chunk.split_at(room.min(chunk.len()));
