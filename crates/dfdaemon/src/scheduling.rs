@@ -129,11 +129,16 @@ impl Schedulers {
 
     /// Scheduler addresses in the order `task` tries them.
     pub fn ranking(&self, task: &TaskId) -> Vec<&str> {
+        self.order(task)
+            .into_iter()
+            .map(|i| self.inner.nodes[i].addr.as_str())
+            .collect()
+    }
+
+    /// Indices of the schedulers in the order `task` tries them (rendezvous hashing).
+    fn order(&self, task: &TaskId) -> Vec<usize> {
         let addrs: Vec<&str> = self.inner.nodes.iter().map(|n| n.addr.as_str()).collect();
         hashring::ranking(task.as_str(), &addrs)
-            .into_iter()
-            .map(|i| addrs[i])
-            .collect()
     }
 
     /// Announce this host to every scheduler once; returns how many accepted it.
@@ -211,8 +216,7 @@ impl Schedulers {
     /// Tell the scheduler owning `task` that this host no longer holds it (local GC evicted it),
     /// so it stops offering this host as a parent. Best effort, in the background.
     pub fn forget_task(&self, task: &TaskId) {
-        let addrs: Vec<&str> = self.inner.nodes.iter().map(|n| n.addr.as_str()).collect();
-        let order = hashring::ranking(task.as_str(), &addrs);
+        let order = self.order(task);
         let Some(i) = order
             .iter()
             .copied()
@@ -238,8 +242,7 @@ impl Schedulers {
         peer_id: &str,
         download: Download,
     ) -> Result<PeerLink, Unreachable> {
-        let addrs: Vec<&str> = self.inner.nodes.iter().map(|n| n.addr.as_str()).collect();
-        let order = hashring::ranking(task.as_str(), &addrs);
+        let order = self.order(task);
         // Schedulers believed up first, in ranking order; those marked down as a last resort.
         let (up, down): (Vec<usize>, Vec<usize>) = order
             .into_iter()

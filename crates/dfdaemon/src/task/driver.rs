@@ -114,6 +114,13 @@ struct ParentState {
     seed: bool,
 }
 
+impl ParentState {
+    /// Not failed, and has pieces or may still get some.
+    fn is_live(&self) -> bool {
+        !self.bad && (self.open || !self.has.is_empty())
+    }
+}
+
 /// The task's parents, with a follower (SyncPieces) per parent. Parents are added as the
 /// scheduler names them; dropping this stops every follower.
 struct Parents {
@@ -162,9 +169,7 @@ impl Parents {
 
     /// Some parent has or may still get a piece.
     fn may_help(&self) -> bool {
-        self.list
-            .iter()
-            .any(|p| !p.bad && (p.open || !p.has.is_empty()))
+        self.list.iter().any(ParentState::is_live)
     }
 
     /// Some parent's stream is open.
@@ -174,10 +179,7 @@ impl Parents {
 
     /// Parents that have or may still get pieces.
     fn live_count(&self) -> usize {
-        self.list
-            .iter()
-            .filter(|p| !p.bad && (p.open || !p.has.is_empty()))
-            .count()
+        self.list.iter().filter(|p| p.is_live()).count()
     }
 
     /// Ids of the parents that failed.
