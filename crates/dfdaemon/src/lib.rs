@@ -5,6 +5,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod download;
+pub mod proxy;
 pub mod scheduling;
 pub mod source;
 pub mod storage;

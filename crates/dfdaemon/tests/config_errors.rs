@@ -235,11 +235,20 @@ fn effective_values_of_the_loading_rows() {
 
 #[test]
 fn empty_files_and_dragonfly_spellings() {
-    for text in ["", "# comments only\n", "proxy:\nstorage:\n"] {
+    // An empty `proxy:` turns the proxy on with its defaults; no section leaves it off.
+    for (text, proxy_enabled) in [
+        ("", false),
+        ("# comments only\n", false),
+        ("proxy:\nstorage:\n", true),
+    ] {
         let loaded = DfdaemonConfig::from_yaml(text, "e.yaml").map_err(|e| e.to_string());
+        let expected = DfdaemonConfig {
+            proxy_enabled,
+            ..DfdaemonConfig::default()
+        };
         assert_eq!(
             loaded.map(|l| (l.value, l.warnings)),
-            Ok((DfdaemonConfig::default(), vec![])),
+            Ok((expected, vec![])),
             "{text:?}"
         );
     }

@@ -3,7 +3,11 @@
 //! [`origin`] is a small HTTP origin server with `Range` support that counts the bytes and
 //! requests it serves, and can misbehave on purpose (no Range, no HEAD, slow, fixed status,
 //! wrong bytes) so tests can prove what the downloader does with each.
+//!
+//! [`registry`] runs the real thing for end-to-end tests: a TLS `docker-registry` whose access
+//! log counts blob GETs, deterministic OCI images pushed to it, and containerd, podman and skopeo.
 #![forbid(unsafe_code)]
 
 pub mod data;
 pub mod origin;
+pub mod registry;

@@ -46,6 +46,12 @@ pub struct Behavior {
     pub require_header: Option<(String, String)>,
     /// Answer the first N GETs of this resource with 503.
     pub fail_first_gets: u64,
+    /// Answer with `307 Temporary Redirect` to this URL (blob storage behind a registry).
+    pub redirect_to: Option<String>,
+    /// Answer 400 when the request carries this header (e.g. a token that must not leak).
+    pub forbid_header: Option<String>,
+    /// The `WWW-Authenticate` value sent with the 401 of `require_header`.
+    pub challenge: Option<String>,
 }
 
 /// Where a resource's bytes come from.
@@ -382,6 +388,14 @@ async fn handle(origin: &Origin, req: Request<Incoming>) -> Response<Body> {
         let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         return text(status, &format!("status {code} on purpose\n"));
     }
+    if let Some(name) = &b.forbid_header
+        && req.headers().contains_key(name.as_str())
+    {
+        return text(
+            StatusCode::BAD_REQUEST,
+            &format!("header {name} must not be sent here\n"),
+        );
+    }
     if let Some((name, value)) = &b.require_header {
         let ok = req
             .headers()
@@ -389,8 +403,25 @@ async fn handle(origin: &Origin, req: Request<Incoming>) -> Response<Body> {
             .iter()
             .any(|v| v.as_bytes() == value.as_bytes());
         if !ok {
-            return text(StatusCode::UNAUTHORIZED, "missing required header\n");
+            let mut r = text(StatusCode::UNAUTHORIZED, "missing required header\n");
+            if let Some(c) = b
+                .challenge
+                .as_deref()
+                .and_then(|c| http::HeaderValue::from_str(c).ok())
+            {
+                r.headers_mut().insert(http::header::WWW_AUTHENTICATE, c);
+            }
+            return r;
         }
+    }
+    if let Some(to) = b
+        .redirect_to
+        .as_deref()
+        .and_then(|t| http::HeaderValue::from_str(t).ok())
+    {
+        let mut r = text(StatusCode::TEMPORARY_REDIRECT, "moved\n");
+        r.headers_mut().insert(http::header::LOCATION, to);
+        return r;
     }
     let is_head = req.method() == Method::HEAD;
     if !is_head && b.fail_first_gets > 0 {

@@ -110,6 +110,11 @@ pub struct DfdaemonConfig {
     pub oras: OrasConfig,
     /// Metrics and health endpoints.
     pub metrics: MetricsConfig,
+    /// Whether the proxy runs: the file has a `proxy` section (or the top-level
+    /// `registryMirror` / `proxies` / `hijackHTTPS`), or no file was loaded (the built-in
+    /// defaults, like Dragonfly's default `dfget.yaml`, include the proxy on 65001).
+    #[serde(skip)]
+    pub proxy_enabled: bool,
 }
 
 impl Default for DfdaemonConfig {
@@ -132,6 +137,7 @@ impl Default for DfdaemonConfig {
             proxy: ProxyConfig::default(),
             oras: OrasConfig::default(),
             metrics: MetricsConfig::default(),
+            proxy_enabled: true,
         }
     }
 }
@@ -156,6 +162,7 @@ impl DfdaemonConfig {
         } = dragonfly_common::config::load_yaml_with::<Self>(text, source, &options)?;
         let origins =
             shapes::fold_alternatives(&mut config, text, source, UNSUPPORTED_KEYS, &mut warnings)?;
+        config.proxy_enabled = has_proxy_section(text);
         config.tidy();
         config.check_placeholders(&origins, source, &mut warnings);
         config.validate(source)?;
@@ -167,9 +174,18 @@ impl DfdaemonConfig {
 
     /// The effective config as YAML (after normalization, with every default filled in).
     pub fn to_yaml(&self) -> Result<String, ConfigError> {
-        yaml_serde::to_string(self).map_err(|e| ConfigError::Serialize {
+        let err = |e: yaml_serde::Error| ConfigError::Serialize {
             message: e.to_string(),
-        })
+        };
+        if self.proxy_enabled {
+            return yaml_serde::to_string(self).map_err(err);
+        }
+        // No proxy section in, none out: printing must not turn the proxy on.
+        let mut value = yaml_serde::to_value(self).map_err(err)?;
+        if let yaml_serde::Value::Mapping(m) = &mut value {
+            m.remove("proxy");
+        }
+        yaml_serde::to_string(&value).map_err(err)
     }
 
     /// Empty strings that Dragonfly's configs use for "unset" become our defaults.
@@ -245,6 +261,16 @@ impl DfdaemonConfig {
     }
 }
 
+/// Whether a config file configures the proxy (in either of Dragonfly's shapes).
+fn has_proxy_section(text: &str) -> bool {
+    match yaml_serde::from_str::<yaml_serde::Value>(text) {
+        Ok(yaml_serde::Value::Mapping(m)) => ["proxy", "registryMirror", "proxies", "hijackHTTPS"]
+            .iter()
+            .any(|k| m.contains_key(*k)),
+        _ => false,
+    }
+}
+
 fn placeholder_warning(key: &str, value: &str, source: &str) -> String {
     format!(
         "{key} in {source}: {value:?} looks like a placeholder from the docs; replace it with your registry's host name"
@@ -276,9 +302,14 @@ mod tests {
     #[test]
     fn empty_file_is_the_defaults() {
         let loaded = DfdaemonConfig::from_yaml("# nothing here\n", "t.yaml");
-        assert!(
-            loaded.is_ok_and(|l| l.value == DfdaemonConfig::default() && l.warnings.is_empty())
-        );
+        // A file without a proxy section runs no proxy; everything else is the defaults.
+        let expected = DfdaemonConfig {
+            proxy_enabled: false,
+            ..DfdaemonConfig::default()
+        };
+        assert!(loaded.is_ok_and(|l| l.value == expected && l.warnings.is_empty()));
+        let with_proxy = DfdaemonConfig::from_yaml("proxies: [{regx: blobs}]\n", "t.yaml");
+        assert!(with_proxy.is_ok_and(|l| l.value.proxy_enabled));
     }
 
     #[test]

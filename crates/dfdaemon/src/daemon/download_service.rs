@@ -111,6 +111,8 @@ impl DfdaemonDownload for DownloadService {
             filtered_query_params: d.filtered_query_params.clone(),
             task_id: None,
             parents: self.parents.clone(),
+            source: None,
+            streaming: false,
         };
         let task = self
             .engine

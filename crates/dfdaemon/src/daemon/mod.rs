@@ -4,6 +4,7 @@ pub mod cli;
 pub mod download_service;
 pub mod logging;
 pub mod output;
+pub mod setup;
 
 use crate::config::DfdaemonConfig;
 use crate::scheduling::{SchedulerOptions, Schedulers};
@@ -65,6 +66,8 @@ pub struct Bound {
     pub upload: SocketAddr,
     /// The local download socket.
     pub socket: PathBuf,
+    /// The proxy and registry mirror, when the config has a `proxy` section.
+    pub proxy: Option<SocketAddr>,
 }
 
 /// Static parents from `download.parents` (`host:port` of their upload servers).
@@ -84,6 +87,33 @@ fn static_parents(cfg: &DfdaemonConfig) -> Result<Vec<Parent>, DaemonError> {
                 })
         })
         .collect()
+}
+
+/// Bind the first port of `ports` on `ip` that is free.
+async fn bind_tcp(
+    what: &'static str,
+    ip: std::net::IpAddr,
+    ports: &dragonfly_common::config::PortRange,
+) -> Result<(tokio::net::TcpListener, SocketAddr), DaemonError> {
+    let mut last_err = String::new();
+    for port in ports.ports() {
+        match tokio::net::TcpListener::bind((ip, port)).await {
+            Ok(l) => {
+                let addr = l.local_addr().map_err(|e| DaemonError::Listen {
+                    what,
+                    addr: format!("{ip}:{port}"),
+                    reason: e.to_string(),
+                })?;
+                return Ok((l, addr));
+            }
+            Err(e) => last_err = format!("{ip}:{port}: {e}"),
+        }
+    }
+    Err(DaemonError::Listen {
+        what,
+        addr: ip.to_string(),
+        reason: last_err,
+    })
 }
 
 /// The system's host name.
@@ -176,30 +206,12 @@ pub async fn start(
     let policy = gc_policy(&cfg);
 
     // Upload server: the first port of the range that binds.
-    let ip = cfg.upload.tcp_listen.listen;
-    let mut upload_listener = None;
-    let mut last_err = String::new();
-    for port in cfg.upload.tcp_listen.port.ports() {
-        match tokio::net::TcpListener::bind((ip, port)).await {
-            Ok(l) => {
-                upload_listener = Some(l);
-                break;
-            }
-            Err(e) => last_err = format!("{ip}:{port}: {e}"),
-        }
-    }
-    let upload_listener = upload_listener.ok_or_else(|| DaemonError::Listen {
-        what: "upload.tcpListen",
-        addr: ip.to_string(),
-        reason: last_err,
-    })?;
-    let upload_addr = upload_listener
-        .local_addr()
-        .map_err(|e| DaemonError::Listen {
-            what: "upload.tcpListen",
-            addr: ip.to_string(),
-            reason: e.to_string(),
-        })?;
+    let (upload_listener, upload_addr) = bind_tcp(
+        "upload.tcpListen",
+        cfg.upload.tcp_listen.listen,
+        &cfg.upload.tcp_listen.port,
+    )
+    .await?;
 
     // Who this node is to the cluster, and its schedulers.
     let hostname = match &cfg.host.hostname {
@@ -320,6 +332,23 @@ pub async fn start(
         }
     }
     let parents = static_parents(&cfg)?;
+    let proxy =
+        if cfg.proxy_enabled {
+            let (listener, addr) = bind_tcp(
+                "proxy.tcpListen",
+                cfg.proxy.tcp_listen.listen,
+                &cfg.proxy.tcp_listen.port,
+            )
+            .await?;
+            let proxy = crate::proxy::Proxy::new(&cfg.proxy, engine.clone(), parents.clone())
+                .map_err(|e| DaemonError::Config {
+                    key: "proxy",
+                    reason: e.to_string(),
+                })?;
+            Some((std::sync::Arc::new(proxy), listener, addr))
+        } else {
+            None
+        };
     let service = DownloadService::new(engine.clone(), cfg.storage.multiplex, parents.clone());
     let seed = cfg
         .seed_peer
@@ -329,8 +358,9 @@ pub async fn start(
     let bound = Bound {
         upload: upload_addr,
         socket: socket.clone(),
+        proxy: proxy.as_ref().map(|(_, _, a)| *a),
     };
-    tracing::info!(upload = %upload_addr, socket = %socket.display(), "dfdaemon ready");
+    tracing::info!(upload = %upload_addr, socket = %socket.display(), proxy = ?bound.proxy, "dfdaemon ready");
     let run = async move {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -343,6 +373,8 @@ pub async fn start(
             seed,
             stopped(stop_rx.clone()),
         ));
+        let proxy_task =
+            proxy.map(|(p, listener, _)| tokio::spawn(p.serve(listener, stopped(stop_rx.clone()))));
         let announcer = schedulers
             .clone()
             .map(|s| tokio::spawn(s.run_announcer(stopped(stop_rx.clone()))));
@@ -380,6 +412,9 @@ pub async fn start(
         gc.abort();
         let _ = up.await;
         let _ = grpc.await;
+        if let Some(p) = proxy_task {
+            let _ = p.await;
+        }
         if let Some(a) = announcer {
             let _ = a.await; // leaves every scheduler
         }

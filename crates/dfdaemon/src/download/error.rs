@@ -49,6 +49,8 @@ pub enum DownloadError {
         status: String,
         /// Numeric status.
         code: u16,
+        /// The `WWW-Authenticate` challenge of a 401, passed on to proxy clients.
+        challenge: Option<String>,
     },
     /// The origin sent something other than what was asked for.
     #[error("{url}: {reason}")]

@@ -38,18 +38,37 @@ pub enum Probe {
 }
 
 /// A client for HTTP(S) origins.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct HttpSource {
     client: reqwest::Client,
 }
 
 impl HttpSource {
-    /// A client with these options.
+    /// A client with these options (system roots, redirects followed).
     pub fn new(opts: &SourceOptions) -> Result<Self, DownloadError> {
+        Self::with_tls(opts, Vec::new(), true)
+    }
+
+    /// A client that also trusts `roots` (on top of the system's) and follows redirects or not.
+    ///
+    /// Followed redirects to another host drop `Authorization` and cookies (reqwest's policy),
+    /// so a registry's token never reaches the blob store it redirects to.
+    pub fn with_tls(
+        opts: &SourceOptions,
+        roots: Vec<reqwest::Certificate>,
+        follow_redirects: bool,
+    ) -> Result<Self, DownloadError> {
+        let redirect = if follow_redirects {
+            reqwest::redirect::Policy::limited(10)
+        } else {
+            reqwest::redirect::Policy::none()
+        };
         let client = reqwest::Client::builder()
             .connect_timeout(opts.connect_timeout)
             .read_timeout(opts.read_timeout)
             .tls_danger_accept_invalid_certs(opts.insecure)
+            .tls_certs_merge(roots)
+            .redirect(redirect)
             // Parallel ranges go faster over separate HTTP/1.1 connections than one h2 stream set.
             .http1_only()
             .tcp_nodelay(true)
@@ -64,6 +83,11 @@ impl HttpSource {
                 ),
             })?;
         Ok(Self { client })
+    }
+
+    /// The underlying client (the proxy forwards requests with it).
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
     }
 
     /// Learn the content length: HEAD, or a one-byte ranged GET when HEAD is refused.
@@ -104,7 +128,7 @@ impl HttpSource {
             // An empty resource cannot satisfy bytes=0-0.
             StatusCode::RANGE_NOT_SATISFIABLE => Ok(Probe::Length { content_length: 0 }),
             s if s.is_success() => Ok(Probe::Stream(resp)),
-            _ => Err(status_error(url, resp.status())),
+            _ => Err(status_error(url, resp.status(), resp.headers())),
         }
     }
 
@@ -126,7 +150,7 @@ impl HttpSource {
             .await
             .map_err(|e| DownloadError::connect(url, &e))?;
         if !resp.status().is_success() {
-            return Err(status_error(url, resp.status()));
+            return Err(status_error(url, resp.status(), resp.headers()));
         }
         Ok(resp)
     }
@@ -139,9 +163,13 @@ fn bad(url: &str, reason: &str) -> DownloadError {
     }
 }
 
-/// An error for a non-2xx status.
-pub fn status_error(url: &str, status: StatusCode) -> DownloadError {
+/// An error for a non-2xx status (keeping an auth challenge for the client).
+pub fn status_error(url: &str, status: StatusCode, headers: &HeaderMap) -> DownloadError {
     DownloadError::Status {
+        challenge: headers
+            .get(header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
         url: url.to_string(),
         status: format!(
             "{} {}",

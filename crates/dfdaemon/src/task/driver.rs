@@ -34,6 +34,8 @@ const MORE_PARENTS_EVERY: Duration = Duration::from_secs(1);
 /// Live parents after which a task stops asking for more (the scheduler's default
 /// `candidateParentLimit`).
 const WANTED_PARENTS: usize = 4;
+/// Pieces a streaming task fetches in order before the per-task random point.
+const STREAMING_HEAD: u32 = 4;
 
 /// Run the task to its end and publish the outcome.
 pub(super) async fn drive(engine: TaskManager, task: Arc<Task>, req: TaskRequest) {
@@ -565,6 +567,12 @@ async fn run(
     } else {
         rand::random_range(0..layout.piece_count().max(1))
     };
+    let head = if req.streaming {
+        STREAMING_HEAD.min(layout.piece_count())
+    } else {
+        0
+    };
+    let start = start.max(head);
     let mut more = tokio::time::interval_at(
         tokio::time::Instant::now() + MORE_PARENTS_EVERY,
         MORE_PARENTS_EVERY,
@@ -581,9 +589,11 @@ async fn run(
         // source once no usable parent may still get it.
         // From a per-task random point on (wrapping): siblings that share a seed ask it for
         // different pieces and then swap them, instead of all asking for the same ones.
+        // A streaming client reads in order: its first pieces go before the random point.
         let candidates: Vec<u32> = missing
-            .range(start..)
-            .chain(missing.range(..start))
+            .range(..head)
+            .chain(missing.range(start..))
+            .chain(missing.range(head..start))
             .copied()
             .filter(|n| !inflight.contains_key(n))
             .collect();
@@ -629,7 +639,7 @@ async fn run(
                 From::Source => {
                     sched.source_started();
                     let (source, storage, id, url, headers) = (
-                        inner.source.clone(),
+                        req.source.clone().unwrap_or_else(|| inner.source.clone()),
                         storage.clone(),
                         id.clone(),
                         req.url.clone(),
@@ -792,9 +802,10 @@ async fn probe_source(
     engine: &TaskManager,
     req: &TaskRequest,
 ) -> Result<(PieceLayout, Option<reqwest::Response>), TaskError> {
-    let probe = engine
-        .inner
+    let probe = req
         .source
+        .as_ref()
+        .unwrap_or(&engine.inner.source)
         .probe(&req.url, &req.headers)
         .await
         .map_err(source_error)?;
@@ -818,7 +829,19 @@ async fn probe_source(
 }
 
 fn source_error(e: DownloadError) -> TaskError {
-    TaskError::Source(e.to_string())
+    match e {
+        DownloadError::Status {
+            url,
+            code,
+            challenge,
+            ..
+        } => TaskError::Status {
+            url,
+            code,
+            challenge,
+        },
+        e => TaskError::Source(e.to_string()),
+    }
 }
 
 fn check_range(resp: &reqwest::Response, range: PieceRange) -> Result<(), String> {

@@ -79,6 +79,11 @@ pub struct TaskRequest {
     pub task_id: Option<TaskId>,
     /// Parents to fetch pieces from before going to the source.
     pub parents: Vec<Parent>,
+    /// Origin client for this task (e.g. with a registry's own CA); `None` uses the engine's.
+    pub source: Option<HttpSource>,
+    /// A client streams the bytes in order (the proxy): fetch the first pieces first, so the
+    /// time to first byte does not depend on where a swarm task starts.
+    pub streaming: bool,
 }
 
 impl TaskRequest {
@@ -99,9 +104,19 @@ impl TaskRequest {
 /// Why a task failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TaskError {
-    /// The source failed (status, unreachable, bad response).
+    /// The source failed (unreachable, bad response).
     #[error("{0}")]
     Source(String),
+    /// The source answered with a non-2xx status (a proxy passes it on to its client).
+    #[error("{url} answered {}", status_text(*code))]
+    Status {
+        /// The URL.
+        url: String,
+        /// The status code.
+        code: u16,
+        /// The `WWW-Authenticate` challenge of a 401, if any.
+        challenge: Option<String>,
+    },
     /// Local storage failed.
     #[error("storage: {0}")]
     Storage(String),
@@ -118,6 +133,15 @@ pub enum TaskError {
     /// The engine shut down.
     #[error("the daemon is shutting down")]
     Shutdown,
+}
+
+/// `404 Not Found`: the code and its reason phrase.
+fn status_text(code: u16) -> String {
+    let reason = http::StatusCode::from_u16(code)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    format!("{code} {reason}").trim_end().to_string()
 }
 
 impl From<StorageError> for TaskError {

@@ -1,0 +1,160 @@
+//! The setup subcommands of the real `dfdaemon` binary: `gen-ca` and `containerd-hosts`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn dfdaemon(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dfdaemon"))
+        .args(args)
+        .env_remove("DFDAEMON_CONFIG")
+        .output()
+        .expect("run dfdaemon")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn gen_ca_writes_a_ca_and_refuses_to_overwrite_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("pki");
+    let out = out_dir.to_str().unwrap();
+    let run = dfdaemon(&["gen-ca", "--out", out, "--name", "Test Hijack CA"]);
+    let stdout = text(&run.stdout);
+    assert!(run.status.success(), "{}{}", stdout, text(&run.stderr));
+
+    let (cert, key) = (out_dir.join("ca.crt"), out_dir.join("ca.key"));
+    assert_eq!(mode(&key), 0o600);
+    assert!(stdout.contains(&cert.display().to_string()), "{stdout}");
+    assert!(stdout.contains(&key.display().to_string()), "{stdout}");
+    assert!(stdout.contains("hijackHTTPS:"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("cert: {}", cert.display())),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("key: {}", key.display())),
+        "{stdout}"
+    );
+
+    let x509 = Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(&cert)
+        .output()
+        .expect("openssl must be installed for this test");
+    let x509_text = text(&x509.stdout);
+    assert!(x509.status.success(), "{}", text(&x509.stderr));
+    assert!(x509_text.contains("CA:TRUE"), "{x509_text}");
+    assert!(x509_text.contains("Certificate Sign"), "{x509_text}");
+    assert!(x509_text.contains("CN = Test Hijack CA"), "{x509_text}");
+
+    let before = std::fs::read(&key).unwrap();
+    let again = dfdaemon(&["gen-ca", "--out", out]);
+    let stderr = text(&again.stderr);
+    assert!(!again.status.success());
+    assert!(stderr.contains("already exists"), "{stderr}");
+    assert!(stderr.contains(&out_dir.display().to_string()), "{stderr}");
+    assert_eq!(
+        std::fs::read(&key).unwrap(),
+        before,
+        "the key was rewritten"
+    );
+}
+
+/// `hosts.toml` for `server` behind the default mirror.
+fn expected_hosts(server: &str) -> String {
+    format!(
+        "server = \"{server}\"\n\
+         \n\
+         [host.\"http://127.0.0.1:65001\"]\n  \
+           capabilities = [\"pull\", \"resolve\"]\n  \
+           [host.\"http://127.0.0.1:65001\".header]\n    \
+             X-Dragonfly-Registry = [\"{server}\"]\n"
+    )
+}
+
+#[test]
+fn containerd_hosts_writes_one_file_per_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs_d = dir.path().to_str().unwrap();
+    let run = dfdaemon(&[
+        "containerd-hosts",
+        "--dir",
+        certs_d,
+        "docker.io",
+        "registry.test:5443",
+    ]);
+    let stdout = text(&run.stdout);
+    assert!(run.status.success(), "{}{}", stdout, text(&run.stderr));
+
+    let docker = dir.path().join("docker.io/hosts.toml");
+    let private = dir.path().join("registry.test:5443/hosts.toml");
+    assert_eq!(
+        std::fs::read_to_string(&docker).unwrap(),
+        expected_hosts("https://registry-1.docker.io")
+    );
+    assert_eq!(
+        std::fs::read_to_string(&private).unwrap(),
+        expected_hosts("https://registry.test:5443")
+    );
+    assert!(stdout.contains(&docker.display().to_string()), "{stdout}");
+    assert!(stdout.contains(&private.display().to_string()), "{stdout}");
+
+    // An existing file is kept unless --force.
+    let again = dfdaemon(&["containerd-hosts", "--dir", certs_d, "docker.io"]);
+    let stderr = text(&again.stderr);
+    assert!(!again.status.success());
+    assert!(stderr.contains(&docker.display().to_string()), "{stderr}");
+    assert!(stderr.contains("--force"), "{stderr}");
+
+    let forced = dfdaemon(&[
+        "containerd-hosts",
+        "--dir",
+        certs_d,
+        "--mirror",
+        "http://10.0.0.7:65001",
+        "--force",
+        "docker.io",
+    ]);
+    assert!(forced.status.success(), "{}", text(&forced.stderr));
+    let replaced = std::fs::read_to_string(&docker).unwrap();
+    assert!(
+        replaced.contains("[host.\"http://10.0.0.7:65001\"]"),
+        "{replaced}"
+    );
+}
+
+#[test]
+fn containerd_hosts_names_a_bad_registry_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs_d = dir.path().to_str().unwrap();
+    for bad in ["ghcr.io/owner/image", "my registry", ""] {
+        let run = dfdaemon(&["containerd-hosts", "--dir", certs_d, "docker.io", bad]);
+        let stderr = text(&run.stderr);
+        assert!(!run.status.success(), "{bad:?} accepted");
+        assert!(stderr.contains(&format!("{bad:?}")), "{stderr}");
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn no_subcommand_still_runs_the_daemon_options() {
+    let run = dfdaemon(&["--print-config", "-c", "/nonexistent/dfdaemon.yaml"]);
+    assert!(!run.status.success());
+    assert!(
+        text(&run.stderr).contains("/nonexistent/dfdaemon.yaml"),
+        "{}",
+        text(&run.stderr)
+    );
+    let help = dfdaemon(&["--help"]);
+    let help = text(&help.stdout);
+    for needle in ["gen-ca", "containerd-hosts", "--config", "--print-config"] {
+        assert!(help.contains(needle), "{help}");
+    }
+}

@@ -1,0 +1,570 @@
+//! The proxy and registry mirror of a daemon started in-process, against a plain-HTTP origin:
+//! forwarding, P2P rules, Range and HEAD, mirror routing, digest checks, auth pass-through,
+//! redirects to blob storage, CONNECT tunnels and bad input. The TLS parts (hijacking) run
+//! against a real registry and real clients in `registry_e2e.rs`.
+
+use dfdaemon::config::DfdaemonConfig;
+use dragonfly_common::digest::{Algorithm, Digest};
+use dragonfly_common::task_id::TaskId;
+use std::net::SocketAddr;
+use std::time::Duration;
+use testkit::data::random_bytes;
+use testkit::origin::{Behavior, Origin, Resource, RunningOrigin};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const MIB: usize = 1 << 20;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+struct Daemon {
+    proxy: SocketAddr,
+    cfg: DfdaemonConfig,
+    _dir: tempfile::TempDir,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Daemon {
+    fn url(&self) -> String {
+        format!("http://{}", self.proxy)
+    }
+
+    /// A client that sends everything through the proxy.
+    fn client(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .proxy(reqwest::Proxy::all(self.url()).expect("proxy url"))
+            .build()
+            .expect("client")
+    }
+
+    /// Whether any file of this task is on disk.
+    fn stored(&self, id: &TaskId) -> bool {
+        find_file(&self.cfg.data_dir, id.as_str())
+    }
+}
+
+fn find_file(dir: &std::path::Path, name: &str) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let p = e.path();
+        if p.is_dir() {
+            find_file(&p, name)
+        } else {
+            p.file_name().is_some_and(|n| n.to_string_lossy() == name)
+        }
+    })
+}
+
+async fn daemon(extra: &str) -> Daemon {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let d = dir.path().display();
+    let yaml = format!(
+        "dataDir: {d}/data\nlogDir: {d}/log\nkeepStorage: true\n\
+         download:\n  unixListen:\n    socket: {d}/sock\n\
+         upload:\n  tcpListen:\n    listen: 127.0.0.1\n    port: {up}\n\
+         proxy:\n  tcpListen:\n    listen: 127.0.0.1\n    port: {port}\n{extra}",
+        up = free_port(),
+    );
+    let cfg = DfdaemonConfig::from_yaml(&yaml, "test.yaml")
+        .unwrap_or_else(|e| panic!("config: {e}\n{yaml}"))
+        .value;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (bound, run) = dfdaemon::daemon::start(cfg.clone(), async {
+        let _ = rx.await;
+    })
+    .await
+    .expect("daemon starts");
+    tokio::spawn(run);
+    Daemon {
+        proxy: bound.proxy.expect("proxy is on"),
+        cfg,
+        _dir: dir,
+        _stop: tx,
+    }
+}
+
+fn blob_path(data: &[u8]) -> (String, Digest) {
+    let d = Digest::of(Algorithm::Sha256, data);
+    (format!("/v2/lib/img/blobs/{d}"), d)
+}
+
+async fn origin_with(routes: Vec<(String, Resource)>) -> (Origin, RunningOrigin) {
+    let origin = Origin::new();
+    for (p, r) in routes {
+        origin.route(&p, r);
+    }
+    let running = origin.spawn().await.expect("origin");
+    (origin, running)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2p_blob_is_fetched_once_and_served_with_ranges_and_head() {
+    let data = random_bytes(1, 10 * MIB + 123);
+    let (path, digest) = blob_path(&data);
+    let (origin, running) = origin_with(vec![(path.clone(), Resource::bytes(data.clone()))]).await;
+    let d = daemon("").await;
+    let c = d.client();
+    let url = running.url(&path);
+
+    for _ in 0..2 {
+        let r = c.get(&url).send().await.expect("get");
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.headers()["docker-content-digest"],
+            digest.to_string().as_str()
+        );
+        assert_eq!(
+            r.headers()["x-dragonfly-task"],
+            TaskId::for_blob_digest(&digest).as_str()
+        );
+        assert_eq!(r.bytes().await.expect("body"), data[..]);
+    }
+    let stats = origin.stats();
+    let (_, bytes) = stats.for_path(&path);
+    assert_eq!(
+        bytes,
+        data.len() as u64,
+        "the origin served the blob exactly once"
+    );
+
+    let len = data.len();
+    for (range, status, want, content_range) in [
+        ("bytes=5-9", 206, &data[5..10], format!("bytes 5-9/{len}")),
+        (
+            "bytes=-10",
+            206,
+            &data[len - 10..],
+            format!("bytes {}-{}/{len}", len - 10, len - 1),
+        ),
+        (
+            "bytes=4194300-4194310",
+            206,
+            &data[4194300..4194311],
+            format!("bytes 4194300-4194310/{len}"),
+        ),
+        (
+            "bytes=0-",
+            206,
+            &data[..],
+            format!("bytes 0-{}/{len}", len - 1),
+        ),
+    ] {
+        let r = c
+            .get(&url)
+            .header("range", range)
+            .send()
+            .await
+            .expect("range");
+        assert_eq!(r.status(), status, "{range}");
+        assert_eq!(
+            r.headers()["content-range"],
+            content_range.as_str(),
+            "{range}"
+        );
+        assert_eq!(r.bytes().await.expect("body"), want, "{range}");
+    }
+    let r = c
+        .get(&url)
+        .header("range", format!("bytes={len}-"))
+        .send()
+        .await
+        .expect("416");
+    assert_eq!(r.status(), 416);
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes */{len}").as_str()
+    );
+
+    let before = stats.requests();
+    let r = c.head(&url).send().await.expect("head");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], len.to_string().as_str());
+    assert_eq!(
+        r.headers()["docker-content-digest"],
+        digest.to_string().as_str()
+    );
+    assert_eq!(
+        stats.requests(),
+        before,
+        "HEAD of a stored blob is answered locally"
+    );
+    assert_eq!(stats.for_path(&path).1, len as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_requests_are_forwarded_without_hop_by_hop_headers() {
+    let page = b"manifest-ish".to_vec();
+    let (origin, running) = origin_with(vec![(
+        "/v2/lib/img/manifests/latest".into(),
+        Resource::bytes(page.clone()).with(Behavior {
+            forbid_header: Some("x-conn-only".into()),
+            ..Behavior::default()
+        }),
+    )])
+    .await;
+    let d = daemon("").await;
+    let c = d.client();
+    let url = running.url("/v2/lib/img/manifests/latest");
+    let r = c
+        .get(&url)
+        .header("connection", "x-conn-only")
+        .header("x-conn-only", "1")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(
+        r.status(),
+        200,
+        "a header named by Connection must not be forwarded"
+    );
+    assert_eq!(r.bytes().await.expect("body"), page[..]);
+    let r = c.get(running.url("/missing")).send().await.expect("get");
+    assert_eq!(r.status(), 404, "the origin's status comes back as is");
+    assert_eq!(origin.stats().for_path("/v2/lib/img/manifests/latest").0, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_requests_go_to_the_registry_in_the_header() {
+    let data = random_bytes(2, 3 * MIB);
+    let (path, _) = blob_path(&data);
+    let (origin, running) = origin_with(vec![
+        (path.clone(), Resource::bytes(data.clone())),
+        (
+            "/v2/lib/img/manifests/v1".into(),
+            Resource::bytes(&b"{}"[..]),
+        ),
+    ])
+    .await;
+    let d = daemon("  registryMirror:\n    dynamic: true\n    url: http://127.0.0.1:1\n").await;
+    let registry = running.url("");
+    let plain = reqwest::Client::new();
+    let r = plain
+        .get(format!("{}{path}?ns=elsewhere.example", d.url()))
+        .header("X-Dragonfly-Registry", registry.trim_end_matches('/'))
+        .send()
+        .await
+        .expect("mirror get");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.expect("body"), data[..]);
+    let r = plain
+        .get(format!("{}/v2/lib/img/manifests/v1", d.url()))
+        .header("X-Dragonfly-Registry", registry.trim_end_matches('/'))
+        .send()
+        .await
+        .expect("manifest");
+    assert_eq!(r.text().await.expect("text"), "{}");
+    assert_eq!(origin.stats().for_path(&path).1, data.len() as u64);
+
+    // Without the header the mirror's url is used: nothing listens there.
+    let r = plain
+        .get(format!("{}/v2/", d.url()))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 502);
+    assert!(r.text().await.unwrap_or_default().contains("127.0.0.1:1"));
+    let r = plain
+        .get(format!("{}/v2/", d.url()))
+        .header("X-Dragonfly-Registry", "ftp://nope")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap_or_default().contains("ftp://nope"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_bytes_for_a_digest_fail_the_client_and_are_not_kept() {
+    let data = random_bytes(3, 6 * MIB);
+    let (path, digest) = blob_path(&data);
+    let (origin, running) = origin_with(vec![(
+        path.clone(),
+        Resource::bytes(data.clone()).with(Behavior {
+            corrupt: true,
+            ..Behavior::default()
+        }),
+    )])
+    .await;
+    let d = daemon("").await;
+    let c = d.client();
+    let url = running.url(&path);
+    for attempt in 0..2 {
+        let r = c.get(&url).send().await.expect("headers arrive");
+        assert_eq!(r.status(), 200);
+        let body = r.bytes().await;
+        assert!(
+            body.is_err(),
+            "attempt {attempt}: a corrupt blob must not arrive complete"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !d.stored(&TaskId::for_blob_digest(&digest)),
+        "nothing of a wrong content is kept"
+    );
+    assert_eq!(
+        origin.stats().for_path(&path).1,
+        2 * data.len() as u64,
+        "each attempt went back to the origin"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_challenge_reaches_the_client_and_tokens_reach_the_origin() {
+    let data = random_bytes(4, MIB);
+    let (path, _) = blob_path(&data);
+    let challenge = r#"Bearer realm="http://auth.example/token",service="registry""#;
+    let (_origin, running) = origin_with(vec![(
+        path.clone(),
+        Resource::bytes(data.clone()).with(Behavior {
+            require_header: Some(("authorization".into(), "Bearer good".into())),
+            challenge: Some(challenge.into()),
+            ..Behavior::default()
+        }),
+    )])
+    .await;
+    let d = daemon("").await;
+    let c = d.client();
+    let url = running.url(&path);
+    let r = c.get(&url).send().await.expect("get");
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], challenge);
+    let r = c
+        .get(&url)
+        .header("authorization", "Bearer good")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.expect("body"), data[..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirect_to_blob_storage_is_followed_without_the_token() {
+    let data = random_bytes(5, 5 * MIB);
+    let (path, digest) = blob_path(&data);
+    let origin = Origin::new();
+    let running = origin.spawn().await.expect("origin");
+    // The signed URL is on another host name (localhost vs 127.0.0.1): the token must not go.
+    let signed = format!(
+        "http://localhost:{}/storage/blob?X-Amz-Signature=abc&Expires=1",
+        running.addr.port()
+    );
+    origin.route(
+        &path,
+        Resource::bytes(Vec::new()).with(Behavior {
+            require_header: Some(("authorization".into(), "Bearer good".into())),
+            redirect_to: Some(signed),
+            ..Behavior::default()
+        }),
+    );
+    origin.route(
+        "/storage/blob",
+        Resource::bytes(data.clone()).with(Behavior {
+            forbid_header: Some("authorization".into()),
+            ..Behavior::default()
+        }),
+    );
+    let d = daemon("").await;
+    let r = d
+        .client()
+        .get(running.url(&path))
+        .header("authorization", "Bearer good")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["x-dragonfly-task"],
+        TaskId::for_blob_digest(&digest).as_str(),
+        "the task is keyed by the digest, not the signed URL"
+    );
+    assert_eq!(r.bytes().await.expect("body"), data[..]);
+    assert_eq!(
+        origin.stats().for_path("/storage/blob").1,
+        data.len() as u64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_tunnels_bytes_and_names_a_dead_target() {
+    let data = random_bytes(6, 64 * 1024);
+    let (_origin, running) =
+        origin_with(vec![("/file".into(), Resource::bytes(data.clone()))]).await;
+    let d = daemon("").await;
+    let target = running.addr;
+    let mut s = tokio::net::TcpStream::connect(d.proxy)
+        .await
+        .expect("connect");
+    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s.write_all(
+        format!("GET /file HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("write");
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).await.expect("read");
+    assert!(
+        rest.ends_with(&data),
+        "the tunnel carried the origin's bytes untouched"
+    );
+
+    let closed = format!("127.0.0.1:{}", free_port());
+    let mut s = tokio::net::TcpStream::connect(d.proxy)
+        .await
+        .expect("connect");
+    s.write_all(format!("CONNECT {closed} HTTP/1.1\r\nHost: {closed}\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 502"), "{out}");
+    assert!(out.contains(&closed), "{out}");
+}
+
+async fn read_head(s: &mut tokio::net::TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut b = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match s.read(&mut b).await {
+            Ok(1) => buf.push(b[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+async fn raw(proxy: SocketAddr, request: &[u8]) -> String {
+    let mut s = tokio::net::TcpStream::connect(proxy)
+        .await
+        .expect("connect");
+    let _ = s.write_all(request).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_errors() {
+    let d = daemon("").await;
+    let out = raw(d.proxy, b"THIS IS NOT HTTP\r\n\r\n").await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    let big = format!(
+        "GET http://127.0.0.1:1/ HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    let out = raw(d.proxy, big.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+    let out = raw(
+        d.proxy,
+        b"GET ftp://example.com/x HTTP/1.1\r\nHost: example.com\r\n\r\n",
+    )
+    .await;
+    assert!(
+        out.starts_with("HTTP/1.1 400") && out.contains("ftp"),
+        "{out}"
+    );
+    let out = raw(
+        d.proxy,
+        b"GET /index.html HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        out.starts_with("HTTP/1.1 404") && out.contains("/index.html"),
+        "{out}"
+    );
+    let out = raw(
+        d.proxy,
+        b"GET /ca.crt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        out.starts_with("HTTP/1.1 404") && out.contains("hijackHTTPS"),
+        "{out}"
+    );
+    // The proxy still works after all that.
+    let out = raw(
+        d.proxy,
+        b"GET http://127.0.0.1:1/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        out.starts_with("HTTP/1.1 502") && out.contains("127.0.0.1:1"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_mid_blob_does_not_stop_the_task() {
+    let data = random_bytes(7, 12 * MIB);
+    let (path, digest) = blob_path(&data);
+    let (origin, running) = origin_with(vec![(
+        path.clone(),
+        Resource::bytes(data.clone()).with(Behavior {
+            frame_delay: Duration::from_millis(5),
+            ..Behavior::default()
+        }),
+    )])
+    .await;
+    let d = daemon("").await;
+    let url = running.url(&path);
+    {
+        let mut r = d.client().get(&url).send().await.expect("get");
+        let first = r.chunk().await.expect("first bytes").expect("some");
+        assert!(!first.is_empty());
+        // Dropped here, mid-blob.
+    }
+    let id = TaskId::for_blob_digest(&digest);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let r = loop {
+        let r = d.client().head(&url).send().await.expect("head");
+        if r.headers().contains_key("x-dragonfly-task") || tokio::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        r.headers()["x-dragonfly-task"],
+        id.as_str(),
+        "the task finished on its own"
+    );
+    let body = d
+        .client()
+        .get(&url)
+        .send()
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("body");
+    assert_eq!(body, data[..]);
+    assert_eq!(
+        origin.stats().for_path(&path).1,
+        data.len() as u64,
+        "fetched once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_certificate_is_served_when_hijacking() {
+    let d = daemon("  hijackHTTPS:\n    hosts:\n      - regx: registry.test\n").await;
+    let r = reqwest::get(format!("{}/ca.crt", d.url()))
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 200);
+    let pem = r.text().await.expect("text");
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    assert!(reqwest::Certificate::from_pem(pem.as_bytes()).is_ok());
+}

@@ -1,0 +1,543 @@
+//! The proxy and mirror with real parts: Debian's `docker-registry` (TLS, with and without
+//! htpasswd) as the origin, and skopeo, containerd's `ctr`, podman and curl as clients, each
+//! talking to a dfdaemon over real sockets. The registry's access log counts what the origin
+//! served. Needs root (`/etc/hosts`) and the Makefile's `TEST_PACKAGES`; a missing tool fails.
+
+use dfdaemon::config::DfdaemonConfig;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use testkit::registry::{
+    Containerd, ImageSpec, Pki, Podman, Registry, RegistryOptions, TestImage, ensure_test_hosts,
+    run, skopeo,
+};
+
+const MIB: u64 = 1 << 20;
+const WAIT: Duration = Duration::from_secs(15);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// An origin registry, the CA the proxy intercepts with, and a pushed image.
+struct Setup {
+    dir: tempfile::TempDir,
+    origin_pki: Pki,
+    proxy_pki: Pki,
+    registry: Registry,
+}
+
+impl Setup {
+    async fn new(auth: bool) -> Setup {
+        let dir = tempfile::tempdir().expect("tempdir");
+        ensure_test_hosts(&["registry.test", "other.test"]).expect("hosts");
+        let origin_pki = Pki::generate(
+            &dir.path().join("origin-pki"),
+            &["registry.test", "other.test"],
+        )
+        .expect("origin pki");
+        // The proxy's CA: a separate one, so a client that trusts only it cannot be talking
+        // to the registry directly.
+        let proxy_pki =
+            Pki::generate(&dir.path().join("proxy-pki"), &["unused.test"]).expect("proxy pki");
+        let mut opts = RegistryOptions::new(&origin_pki).dir(dir.path().join("registry"));
+        if auth {
+            opts = opts.auth("tester", "testpass");
+        }
+        let registry = Registry::start(opts).await.expect("registry starts");
+        Setup {
+            dir,
+            origin_pki,
+            proxy_pki,
+            registry,
+        }
+    }
+
+    async fn push(&self, repo: &str, sizes: &[u64], seed: u64) -> TestImage {
+        let client = self.registry.client().expect("registry client");
+        client
+            .push_new_image(
+                &ImageSpec::new(repo, "v1", sizes, seed),
+                &self.dir.path().join("images"),
+            )
+            .await
+            .expect("push")
+    }
+
+    /// A `--cert-dir` that trusts only the proxy's CA.
+    fn proxy_trust(&self) -> PathBuf {
+        self.proxy_pki
+            .cert_dir(&self.dir.path().join("trust-proxy"), &[])
+            .expect("cert dir")
+    }
+
+    /// Extra YAML under `proxy:` that hijacks registry.test and trusts its real CA upstream.
+    fn hijack_yaml(&self) -> String {
+        format!(
+            "  hijackHTTPS:\n    cert: {}\n    key: {}\n    hosts:\n      - regx: registry.test\n        certs: [{}]\n\
+             \x20 registryMirror:\n    dynamic: true\n    url: {}\n    certs: [{}]\n",
+            self.proxy_pki.ca_cert().display(),
+            self.proxy_pki.ca_key().display(),
+            self.origin_pki.ca_cert().display(),
+            self.registry.url(),
+            self.origin_pki.ca_cert().display(),
+        )
+    }
+
+    async fn assert_served_once(&self, image: &TestImage) {
+        self.registry
+            .wait_for_requests(WAIT, |reqs| {
+                image
+                    .layers
+                    .iter()
+                    .all(|l| reqs.iter().any(|r| r.is_blob_get_of(&l.digest)))
+            })
+            .await
+            .expect("origin saw the layers");
+        for l in &image.layers {
+            assert_eq!(
+                self.registry.blob_bytes_served(&l.digest).expect("log"),
+                l.size,
+                "origin bytes for layer {} ({} B)",
+                l.digest,
+                l.size
+            );
+        }
+    }
+}
+
+struct Daemon {
+    proxy: SocketAddr,
+    _dir: tempfile::TempDir,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Daemon {
+    async fn start(proxy_yaml: &str, extra: &str) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path().display();
+        let yaml = format!(
+            "dataDir: {d}/data\nlogDir: {d}/log\n\
+             download:\n  unixListen:\n    socket: {d}/sock\n\
+             upload:\n  tcpListen:\n    listen: 127.0.0.1\n    port: {up}\n{extra}\
+             proxy:\n  tcpListen:\n    listen: 127.0.0.1\n    port: {port}\n{proxy_yaml}",
+            up = free_port(),
+            port = free_port(),
+        );
+        let cfg = DfdaemonConfig::from_yaml(&yaml, "e2e.yaml")
+            .unwrap_or_else(|e| panic!("config: {e}\n{yaml}"))
+            .value;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (bound, run) = dfdaemon::daemon::start(cfg, async {
+            let _ = rx.await;
+        })
+        .await
+        .expect("daemon starts");
+        tokio::spawn(run);
+        Daemon {
+            proxy: bound.proxy.expect("proxy on"),
+            _dir: dir,
+            _stop: tx,
+        }
+    }
+
+    fn proxy_url(&self) -> String {
+        format!("http://{}", self.proxy)
+    }
+
+    fn with_proxy(&self, mut cmd: Command) -> Command {
+        cmd.env("HTTPS_PROXY", self.proxy_url())
+            .env("https_proxy", self.proxy_url())
+            .env("NO_PROXY", "")
+            .env("no_proxy", "");
+        cmd
+    }
+
+    /// Whether this daemon stores the blob (HEAD through its mirror is answered locally).
+    async fn stores(&self, registry: &Registry, repo: &str, digest: &str) -> bool {
+        let r = reqwest::Client::new()
+            .head(format!("{}/v2/{repo}/blobs/{digest}", self.proxy_url()))
+            .header("X-Dragonfly-Registry", registry.url())
+            .send()
+            .await;
+        r.is_ok_and(|r| r.status() == 200 && r.headers().contains_key("x-dragonfly-task"))
+    }
+}
+
+fn assert_dir_has_layers(out: &Path, image: &TestImage) {
+    for layer in &image.layers {
+        let hex = layer.digest.trim_start_matches("sha256:");
+        let got = std::fs::read(out.join(hex)).unwrap_or_else(|e| panic!("{hex}: {e}"));
+        assert!(
+            got == layer.read().expect("layer"),
+            "layer {} differs",
+            layer.digest
+        );
+    }
+}
+
+fn skopeo_copy(s: &Setup, image: &TestImage, out: &Path, cert_dir: &Path) -> Command {
+    let mut c = skopeo();
+    c.args(["copy", "--src-cert-dir"])
+        .arg(cert_dir)
+        .arg(format!(
+            "docker://{}",
+            image.reference(&s.registry.host_port())
+        ))
+        .arg(format!("dir:{}", out.display()));
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_pulls_through_the_hijacking_proxy_and_the_second_pull_is_cached() {
+    let s = Setup::new(false).await;
+    let image = s.push("e2e/skopeo", &[MIB, 6 * MIB, 9 * MIB + 7], 51).await;
+    let d = Daemon::start(&s.hijack_yaml(), "").await;
+    let trust = s.proxy_trust();
+
+    let out1 = s.dir.path().join("out1");
+    run(d.with_proxy(skopeo_copy(&s, &image, &out1, &trust)))
+        .await
+        .expect("skopeo through the proxy");
+    assert_dir_has_layers(&out1, &image);
+    let out2 = s.dir.path().join("out2");
+    run(d.with_proxy(skopeo_copy(&s, &image, &out2, &trust)))
+        .await
+        .expect("second pull");
+    assert_dir_has_layers(&out2, &image);
+    s.assert_served_once(&image).await;
+
+    // Control: the proxy really intercepts. Trusting only the registry's own CA fails through
+    // it, and trusting only the proxy's CA fails without it.
+    let origin_trust = s
+        .origin_pki
+        .cert_dir(&s.dir.path().join("trust-origin"), &[])
+        .expect("cert dir");
+    let err = run(d.with_proxy(skopeo_copy(
+        &s,
+        &image,
+        &s.dir.path().join("o3"),
+        &origin_trust,
+    )))
+    .await
+    .expect_err("the proxy's certificate is not the registry's");
+    assert!(err.to_string().contains("certificate"), "{err}");
+    let err = run(skopeo_copy(&s, &image, &s.dir.path().join("o4"), &trust))
+        .await
+        .expect_err("without the proxy the proxy CA is useless");
+    assert!(err.to_string().contains("certificate"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn htpasswd_registry_works_through_the_proxy_with_credentials_only() {
+    let s = Setup::new(true).await;
+    let image = s.push("e2e/auth", &[2 * MIB, 5 * MIB], 52).await;
+    let d = Daemon::start(&s.hijack_yaml(), "").await;
+    let trust = s.proxy_trust();
+    let out = s.dir.path().join("out");
+    let mut c = skopeo_copy(&s, &image, &out, &trust);
+    c.args(["--src-creds", "tester:testpass"]);
+    run(d.with_proxy(c)).await.expect("pull with credentials");
+    assert_dir_has_layers(&out, &image);
+    s.assert_served_once(&image).await;
+    let err = run(d.with_proxy(skopeo_copy(&s, &image, &s.dir.path().join("o2"), &trust)))
+        .await
+        .expect_err("no credentials");
+    let msg = err.to_string().to_lowercase();
+    assert!(
+        msg.contains("unauthorized") || msg.contains("authentication"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctr_pulls_through_the_proxy_and_through_a_generated_hosts_toml() {
+    let s = Setup::new(false).await;
+    let via_proxy = s.push("e2e/ctr-proxy", &[MIB, 5 * MIB], 53).await;
+    let via_mirror = s.push("e2e/ctr-mirror", &[2 * MIB, 6 * MIB], 54).await;
+    let d = Daemon::start(&s.hijack_yaml(), "").await;
+    let containerd = Containerd::start().await.expect("containerd");
+
+    // 1. HTTPS_PROXY in ctr's environment (ctr pulls in its own process), the proxy CA trusted.
+    let mut c = containerd.ctr([
+        "images",
+        "pull",
+        "--tlscacert",
+        &s.proxy_pki.ca_cert().display().to_string(),
+        &via_proxy.reference(&s.registry.host_port()),
+    ]);
+    c.env("HTTPS_PROXY", d.proxy_url());
+    run(c).await.expect("ctr pull through the proxy");
+    s.assert_served_once(&via_proxy).await;
+
+    // 2. A hosts.toml written by `dfdaemon containerd-hosts`, the daemon as mirror.
+    let hosts = s.dir.path().join("certs.d");
+    let out = Command::new(env!("CARGO_BIN_EXE_dfdaemon"))
+        .args(["containerd-hosts", "--dir"])
+        .arg(&hosts)
+        .args(["--mirror", &d.proxy_url(), &s.registry.host_port()])
+        .output()
+        .expect("containerd-hosts runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // containerd must trust the registry's CA for the fallback `server`; the mirror is http.
+    let toml = hosts.join(s.registry.host_port()).join("hosts.toml");
+    let text = std::fs::read_to_string(&toml).expect("hosts.toml");
+    assert!(text.contains("X-Dragonfly-Registry"), "{text}");
+    let c = containerd.ctr([
+        "images",
+        "pull",
+        "--hosts-dir",
+        &hosts.display().to_string(),
+        &via_mirror.reference(&s.registry.host_port()),
+    ]);
+    run(c).await.expect("ctr pull through the mirror");
+    s.assert_served_once(&via_mirror).await;
+    for l in &via_mirror.layers {
+        assert!(
+            d.stores(&s.registry, &via_mirror.repo, &l.digest).await,
+            "layer {} went through the daemon",
+            l.digest
+        );
+    }
+    let images = containerd.images().await.expect("images");
+    for img in [&via_proxy, &via_mirror] {
+        let r = img.reference(&s.registry.host_port());
+        assert!(images.iter().any(|i| i == &r), "{r} in {images:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_pulls_through_the_proxy() {
+    let s = Setup::new(false).await;
+    let image = s.push("e2e/podman", &[MIB, 3 * MIB], 55).await;
+    let d = Daemon::start(&s.hijack_yaml(), "").await;
+    let podman = Podman::new().expect("podman");
+    let trust = s.proxy_trust();
+    let c = podman.command([
+        "pull",
+        "--cert-dir",
+        &trust.display().to_string(),
+        &image.reference(&s.registry.host_port()),
+    ]);
+    let out = run(d.with_proxy(c))
+        .await
+        .expect("podman pull through the proxy");
+    assert!(
+        out.contains(image.config.digest.trim_start_matches("sha256:")),
+        "podman printed the image id: {out}"
+    );
+    s.assert_served_once(&image).await;
+}
+
+fn curl(d: &Daemon, args: &[&str]) -> Command {
+    let mut c = Command::new("curl");
+    c.args(["-sS", "--fail-with-body", "-x", &d.proxy_url()])
+        .args(args);
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_ranges_head_tunnel_and_plain_http_through_the_proxy() {
+    let s = Setup::new(false).await;
+    let image = s.push("e2e/curl", &[5 * MIB + 3], 56).await;
+    let d = Daemon::start(&s.hijack_yaml(), "").await;
+    let layer = &image.layers[0];
+    let data = layer.read().expect("layer");
+    let url = format!(
+        "{}/v2/{}/blobs/{}",
+        s.registry.url(),
+        image.repo,
+        layer.digest
+    );
+    let ca = s.proxy_pki.ca_cert().display().to_string();
+
+    let got =
+        tokio::process::Command::from(curl(&d, &["--cacert", &ca, "-r", "100-4194404", &url]))
+            .output()
+            .await
+            .expect("curl");
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    assert_eq!(got.stdout, data[100..=4194404], "range bytes");
+    let head = run(curl(&d, &["--cacert", &ca, "-I", &url]))
+        .await
+        .expect("head");
+    let head = head.to_lowercase();
+    assert!(
+        head.contains(&format!("content-length: {}", data.len())),
+        "{head}"
+    );
+    assert!(
+        head.contains(&format!("docker-content-digest: {}", layer.digest)),
+        "{head}"
+    );
+    s.assert_served_once(&image).await;
+
+    // other.test is not in hijackHTTPS.hosts: tunnelled, so curl sees the registry's real
+    // certificate (it trusts only the registry's CA here) and the daemon stores nothing.
+    let other = format!(
+        "https://other.test:{}/v2/{}/blobs/{}",
+        s.registry.port(),
+        image.repo,
+        layer.digest
+    );
+    let origin_ca = s.origin_pki.ca_cert().display().to_string();
+    let v = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-v",
+            "-o",
+            "/dev/null",
+            "-x",
+            &d.proxy_url(),
+            "--cacert",
+            &origin_ca,
+            &other,
+        ])
+        .output()
+        .await
+        .expect("curl");
+    let stderr = String::from_utf8_lossy(&v.stderr);
+    assert!(v.status.success(), "{stderr}");
+    assert!(stderr.contains("CONNECT other.test"), "{stderr}");
+    // The tunnelled GET reached the origin: the layer's bytes a second time.
+    s.registry
+        .wait_for_requests(WAIT, |reqs| {
+            reqs.iter()
+                .filter(|r| r.is_blob_get_of(&layer.digest))
+                .map(|r| r.bytes)
+                .sum::<u64>()
+                == 2 * layer.size
+        })
+        .await
+        .expect("tunnelled GET reached the origin");
+
+    // A plain-HTTP origin is forwarded.
+    let origin = testkit::origin::Origin::new();
+    origin.route(
+        "/plain",
+        testkit::origin::Resource::bytes(&b"plain bytes"[..]),
+    );
+    let running = origin.spawn().await.expect("origin");
+    let out = run(curl(&d, &[&running.url("/plain")]))
+        .await
+        .expect("plain http");
+    assert_eq!(out, "plain bytes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_bytes_from_the_registry_fail_the_pull_and_are_not_kept() {
+    let s = Setup::new(false).await;
+    let image = s.push("e2e/corrupt", &[6 * MIB], 57).await;
+    let layer = &image.layers[0];
+    s.registry.corrupt_blob(&layer.digest).expect("corrupt");
+    let d = Daemon::start(&s.hijack_yaml(), "").await;
+    let err = run(d.with_proxy(skopeo_copy(
+        &s,
+        &image,
+        &s.dir.path().join("out"),
+        &s.proxy_trust(),
+    )))
+    .await
+    .expect_err("a corrupt layer must fail the pull");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&layer.digest),
+        "skopeo names the layer it could not read: {msg}"
+    );
+    assert!(
+        !d.stores(&s.registry, &image.repo, &layer.digest).await,
+        "nothing of a corrupt blob is kept"
+    );
+}
+
+/// The scheduler binary, built next to dfdaemon by `cargo test --workspace` (`make test`).
+fn scheduler_bin() -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_dfdaemon")).with_file_name("scheduler");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo test --workspace`",
+        p.display()
+    );
+    p
+}
+
+struct Child(std::process::Child);
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_node_takes_the_layers_from_the_first() {
+    let s = Setup::new(false).await;
+    let image = s.push("e2e/two-nodes", &[9 * MIB, 13 * MIB], 58).await;
+    let port = free_port();
+    let sdir = s.dir.path().join("scheduler");
+    std::fs::create_dir_all(&sdir).expect("dir");
+    let cfg = sdir.join("scheduler.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "server:\n  listenIP: 127.0.0.1\n  port: {port}\n  logDir: {}\n",
+            sdir.display()
+        ),
+    )
+    .expect("write");
+    let _sched = Child(
+        Command::new(scheduler_bin())
+            .args(["--config"])
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("scheduler"),
+    );
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "scheduler did not listen"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sched = format!("scheduler:\n  netAddrs: [\"127.0.0.1:{port}\"]\n");
+    let a = Daemon::start(&s.hijack_yaml(), &sched).await;
+    let b = Daemon::start(&s.hijack_yaml(), &sched).await;
+    let trust = s.proxy_trust();
+    run(a.with_proxy(skopeo_copy(&s, &image, &s.dir.path().join("a"), &trust)))
+        .await
+        .expect("node a pulls");
+    run(b.with_proxy(skopeo_copy(&s, &image, &s.dir.path().join("b"), &trust)))
+        .await
+        .expect("node b pulls");
+    assert_dir_has_layers(&s.dir.path().join("b"), &image);
+    s.assert_served_once(&image).await;
+    // b stores every layer too, and the origin served each once in all (to a): b's pieces
+    // came from a.
+    for l in &image.layers {
+        assert!(
+            a.stores(&s.registry, &image.repo, &l.digest).await,
+            "a has {}",
+            l.digest
+        );
+        assert!(
+            b.stores(&s.registry, &image.repo, &l.digest).await,
+            "b has {}",
+            l.digest
+        );
+    }
+}
