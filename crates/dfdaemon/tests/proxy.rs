@@ -62,12 +62,17 @@ fn find_file(dir: &std::path::Path, name: &str) -> bool {
 }
 
 async fn daemon(extra: &str) -> Daemon {
+    daemon_with("", extra).await
+}
+
+/// A daemon with `download` YAML under `download:` and `extra` YAML under `proxy:`.
+async fn daemon_with(download: &str, extra: &str) -> Daemon {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let d = dir.path().display();
     let yaml = format!(
         "dataDir: {d}/data\nlogDir: {d}/log\nkeepStorage: true\n\
-         download:\n  unixListen:\n    socket: {d}/sock\n\
+         download:\n  unixListen:\n    socket: {d}/sock\n{download}\
          upload:\n  tcpListen:\n    listen: 127.0.0.1\n    port: {up}\n\
          proxy:\n  tcpListen:\n    listen: 127.0.0.1\n    port: {port}\n{extra}",
         up = free_port(),
@@ -567,4 +572,38 @@ async fn ca_certificate_is_served_when_hijacking() {
     let pem = r.text().await.expect("text");
     assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
     assert!(reqwest::Certificate::from_pem(pem.as_bytes()).is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_bytes_arrive_before_the_blob_is_fetched() {
+    let data = random_bytes(8, 32 * MIB);
+    let (path, _) = blob_path(&data);
+    let (origin, running) = origin_with(vec![(
+        path.clone(),
+        Resource::bytes(data.clone()).with(Behavior {
+            frame_delay: Duration::from_millis(2),
+            ..Behavior::default()
+        }),
+    )])
+    .await;
+    // One piece at a time: eight piece fetches of at least 128 ms each from the origin.
+    let d2 = daemon_with("  concurrentPieceCount: 1\n", "").await;
+    let mut r = d2
+        .client()
+        .get(running.url(&path))
+        .send()
+        .await
+        .expect("get");
+    let first = r.chunk().await.expect("first bytes").expect("some");
+    let served = origin.stats().for_path(&path).1;
+    assert!(
+        served < data.len() as u64,
+        "the client had bytes when the origin had served {served} of {} bytes",
+        data.len()
+    );
+    let mut body = first.to_vec();
+    while let Some(c) = r.chunk().await.expect("chunk") {
+        body.extend_from_slice(&c);
+    }
+    assert!(body == data, "the streamed bytes are the blob");
 }

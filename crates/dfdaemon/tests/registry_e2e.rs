@@ -541,3 +541,48 @@ async fn a_second_node_takes_the_layers_from_the_first() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_tls_is_verified_unless_the_host_is_insecure() {
+    let s = Setup::new(false).await;
+    let image = s.push("e2e/verify", &[MIB], 59).await;
+    let layer = &image.layers[0];
+    let url = format!(
+        "{}/v2/{}/blobs/{}",
+        s.registry.url(),
+        image.repo,
+        layer.digest
+    );
+    let ca = s.proxy_pki.ca_cert().display().to_string();
+    let hijack = |extra: &str| {
+        format!(
+            "  hijackHTTPS:\n    cert: {}\n    key: {}\n    hosts:\n      - regx: registry.test\n{extra}",
+            s.proxy_pki.ca_cert().display(),
+            s.proxy_pki.ca_key().display(),
+        )
+    };
+    // No `certs` for the registry's private CA: the daemon refuses the real registry.
+    let strict = Daemon::start(&hijack(""), "").await;
+    let out = tokio::process::Command::from(curl(&strict, &["--cacert", &ca, &url]))
+        .output()
+        .await
+        .expect("curl");
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "must not pass: {body}");
+    assert!(
+        body.contains("certificate") && body.contains("registry.test"),
+        "the error names the host and the certificate problem: {body}"
+    );
+    // `insecure: true` for that host: no verification, the pull works.
+    let lax = Daemon::start(&hijack("        insecure: true\n"), "").await;
+    let out = tokio::process::Command::from(curl(&lax, &["--cacert", &ca, &url]))
+        .output()
+        .await
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout == layer.read().expect("layer"), "layer bytes");
+}

@@ -163,19 +163,33 @@ impl CertAuthority {
             .next()
             .ok_or_else(|| not_pem("no \"BEGIN CERTIFICATE\" block found".into()))?
             .map_err(|e| not_pem(e.to_string()))?;
-        let info = der::parse_certificate(&cert_der)
-            .ok_or_else(|| not_pem("the PEM block does not hold a DER X.509 certificate".into()))?;
-        if !info.is_ca {
+        let (_, parsed) = x509_parser::parse_x509_certificate(&cert_der).map_err(|e| {
+            not_pem(format!(
+                "the PEM block does not hold a DER X.509 certificate: {e}"
+            ))
+        })?;
+        if !parsed.is_ca() {
             return Err(CaError::NotCa {
                 path: cert.to_path_buf(),
                 reason: "it lacks basicConstraints CA:TRUE (is it a server certificate?)".into(),
             });
         }
+        if !parsed.validity().is_valid() {
+            return Err(CaError::NotCa {
+                path: cert.to_path_buf(),
+                reason: format!(
+                    "it is not valid now (valid from {} to {}); clients would refuse every certificate it signs",
+                    parsed.validity().not_before,
+                    parsed.validity().not_after
+                ),
+            });
+        }
+        let spki = parsed.public_key().raw.to_vec();
         let cert_pem = first_pem_block(&cert_bytes)
             .ok_or_else(|| not_pem("no \"BEGIN CERTIFICATE\" block found".into()))?;
 
         let key_pair = read_key(key)?;
-        if key_pair.subject_public_key_info() != info.spki {
+        if key_pair.subject_public_key_info() != spki {
             return Err(CaError::KeyMismatch {
                 cert: cert.to_path_buf(),
                 key: key.to_path_buf(),
@@ -470,93 +484,6 @@ fn write_new_file(path: &Path, data: &[u8], mode: u32) -> Result<(), CaError> {
         .map_err(failed)
 }
 
-/// Just enough DER to read what rcgen does not expose: the subject public key and whether a
-/// certificate is a CA.
-mod der {
-    /// What [`parse_certificate`] reads.
-    pub(super) struct CertInfo<'a> {
-        /// The `SubjectPublicKeyInfo`, tag and length included.
-        pub spki: &'a [u8],
-        /// `basicConstraints` says `cA: TRUE`.
-        pub is_ca: bool,
-    }
-
-    const SEQUENCE: u8 = 0x30;
-    const BOOLEAN: u8 = 0x01;
-    const OID: u8 = 0x06;
-    const OCTET_STRING: u8 = 0x04;
-    const VERSION: u8 = 0xa0;
-    const EXTENSIONS: u8 = 0xa3;
-    /// 2.5.29.19
-    const BASIC_CONSTRAINTS: &[u8] = &[0x55, 0x1d, 0x13];
-
-    /// One tag-length-value: (tag, value, what follows).
-    fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-        let (&tag, rest) = input.split_first()?;
-        let (&first, rest) = rest.split_first()?;
-        let (len, rest) = if first < 0x80 {
-            (usize::from(first), rest)
-        } else {
-            let n = usize::from(first & 0x7f);
-            if n == 0 || n > 4 || rest.len() < n {
-                return None;
-            }
-            let len = rest[..n]
-                .iter()
-                .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-            (len, &rest[n..])
-        };
-        (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
-    }
-
-    /// `tlv` that requires `tag`.
-    fn expect(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-        let (t, value, rest) = tlv(input)?;
-        (t == tag).then_some((value, rest))
-    }
-
-    /// Read an X.509 certificate's SPKI and CA flag; `None` when it is not one.
-    pub(super) fn parse_certificate(der: &[u8]) -> Option<CertInfo<'_>> {
-        let (cert, _) = expect(der, SEQUENCE)?;
-        let (tbs, _) = expect(cert, SEQUENCE)?;
-        let mut rest = tbs;
-        if let Some((_, after)) = expect(rest, VERSION) {
-            rest = after;
-        }
-        // serialNumber, signature, issuer, validity, subject
-        for _ in 0..5 {
-            rest = tlv(rest)?.2;
-        }
-        let (_, after) = expect(rest, SEQUENCE)?;
-        let spki = &rest[..rest.len() - after.len()];
-        rest = after;
-        let mut is_ca = false;
-        // issuerUniqueID [1], subjectUniqueID [2], extensions [3]
-        while !rest.is_empty() {
-            let (tag, value, after) = tlv(rest)?;
-            rest = after;
-            if tag != EXTENSIONS {
-                continue;
-            }
-            let (mut exts, _) = expect(value, SEQUENCE)?;
-            while !exts.is_empty() {
-                let (ext, after) = expect(exts, SEQUENCE)?;
-                exts = after;
-                let (oid, mut ext) = expect(ext, OID)?;
-                if let Some((_, after)) = expect(ext, BOOLEAN) {
-                    ext = after; // critical
-                }
-                let (value, _) = expect(ext, OCTET_STRING)?;
-                if oid == BASIC_CONSTRAINTS {
-                    let (constraints, _) = expect(value, SEQUENCE)?;
-                    is_ca = matches!(expect(constraints, BOOLEAN), Some(([flag], _)) if *flag != 0);
-                }
-            }
-        }
-        Some(CertInfo { spki, is_ca })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -791,34 +718,30 @@ mod tests {
         let (leaf_crt, leaf_key_path) = (d.join("leaf.crt"), d.join("leaf.key"));
         std::fs::write(&leaf_crt, leaf.pem()).unwrap();
         std::fs::write(&leaf_key_path, leaf_key.serialize_pem()).unwrap();
+        // A CA that expired yesterday.
+        let old_key = KeyPair::generate().unwrap();
+        let mut old = CertificateParams::new(Vec::<String>::new()).unwrap();
+        old.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        old.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        old.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        let old = old.self_signed(&old_key).unwrap();
+        let (old_crt, old_key_path) = (d.join("old.crt"), d.join("old.key"));
+        std::fs::write(&old_crt, old.pem()).unwrap();
+        std::fs::write(&old_key_path, old_key.serialize_pem()).unwrap();
 
-        let cases: [(&Path, &Path, &Path, &str); 6] = [
+        let cases: [(&Path, &Path, &Path, &str); 7] = [
             (&missing, &key, &missing, "cannot read CA certificate"),
             (&cert, &missing, &missing, "cannot read CA private key"),
             (&garbage, &key, &garbage, "not a PEM X.509 certificate"),
             (&cert, &garbage, &garbage, "not usable"),
             (&leaf_crt, &leaf_key_path, &leaf_crt, "is not a CA"),
             (&cert, &other_key, &other_key, "does not match"),
+            (&old_crt, &old_key_path, &old_crt, "not valid now"),
         ];
         for (c, k, named, what) in cases {
             let err = CertAuthority::load(c, k).unwrap_err().to_string();
             assert!(err.contains(&named.display().to_string()), "{err}");
             assert!(err.contains(what), "{err}");
         }
-    }
-
-    #[test]
-    fn der_reader_finds_spki_and_ca_flag() {
-        let ca = CertAuthority::generate("x").unwrap();
-        let info = der::parse_certificate(ca.cert_der()).unwrap();
-        assert!(info.is_ca);
-        assert_eq!(info.spki, ca.inner.issuer.key().subject_public_key_info());
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec!["a.test".to_owned()]).unwrap();
-        params.is_ca = IsCa::ExplicitNoCa;
-        let leaf = params.self_signed(&key).unwrap();
-        assert!(!der::parse_certificate(leaf.der()).unwrap().is_ca);
-        assert!(der::parse_certificate(b"\x30\x03\x02\x01").is_none());
-        assert!(der::parse_certificate(b"").is_none());
     }
 }

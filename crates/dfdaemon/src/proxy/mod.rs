@@ -155,6 +155,11 @@ impl Proxy {
         engine: TaskManager,
         parents: Vec<Parent>,
     ) -> Result<Self, ProxyError> {
+        if !cfg.security.insecure || cfg.security.cert.is_some() {
+            tracing::warn!(
+                "proxy.security: TLS on the proxy port itself is not supported; it serves plain HTTP (as with insecure: true). Clients reach HTTPS registries through CONNECT as usual"
+            );
+        }
         let default_upstream = Arc::new(Upstream::new("proxy", false, &[])?);
         let m = &cfg.registry_mirror;
         let mirror_upstream = Arc::new(Upstream::new(
