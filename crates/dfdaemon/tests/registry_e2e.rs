@@ -211,6 +211,24 @@ async fn skopeo_pulls_through_the_hijacking_proxy_and_the_second_pull_is_cached(
     assert_dir_has_layers(&out2, &image);
     s.assert_served_once(&image).await;
 
+    // A push goes through as is (POST, PATCH/PUT bodies streamed to the registry).
+    let mut push = skopeo();
+    push.args(["copy", "--dest-cert-dir"])
+        .arg(&trust)
+        .arg(format!("dir:{}", out1.display()))
+        .arg(format!("docker://{}/e2e/pushed:v1", s.registry.host_port()));
+    run(d.with_proxy(push))
+        .await
+        .expect("skopeo push through the proxy");
+    let client = s.registry.client().expect("client");
+    for l in &image.layers {
+        let got = client
+            .get_blob("e2e/pushed", &l.digest)
+            .await
+            .expect("pushed blob");
+        assert!(got == l.read().expect("layer"), "pushed {}", l.digest);
+    }
+
     // Control: the proxy really intercepts. Trusting only the registry's own CA fails through
     // it, and trusting only the proxy's CA fails without it.
     let origin_trust = s

@@ -8,6 +8,7 @@ use crate::source::HttpSource;
 use futures::TryStreamExt;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, BodyStream, StreamBody};
+use hyper::body::Body as _;
 use hyper::body::{Frame, Incoming};
 
 /// Send `req` to `url` with `client` and stream the answer back.
@@ -21,11 +22,10 @@ pub(crate) async fn forward(
     strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
     headers.remove(REGISTRY_HEADER);
-    // A request without a length or chunked framing has no body (GET, HEAD, most others).
-    let has_body = headers.contains_key(header::CONTENT_LENGTH)
-        || parts.method == http::Method::POST
-        || parts.method == http::Method::PUT
-        || parts.method == http::Method::PATCH;
+    // hyper already answered `Expect: 100-continue` when the body was first read.
+    headers.remove(header::EXPECT);
+    // A request whose framing says "no body" (most GETs and HEADs) is sent without one.
+    let has_body = !body.is_end_stream();
     let mut out = client
         .client()
         .request(parts.method.clone(), url)

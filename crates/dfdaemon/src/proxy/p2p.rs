@@ -85,8 +85,8 @@ pub(crate) async fn get(
     r
 }
 
-/// Answer `HEAD url` from a task stored here (length and digest, no download); `None` when the
-/// task is not here yet and the origin should answer.
+/// Answer `HEAD url` from a task stored here for that same URL (length and digest, no
+/// download); `None` when the origin should answer.
 pub(crate) async fn head_from_storage(proxy: &Proxy, url: &str) -> Option<Response<Body>> {
     let digest = blob_digest(url)?;
     let id = TaskId::for_blob_digest(&digest);
@@ -96,7 +96,10 @@ pub(crate) async fn head_from_storage(proxy: &Proxy, url: &str) -> Option<Respon
         .await
         .ok()?
         .ok()??;
-    if !record.is_finished() {
+    // Only for the URL the task was fetched from: a HEAD of the same digest in another
+    // repository is how a pusher asks whether the registry has it there, and only the
+    // registry knows.
+    if !record.is_finished() || record.url != url {
         return None;
     }
     let mut r = Response::new(empty());
