@@ -17,7 +17,7 @@ mod forward;
 mod p2p;
 pub mod route;
 
-use crate::config::{HijackHttps, ProxyConfig, RegistryMirror};
+use crate::config::{HijackHttps, ProxyConfig};
 use crate::source::{HttpSource, SourceOptions};
 use crate::task::{Parent, TaskManager};
 use bytes::Bytes;
@@ -389,7 +389,7 @@ impl Proxy {
                 }
             }
         };
-        let decision = route::decide(&self.cfg.proxies, mirror.map(|m: &RegistryMirror| m), &url);
+        let decision = route::decide(&self.cfg.proxies, mirror, &url);
         match (decision, req.method()) {
             (route::Decision::P2p(target), &Method::GET) => {
                 p2p::get(&self, req, target, upstream).await
@@ -397,7 +397,7 @@ impl Proxy {
             (route::Decision::P2p(target), &Method::HEAD) => {
                 match p2p::head_from_storage(&self, &target).await {
                     Some(resp) => resp,
-                    None => forward::forward(req, &url, &upstream.forward).await,
+                    None => forward::forward(req, &target, &upstream.forward).await,
                 }
             }
             _ => forward::forward(req, &url, &upstream.forward).await,
