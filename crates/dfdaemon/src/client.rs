@@ -1,6 +1,7 @@
 //! dfget's side of the local daemon: connect to its unix socket and let it download.
 
 use crate::download::{DownloadError, DownloadRequest, Mode, Progress, Summary, prepare_output};
+use dragonfly_common::digest::Digest;
 use dragonfly_proto::DfdaemonDownloadClient;
 use dragonfly_proto::common::v1::Download;
 use dragonfly_proto::dfdaemon::v1::{
@@ -44,7 +45,12 @@ pub async fn download(
     req: &DownloadRequest,
     progress: &dyn Progress,
 ) -> Result<Summary, DownloadError> {
-    crate::download::validate_url(&req.url)?;
+    if crate::source::oras::is_oras_url(&req.url) {
+        // The daemon resolves it; a malformed reference fails here, before any output check.
+        crate::source::OrasReference::parse(&req.url)?;
+    } else {
+        crate::download::validate_url(&req.url)?;
+    }
     // Same checks as standalone; the daemon writes through its own temp name.
     drop(prepare_output(&req.output, req.overwrite)?);
     let output = std::path::absolute(&req.output)
@@ -62,18 +68,29 @@ pub async fn download(
             .collect(),
         ..Default::default()
     };
+    // The daemon's messages often start with the URL already.
+    let prefix = format!("{}: ", req.url);
     let daemon_err = |s: tonic::Status| DownloadError::BadResponse {
         url: req.url.clone(),
-        reason: format!("the daemon says: {}", s.message()),
+        reason: format!(
+            "the daemon says: {}",
+            s.message().strip_prefix(&prefix).unwrap_or(s.message())
+        ),
     };
     let work = async {
-        let mut stream = client
+        let resp = client
             .download_task(DownloadTaskRequest {
                 download: Some(download),
             })
             .await
-            .map_err(daemon_err)?
-            .into_inner();
+            .map_err(daemon_err)?;
+        // For oras:// the daemon names the blob digest it verifies against.
+        let verified = resp
+            .metadata()
+            .get(crate::daemon::download_service::DIGEST_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<Digest>().ok());
+        let mut stream = resp.into_inner();
         let (mut len, mut done) = (0u64, 0u64);
         let mut piece_length = 0;
         while let Some(msg) = stream.message().await.map_err(daemon_err)? {
@@ -91,15 +108,15 @@ pub async fn download(
             }
             progress.set_position(done);
         }
-        Ok::<_, DownloadError>((len, piece_length))
+        Ok::<_, DownloadError>((len, piece_length, verified))
     };
-    let (len, piece_length) = crate::download::within(req, work).await?;
+    let (len, piece_length, verified) = crate::download::within(req, work).await?;
     Ok(Summary {
         content_length: len,
         piece_length,
         piece_crcs: Vec::new(),
         mode: Mode::Daemon,
-        digest: req.digest.clone(),
+        digest: verified.or_else(|| req.digest.clone()),
         elapsed: started.elapsed(),
     })
 }

@@ -1,10 +1,15 @@
 //! `dfget`: download a URL to a file.
 //!
 //! Without a local daemon it downloads straight from the source, pieces in parallel.
+//! `oras://HOST/REPO:TAG` downloads the artifact's blob (a Singularity/Apptainer SIF image);
+//! registry credentials come from `--username/--password` (or their env vars), else from
+//! docker's `config.json`, and travel as an `Authorization: Basic` header (to the daemon, which
+//! uses them for the registry's token exchange). They are never printed.
 
 use anyhow::Context as _;
 use clap::Parser;
 use dfdaemon::download::{self, DownloadRequest, Progress};
+use dfdaemon::source::oras::{self, Credentials, OrasReference};
 use dragonfly_common::digest::Digest;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -23,7 +28,7 @@ use std::time::{Duration, Instant};
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// URL to download (http or https).
+    /// URL to download: http, https, or oras://HOST[:PORT]/REPO[:TAG|@sha256:HEX].
     #[arg(value_name = "URL")]
     url: Option<String>,
     /// URL to download (the form Dragonfly's docs use: `dfget -u URL -O FILE`).
@@ -53,9 +58,21 @@ struct Cli {
     /// Piece length (e.g. 4Mi); default picks it from the content length.
     #[arg(long, value_name = "SIZE")]
     piece_length: Option<String>,
-    /// Skip TLS certificate verification of the origin.
+    /// Skip TLS certificate verification of the origin (without a daemon, also of an ORAS registry).
     #[arg(long)]
     insecure: bool,
+    /// Registry user for oras:// URLs (default: docker's config.json for the registry); other
+    /// URLs take credentials as `-H 'Authorization: ...'`.
+    #[arg(long, env = "DFGET_ORAS_USERNAME", requires = "password")]
+    username: Option<String>,
+    /// Registry password or token for oras:// URLs (prefer the env var: arguments are visible in `ps`).
+    #[arg(
+        long,
+        env = "DFGET_ORAS_PASSWORD",
+        hide_env_values = true,
+        requires = "username"
+    )]
+    password: Option<String>,
     /// The local daemon's socket; dfget downloads through the daemon when it answers there.
     #[arg(
         long,
@@ -162,14 +179,51 @@ async fn daemon_client(
     }
 }
 
+/// Registry credentials for an `oras://` reference: the flags (or their env vars), else the
+/// `auths` entry of docker's config.json for the registry.
+fn oras_credentials(
+    cli: &Cli,
+    reference: &OrasReference,
+) -> anyhow::Result<Option<(Credentials, String)>> {
+    if let (Some(u), Some(p)) = (&cli.username, &cli.password) {
+        return Ok(Some((Credentials::new(u, p), "--username".to_string())));
+    }
+    let Some(path) = oras::docker_config_path() else {
+        return Ok(None);
+    };
+    let creds = oras::docker_config_credentials(&path, &reference.registry)
+        .map_err(|e| anyhow::anyhow!("docker config: {e}"))?;
+    Ok(creds.map(|c| (c, path.display().to_string())))
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let url = cli
         .url
-        .or(cli.url_flag)
+        .clone()
+        .or(cli.url_flag.clone())
         .context("no URL given (dfget URL -O FILE)")?;
-    let output = cli.output.context("no output file given (-O FILE)")?;
+    let output = cli
+        .output
+        .clone()
+        .context("no output file given (-O FILE)")?;
     let mut req = DownloadRequest::new(url.clone(), output.clone());
     req.headers = parse_headers(&cli.headers)?;
+    if oras::is_oras_url(&url) {
+        let reference = OrasReference::parse(&url)?;
+        if !req.headers.contains_key(http::header::AUTHORIZATION)
+            && let Some((creds, from)) = oras_credentials(&cli, &reference)?
+        {
+            if !cli.quiet {
+                eprintln!(
+                    "dfget: registry {} as user {:?} (credentials from {from})",
+                    reference.registry,
+                    creds.username()
+                );
+            }
+            req.headers
+                .insert(http::header::AUTHORIZATION, creds.basic_header());
+        }
+    }
     req.overwrite = cli.overwrite;
     req.timeout = cli.timeout;
     req.concurrency = usize::from(cli.concurrency);

@@ -1,8 +1,16 @@
 //! `DfdaemonDownload` on the local unix socket: dfget asks the daemon to download a task and
 //! write it to `-O` (hardlink with `storage.multiplex`, else copy), following its pieces.
+//!
+//! An `oras://` URL is resolved here with the daemon's ORAS client (the `oras` config section):
+//! the artifact's blob becomes the task, keyed by its digest like the proxy's blobs, fetched
+//! with the registry auth the resolution obtained (an `Authorization: Basic` request header
+//! carries dfget's credentials for the token exchange).
 
 use super::output::OutputWriter;
+use crate::config::OrasConfig;
 use crate::download::validate_url;
+use crate::source::HttpSource;
+use crate::source::oras::{self, OrasClient, OrasError, OrasOptions, OrasReference, RegistryAuth};
 use crate::storage::PieceRecord;
 use crate::task::{Parent, Phase, TaskManager, TaskRequest};
 use dragonfly_common::digest::Digest;
@@ -24,23 +32,127 @@ use tonic::{Request, Response, Status};
 
 type Msgs<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// gRPC metadata on a download's answer naming the digest the content is verified against
+/// (for `oras://` URLs, the blob digest the daemon resolved).
+pub const DIGEST_METADATA: &str = "x-dragonfly-digest";
+
 /// The local download service.
 pub struct DownloadService {
     engine: TaskManager,
     multiplex: bool,
     parents: Vec<Parent>,
+    /// The ORAS client and the blob source, or why they could not be built.
+    oras: Result<OrasBackend, String>,
+}
+
+/// What `oras://` downloads use: the registry client, and the engine source for the blob.
+struct OrasBackend {
+    client: OrasClient,
+    blob_source: HttpSource,
+}
+
+impl OrasBackend {
+    fn new(opts: &OrasOptions) -> Result<Self, OrasError> {
+        let client = OrasClient::new(opts)?;
+        // The blob's pieces go through the same client: `oras.proxy`, keep-alive and pool
+        // settings apply to them too.
+        let blob_source = HttpSource::from_client(client.http().clone());
+        Ok(Self {
+            client,
+            blob_source,
+        })
+    }
 }
 
 impl DownloadService {
     /// A service over `engine`; `multiplex` hardlinks outputs to the stored content;
-    /// `parents` are static parents to try before the source.
+    /// `parents` are static parents to try before the source. `oras://` URLs use the default
+    /// `oras` settings until [`DownloadService::with_oras`].
     pub fn new(engine: TaskManager, multiplex: bool, parents: Vec<Parent>) -> Self {
         Self {
             engine,
             multiplex,
             parents,
+            oras: OrasBackend::new(&OrasOptions::default()).map_err(|e| e.to_string()),
         }
     }
+
+    /// Resolve `oras://` URLs with the daemon's `oras` config section.
+    pub fn with_oras(mut self, cfg: &OrasConfig) -> Result<Self, OrasError> {
+        self.oras = Ok(OrasBackend::new(&OrasOptions::from(cfg))?);
+        Ok(self)
+    }
+
+    /// The task request for an `oras://` URL: resolve it to its blob, keyed by the digest.
+    async fn oras_task(
+        &self,
+        url: &str,
+        mut headers: HeaderMap,
+        digest: Option<Digest>,
+        base: TaskRequest,
+    ) -> Result<(TaskRequest, Digest), Status> {
+        let backend = self
+            .oras
+            .as_ref()
+            .map_err(|e| Status::failed_precondition(format!("cannot download {url}: {e}")))?;
+        let reference =
+            OrasReference::parse(url).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let auth = RegistryAuth::take_from(&mut headers);
+        let artifact = backend
+            .client
+            .resolve(&reference, auth, &headers)
+            .await
+            .map_err(|e| oras_status(&e))?;
+        if let Some(want) = digest
+            && want != artifact.digest
+        {
+            return Err(Status::invalid_argument(format!(
+                "{url}: --digest {want} is not the artifact's blob digest {}",
+                artifact.digest
+            )));
+        }
+        tracing::info!(
+            url = %reference,
+            blob = %artifact.digest,
+            size = artifact.size,
+            media_type = %artifact.media_type,
+            manifest = %artifact.manifest_digest,
+            "oras artifact resolved"
+        );
+        let treq = TaskRequest {
+            url: artifact.blob_url.clone(),
+            headers: artifact.headers,
+            digest: Some(artifact.digest.clone()),
+            task_id: Some(TaskId::for_blob_digest(&artifact.digest)),
+            source: Some(backend.blob_source.clone()),
+            ..base
+        };
+        Ok((treq, artifact.digest))
+    }
+}
+
+/// The gRPC status for a resolution error (its message is what dfget prints).
+fn oras_status(e: &OrasError) -> Status {
+    let msg = e.to_string();
+    match e {
+        OrasError::InvalidReference { .. } => Status::invalid_argument(msg),
+        OrasError::NotFound { .. } => Status::not_found(msg),
+        OrasError::NeedsCredentials { .. } | OrasError::CredentialsRefused { .. } => {
+            Status::unauthenticated(msg)
+        }
+        OrasError::Connect { .. } | OrasError::Token { .. } => Status::unavailable(msg),
+        OrasError::Timeout { .. } => Status::deadline_exceeded(msg),
+        OrasError::Status { code, .. } if *code >= 500 => Status::unavailable(msg),
+        OrasError::Client(_) => Status::internal(msg),
+        _ => Status::failed_precondition(msg),
+    }
+}
+
+/// The task key of a blob URL (`.../blobs/sha256:<hex>`) asked for with that same digest (a
+/// scheduler asking this seed peer for an ORAS or proxy blob): the digest, as the proxy keys it.
+fn blob_task_id(url: &str, digest: Option<&Digest>) -> Option<TaskId> {
+    let d = crate::proxy::route::blob_digest(url)?;
+    (Some(&d) == digest).then(|| TaskId::for_blob_digest(&d))
 }
 
 fn proto_piece(p: &PieceRecord) -> Piece {
@@ -80,7 +192,10 @@ impl DfdaemonDownload for DownloadService {
             .into_inner()
             .download
             .ok_or_else(|| Status::invalid_argument("download is missing"))?;
-        validate_url(&d.url).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let is_oras = oras::is_oras_url(&d.url);
+        if !is_oras {
+            validate_url(&d.url).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        }
         let digest = d
             .digest
             .as_deref()
@@ -107,12 +222,19 @@ impl DfdaemonDownload for DownloadService {
             tag: d.tag.clone(),
             application: d.application.clone(),
             piece_length: d.piece_length,
-            digest,
+            task_id: blob_task_id(&d.url, digest.as_ref()),
+            digest: digest.clone(),
             filtered_query_params: d.filtered_query_params.clone(),
-            task_id: None,
             parents: self.parents.clone(),
             source: None,
             streaming: false,
+        };
+        let (treq, verified) = if is_oras {
+            let (h, url) = (treq.headers.clone(), d.url.clone());
+            let (t, blob) = self.oras_task(&url, h, digest, treq).await?;
+            (t, Some(blob))
+        } else {
+            (treq, digest)
         };
         let task = self
             .engine
@@ -262,7 +384,11 @@ impl DfdaemonDownload for DownloadService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let mut resp = Response::new(Box::pin(ReceiverStream::new(rx)) as Self::DownloadTaskStream);
+        if let Some(v) = verified.and_then(|d| d.to_string().parse().ok()) {
+            resp.metadata_mut().insert(DIGEST_METADATA, v);
+        }
+        Ok(resp)
     }
 
     async fn stat_task(
@@ -291,5 +417,45 @@ impl DfdaemonDownload for DownloadService {
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blob_urls_asked_with_their_digest_are_keyed_like_the_proxy_keys_them() {
+        let d: Digest = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
+        let other: Digest = format!("sha256:{}", "cd".repeat(32)).parse().unwrap();
+        let url = format!("https://r.test/v2/sif/app/blobs/{d}");
+        assert_eq!(
+            blob_task_id(&url, Some(&d)),
+            Some(TaskId::for_blob_digest(&d))
+        );
+        assert_eq!(blob_task_id(&url, None), None, "no digest: keyed by URL");
+        assert_eq!(blob_task_id(&url, Some(&other)), None, "another digest");
+        assert_eq!(
+            blob_task_id(&format!("https://r.test/files/{d}"), Some(&d)),
+            None
+        );
+    }
+
+    #[test]
+    fn resolution_errors_map_to_grpc_codes() {
+        let e = OrasError::NeedsCredentials {
+            reference: "oras://r/a:b".into(),
+            registry: "r".into(),
+            scheme: "Basic",
+        };
+        assert_eq!(oras_status(&e).code(), tonic::Code::Unauthenticated);
+        let e = OrasError::NotFound {
+            reference: "oras://r/a:b".into(),
+            what: "manifest b".into(),
+            registry: "r/a".into(),
+            detail: String::new(),
+        };
+        assert_eq!(oras_status(&e).code(), tonic::Code::NotFound);
+        assert!(oras_status(&e).message().contains("manifest b not found"));
     }
 }

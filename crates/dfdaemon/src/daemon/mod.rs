@@ -349,7 +349,12 @@ pub async fn start(
         } else {
             None
         };
-    let service = DownloadService::new(engine.clone(), cfg.storage.multiplex, parents.clone());
+    let service = DownloadService::new(engine.clone(), cfg.storage.multiplex, parents.clone())
+        .with_oras(&cfg.oras)
+        .map_err(|e| DaemonError::Config {
+            key: "oras",
+            reason: e.to_string(),
+        })?;
     let seed = cfg
         .seed_peer
         .enable

@@ -16,7 +16,7 @@ pub enum DownloadError {
         reason: String,
     },
     /// A scheme we cannot download from.
-    #[error("unsupported scheme {scheme:?} in {url} (supported: http, https)")]
+    #[error("unsupported scheme {scheme:?} in {url} (supported: http, https, oras)")]
     UnsupportedScheme {
         /// The URL.
         url: String,
@@ -80,6 +80,9 @@ pub enum DownloadError {
         /// The limit.
         after: Duration,
     },
+    /// An `oras://` reference could not be resolved to its blob.
+    #[error(transparent)]
+    Oras(#[from] crate::source::OrasError),
     /// A local file operation failed.
     #[error("{what} {}: {source}", .path.display())]
     Io {

@@ -3,6 +3,7 @@
 //! content verified against an expected digest before the output appears under its name.
 
 mod error;
+mod oras;
 mod output;
 mod standalone;
 

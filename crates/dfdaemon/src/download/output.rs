@@ -103,7 +103,7 @@ mod tests {
         let e = validate_url("ftp://example.com/a").unwrap_err();
         assert_eq!(
             e.to_string(),
-            "unsupported scheme \"ftp\" in ftp://example.com/a (supported: http, https)"
+            "unsupported scheme \"ftp\" in ftp://example.com/a (supported: http, https, oras)"
         );
     }
 

@@ -105,7 +105,19 @@ impl Progress for () {
 ///
 /// The bytes go to a hidden temporary file beside the output, which is renamed into place
 /// only after every piece arrived and the digest (if any) matched; on any error it is removed.
+/// An `oras://` URL is resolved to its artifact's blob first (docs/oras.md).
 pub async fn download(
+    req: &DownloadRequest,
+    progress: &dyn Progress,
+) -> Result<Summary, DownloadError> {
+    if crate::source::oras::is_oras_url(&req.url) {
+        return super::oras::download(req, progress).await;
+    }
+    download_url(req, progress).await
+}
+
+/// [`download`] of an http(s) URL.
+pub(crate) async fn download_url(
     req: &DownloadRequest,
     progress: &dyn Progress,
 ) -> Result<Summary, DownloadError> {

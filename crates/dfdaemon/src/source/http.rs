@@ -85,6 +85,11 @@ impl HttpSource {
         Ok(Self { client })
     }
 
+    /// A source over an already-built client (e.g. the ORAS client with the `oras` settings).
+    pub fn from_client(client: reqwest::Client) -> Self {
+        Self { client }
+    }
+
     /// The underlying client (the proxy forwards requests with it).
     pub fn client(&self) -> &reqwest::Client {
         &self.client
