@@ -2,7 +2,7 @@
 CARGO ?= cargo
 # Debian packages the test suite needs (installed by `make test` when missing).
 TEST_PACKAGES := ca-certificates curl gcc libc6-dev docker-registry skopeo containerd podman apache2-utils runc python3-venv
-BENCH_PACKAGES := nginx curl bc
+BENCH_PACKAGES := nginx curl bc docker-registry skopeo
 
 .PHONY: all build release demo test lint fmt bench clean
 
@@ -36,6 +36,7 @@ bench: release
 	bash bench/p2p.sh
 	bash bench/scheduler.sh
 	bash bench/swarm.sh
+	bash bench/proxy.sh
 
 clean:
 	$(CARGO) clean
