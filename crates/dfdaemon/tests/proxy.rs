@@ -607,3 +607,29 @@ async fn first_bytes_arrive_before_the_blob_is_fetched() {
     }
     assert!(body == data, "the streamed bytes are the blob");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_basic_auth_is_required_when_configured() {
+    let (_origin, running) =
+        origin_with(vec![("/page".into(), Resource::bytes(&b"hello"[..]))]).await;
+    let d = daemon("  basicAuth:\n    username: alice\n    password: s3cret\n").await;
+    let r = d
+        .client()
+        .get(running.url("/page"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 407);
+    assert!(r.headers().contains_key("proxy-authenticate"));
+    let authed = reqwest::Client::builder()
+        .proxy(
+            reqwest::Proxy::all(d.url())
+                .expect("proxy")
+                .basic_auth("alice", "s3cret"),
+        )
+        .build()
+        .expect("client");
+    let r = authed.get(running.url("/page")).send().await.expect("get");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.expect("text"), "hello");
+}
