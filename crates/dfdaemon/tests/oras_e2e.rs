@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use testkit::registry::{Pki, Registry, RegistryOptions, ensure_test_hosts};
+use testkit::registry::{PROXY_VARS, Pki, Registry, RegistryOptions, ensure_test_hosts};
+use testkit::scheduler::SchedulerProcess;
 
 const MIB: usize = 1 << 20;
 const WAIT: Duration = Duration::from_secs(15);
@@ -25,17 +26,6 @@ const ORAS_PY: &str = "oras==0.2.43";
 const SIF_LAYER: &str = "application/vnd.sylabs.sif.layer.v1.sif";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-/// Environment that would send a child's requests elsewhere.
-const PROXY_VARS: [&str; 8] = [
-    "HTTPS_PROXY",
-    "https_proxy",
-    "HTTP_PROXY",
-    "http_proxy",
-    "ALL_PROXY",
-    "all_proxy",
-    "NO_PROXY",
-    "no_proxy",
-];
 
 /// oras-py driver: push a file as an Apptainer-style SIF artifact, print the manifest digest.
 const ORAS_TOOL: &str = r#"
@@ -851,41 +841,12 @@ async fn missing_tags_ambiguous_indexes_and_corrupt_blobs_fail_clearly() {
 async fn a_second_node_takes_the_oras_blob_from_the_first() {
     let s_ = Setup::new().await;
     let a = s_.push("sif/shared:v1", 40 * MIB + 11, 68).await;
-    let sdir = s_.out("scheduler");
-    std::fs::create_dir_all(&sdir).expect("dir");
-    let port = free_port();
-    std::fs::write(
-        sdir.join("scheduler.yaml"),
-        format!(
-            "server:\n  listenIP: 127.0.0.1\n  port: {port}\n  logDir: {}\n",
-            sdir.display()
-        ),
+    let scheduler = SchedulerProcess::start(
+        &Path::new(env!("CARGO_BIN_EXE_dfdaemon")).with_file_name("scheduler"),
+        &s_.out("scheduler"),
     )
-    .expect("scheduler config");
-    let sched_bin = Path::new(env!("CARGO_BIN_EXE_dfdaemon")).with_file_name("scheduler");
-    assert!(
-        sched_bin.exists(),
-        "{} is missing: build the workspace (`cargo test --workspace` or `make test`)",
-        sched_bin.display()
-    );
-    let _sched = Proc(
-        Command::new(sched_bin)
-            .arg("--config")
-            .arg(sdir.join("scheduler.yaml"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("scheduler starts"),
-    );
-    let deadline = std::time::Instant::now() + WAIT;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "scheduler did not listen"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let sched = format!("scheduler:\n  netAddrs: [\"127.0.0.1:{port}\"]\n");
+    .await;
+    let sched = scheduler.daemon_yaml();
     let node_a = Daemon::start(&s_.out("a"), &sched, Some(&s_.bundle));
     let node_b = Daemon::start(&s_.out("b"), &sched, Some(&s_.bundle));
     let url = s_.url(&s_.registry, "sif/shared:v1");

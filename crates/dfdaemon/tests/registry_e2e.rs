@@ -12,6 +12,7 @@ use testkit::registry::{
     Containerd, ImageSpec, Pki, Podman, Registry, RegistryOptions, TestImage, ensure_test_hosts,
     run, skopeo,
 };
+use testkit::scheduler::SchedulerProcess;
 
 const MIB: u64 = 1 << 20;
 const WAIT: Duration = Duration::from_secs(15);
@@ -482,57 +483,16 @@ async fn wrong_bytes_from_the_registry_fail_the_pull_and_are_not_kept() {
 
 /// The scheduler binary, built next to dfdaemon by `cargo test --workspace` (`make test`).
 fn scheduler_bin() -> PathBuf {
-    let p = Path::new(env!("CARGO_BIN_EXE_dfdaemon")).with_file_name("scheduler");
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo test --workspace`",
-        p.display()
-    );
-    p
-}
-
-struct Child(std::process::Child);
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    Path::new(env!("CARGO_BIN_EXE_dfdaemon")).with_file_name("scheduler")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_node_takes_the_layers_from_the_first() {
     let s = Setup::new(false).await;
     let image = s.push("e2e/two-nodes", &[9 * MIB, 13 * MIB], 58).await;
-    let port = free_port();
-    let sdir = s.dir.path().join("scheduler");
-    std::fs::create_dir_all(&sdir).expect("dir");
-    let cfg = sdir.join("scheduler.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "server:\n  listenIP: 127.0.0.1\n  port: {port}\n  logDir: {}\n",
-            sdir.display()
-        ),
-    )
-    .expect("write");
-    let _sched = Child(
-        Command::new(scheduler_bin())
-            .args(["--config"])
-            .arg(&cfg)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("scheduler"),
-    );
-    let deadline = std::time::Instant::now() + WAIT;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "scheduler did not listen"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let sched = format!("scheduler:\n  netAddrs: [\"127.0.0.1:{port}\"]\n");
+    let scheduler =
+        SchedulerProcess::start(&scheduler_bin(), &s.dir.path().join("scheduler")).await;
+    let sched = scheduler.daemon_yaml();
     let a = Daemon::start(&s.hijack_yaml(), &sched).await;
     let b = Daemon::start(&s.hijack_yaml(), &sched).await;
     let trust = s.proxy_trust();

@@ -6,8 +6,11 @@
 //!
 //! [`registry`] runs the real thing for end-to-end tests: a TLS `docker-registry` whose access
 //! log counts blob GETs, deterministic OCI images pushed to it, and containerd, podman and skopeo.
+//!
+//! [`scheduler`] runs the workspace's scheduler binary for tests.
 #![forbid(unsafe_code)]
 
 pub mod data;
 pub mod origin;
 pub mod registry;
+pub mod scheduler;

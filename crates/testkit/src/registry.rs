@@ -29,7 +29,7 @@ mod push;
 mod server;
 
 pub use access_log::{LoggedRequest, parse_access_log};
-pub use clients::{Containerd, HostsToml, MirrorHost, Podman, run, skopeo};
+pub use clients::{Containerd, HostsToml, MirrorHost, PROXY_VARS, Podman, run, skopeo};
 pub use error::{Error, Result};
 pub use hosts::{HOSTS_MARKER, ensure_test_hosts};
 pub use image::{Blob, ImageSpec, Layer, TestImage, oci_arch, sha256_digest};

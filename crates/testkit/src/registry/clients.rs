@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 /// Proxy variables removed from every client command, so an ambient proxy never sneaks in; a
 /// test that wants a proxy sets them on the returned command.
-pub(crate) const PROXY_VARS: [&str; 8] = [
+pub const PROXY_VARS: [&str; 8] = [
     "HTTPS_PROXY",
     "https_proxy",
     "HTTP_PROXY",
