@@ -4,6 +4,7 @@
 //! against a real registry and real clients in `registry_e2e.rs`.
 
 use dfdaemon::config::DfdaemonConfig;
+use dfdaemon::proxy::SERVED_HEADER;
 use dragonfly_common::digest::{Algorithm, Digest};
 use dragonfly_common::task_id::TaskId;
 use std::net::SocketAddr;
@@ -632,4 +633,109 @@ async fn proxy_basic_auth_is_required_when_configured() {
     let r = authed.get(running.url("/page")).send().await.expect("get");
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.expect("text"), "hello");
+}
+
+/// Reads one HTTP/1.1 response with a content-length body from `s`: (head, body).
+async fn read_response(s: &mut tokio::net::TcpStream) -> (String, Vec<u8>) {
+    let head = read_head(s).await;
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(|v| v.trim().parse().expect("length"))
+        })
+        .unwrap_or_else(|| panic!("no content-length in {head}"));
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await.expect("body");
+    (head, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_blobs_go_out_with_sendfile_and_other_requests_share_the_connection() {
+    let data = random_bytes(21, 9 * MIB + 17);
+    let (path, digest) = blob_path(&data);
+    let (origin, running) = origin_with(vec![
+        (path.clone(), Resource::bytes(data.clone())),
+        (
+            "/v2/lib/img/manifests/v1".into(),
+            Resource::bytes(&b"{\"m\":1}"[..]),
+        ),
+    ])
+    .await;
+    let registry = running.url("");
+    let d = daemon(&format!(
+        "  registryMirror:\n    url: {}\n",
+        registry.trim_end_matches('/')
+    ))
+    .await;
+    let get = |p: &str, extra: &str| format!("GET {p} HTTP/1.1\r\nHost: mirror\r\n{extra}\r\n");
+
+    // Not stored yet: the streaming P2P path answers (no sendfile header) and stores it.
+    let mut s = tokio::net::TcpStream::connect(d.proxy)
+        .await
+        .expect("connect");
+    s.write_all(get(&path, "").as_bytes()).await.expect("send");
+    let (head, body) = read_response(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(!head.to_ascii_lowercase().contains(SERVED_HEADER), "{head}");
+    assert!(body == data, "first answer's bytes differ");
+    for _ in 0..100 {
+        if d.stored(&TaskId::for_blob_digest(&digest)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Stored: two pipelined GETs, a manifest (hyper's) and the blob again, on one connection.
+    let mut s = tokio::net::TcpStream::connect(d.proxy)
+        .await
+        .expect("connect");
+    let burst = [
+        get(&path, ""),
+        get(&format!("{path}?ns=ignored.example"), ""),
+        get("/v2/lib/img/manifests/v1", ""),
+        get(&path, "Connection: close\r\n"),
+    ]
+    .concat();
+    s.write_all(burst.as_bytes()).await.expect("send");
+    for i in 0..2 {
+        let (head, body) = read_response(&mut s).await;
+        let lower = head.to_ascii_lowercase();
+        assert!(head.starts_with("HTTP/1.1 200"), "answer {i}: {head}");
+        assert!(
+            lower.contains(&format!("{SERVED_HEADER}: sendfile")),
+            "answer {i}: {head}"
+        );
+        assert!(
+            lower.contains(&format!("docker-content-digest: {digest}")),
+            "{head}"
+        );
+        assert!(body == data, "answer {i}: bytes differ");
+    }
+    let (head, body) = read_response(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "manifest: {head}");
+    assert_eq!(body, b"{\"m\":1}");
+    // After the hand-over hyper serves the rest of the connection, the blob included.
+    let (head, body) = read_response(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(body == data, "last answer's bytes differ");
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest)
+        .await
+        .expect("closed after Connection: close");
+    assert!(rest.is_empty());
+
+    // A Range is not this path's: hyper answers it from the same stored task.
+    let mut s = tokio::net::TcpStream::connect(d.proxy)
+        .await
+        .expect("connect");
+    s.write_all(get(&path, "Range: bytes=5-9\r\n").as_bytes())
+        .await
+        .expect("send");
+    let (head, body) = read_response(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 206"), "{head}");
+    assert_eq!(body, &data[5..10]);
+    // The origin served the blob once, for the first GET.
+    assert_eq!(origin.stats().for_path(&path), (1, data.len() as u64));
 }

@@ -52,6 +52,11 @@ pub struct Behavior {
     pub forbid_header: Option<String>,
     /// The `WWW-Authenticate` value sent with the 401 of `require_header`.
     pub challenge: Option<String>,
+    /// Break the connection of the first N GETs of this resource after `break_after` body
+    /// bytes (a body that ends early).
+    pub break_first_gets: u64,
+    /// Body bytes sent before a breaking GET fails.
+    pub break_after: u64,
 }
 
 /// Where a resource's bytes come from.
@@ -483,8 +488,41 @@ async fn handle(origin: &Origin, req: Request<Incoming>) -> Response<Body> {
             .body(body)
             .unwrap_or_else(|e| text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()));
     }
+    let breaking = b.break_first_gets > stats.for_path(&path).0;
     stats.add_get(&path);
     let frames = body_frames(resource.content.clone(), start, count);
+    // A breaking GET: its frames up to `break_after` bytes, then an error (hyper drops the
+    // connection, the client sees a short body).
+    let cut = breaking.then_some(b.break_after);
+    let frames = frames.scan(Some(0u64), move |sent, item| {
+        let out = match (cut, *sent, item) {
+            (_, None, _) => None,
+            (Some(limit), Some(n), _) if n >= limit => {
+                *sent = None;
+                Some(Err(std::io::Error::other("connection broken on purpose")))
+            }
+            (Some(limit), Some(n), Ok(chunk)) => {
+                let keep = chunk.len().min((limit - n) as usize);
+                *sent = Some(n + keep as u64);
+                Some(Ok(chunk.slice(..keep)))
+            }
+            (_, Some(n), item) => {
+                if let Ok(c) = &item {
+                    *sent = Some(n + c.len() as u64);
+                }
+                Some(item)
+            }
+        };
+        futures::future::ready(out)
+    });
+    // Give the client time to read what was sent before the connection is reset (a reset
+    // discards bytes the client has not read yet).
+    let frames = frames.then(|item| async move {
+        if item.is_err() {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        item
+    });
     let delay = b.frame_delay;
     let corrupt = b.corrupt;
     let limiter = origin.rate_limit.clone();

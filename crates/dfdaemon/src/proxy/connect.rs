@@ -16,6 +16,9 @@ use tokio::net::TcpStream;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for a hijacked client's TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Buffer per direction of a CONNECT tunnel: tokio's default 8 KiB costs a read and a write
+/// syscall per 8 KiB; at 256 KiB a tunnelled 448 MiB image pull took 0.21 CPU s instead of 0.31.
+const TUNNEL_BUFFER: usize = 256 * 1024;
 
 /// Answer a CONNECT request.
 pub(crate) async fn connect(
@@ -109,7 +112,14 @@ pub(crate) async fn connect(
             Ok(upgraded) => {
                 let mut client = TokioIo::new(upgraded);
                 let mut upstream = upstream;
-                match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                match tokio::io::copy_bidirectional_with_sizes(
+                    &mut client,
+                    &mut upstream,
+                    TUNNEL_BUFFER,
+                    TUNNEL_BUFFER,
+                )
+                .await
+                {
                     Ok((up, down)) => {
                         tracing::debug!(client = %peer, host = %target, up, down, "tunnel closed")
                     }

@@ -13,9 +13,12 @@
 
 pub mod ca;
 mod connect;
+mod fast;
 mod forward;
 mod p2p;
 pub mod route;
+
+pub use fast::SERVED_HEADER;
 
 use crate::config::{HijackHttps, ProxyConfig};
 use crate::source::{HttpSource, SourceOptions};
@@ -26,7 +29,6 @@ use dragonfly_common::config::Pattern;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -251,12 +253,8 @@ impl Proxy {
                 },
             };
             let _ = stream.set_nodelay(true);
-            let proxy = self.clone();
-            tokio::spawn(async move {
-                proxy
-                    .serve_conn(TokioIo::new(stream), peer, Via::Plain)
-                    .await
-            });
+            // Stored blobs go out with sendfile; everything else to hyper (fast.rs).
+            tokio::spawn(fast::serve(self.clone(), stream, peer));
         }
     }
 

@@ -36,6 +36,12 @@ const MORE_PARENTS_EVERY: Duration = Duration::from_secs(1);
 const WANTED_PARENTS: usize = 4;
 /// Pieces a streaming task fetches in order before the per-task random point.
 const STREAMING_HEAD: u32 = 4;
+/// Most pieces one request to the source covers (a lane: one ranged GET whose body is stored
+/// piece by piece, each committed as it completes).
+const LANE_MAX_PIECES: u32 = 16;
+/// Lanes a streaming task runs at the source at once. Its client reads in order, so a lane
+/// running beside the head lane only slows the head when they share the bandwidth or the CPU.
+const STREAMING_SOURCE_LANES: usize = 1;
 
 /// Run the task to its end and publish the outcome.
 pub(super) async fn drive(engine: TaskManager, task: Arc<Task>, req: TaskRequest) {
@@ -437,7 +443,27 @@ impl Drop for Aborting {
     }
 }
 
-type Joined = (u32, From, Duration, Result<PieceRecord, PieceError>);
+/// A finished fetch: its pieces, where from, how long it took, and the piece (a parent's), or
+/// `None` for a source lane (whose pieces came through the lane channel as they completed).
+type Joined = (
+    std::ops::Range<u32>,
+    From,
+    Duration,
+    Result<Option<PieceRecord>, PieceError>,
+);
+/// A piece a source lane stored, and how long it took.
+type LanePiece = (PieceRecord, Duration);
+
+/// The content digest computed from the bytes as lanes store them, in order, so the finished
+/// content needs no second read. `None` once it was lost (a lane failed while holding it):
+/// then the whole file is hashed at the end.
+type InlineHash = Arc<std::sync::Mutex<Option<Hashed>>>;
+
+/// The first `next` bytes of the content, all in committed pieces, went into `hasher`.
+struct Hashed {
+    next: u64,
+    hasher: dragonfly_common::digest::Hasher,
+}
 
 async fn run(
     engine: &TaskManager,
@@ -548,9 +574,15 @@ async fn run(
     }
 
     // 2. The pieces.
+    let inline_hash: Option<InlineHash> = req.digest.as_ref().map(|d| {
+        Arc::new(std::sync::Mutex::new(Some(Hashed {
+            next: 0,
+            hasher: d.algorithm().hasher(),
+        })))
+    });
     if let Some(resp) = pending_stream {
         sched.source_started();
-        stream_all(&storage, task, layout, resp, sched).await?;
+        stream_all(&storage, task, layout, resp, sched, inline_hash.as_ref()).await?;
     }
     let view = task.view();
     let mut missing: BTreeSet<u32> = (0..layout.piece_count())
@@ -559,7 +591,16 @@ async fn run(
     let mut inflight: HashMap<u32, From> = HashMap::new();
     let mut source_attempts: HashMap<u32, u32> = HashMap::new();
     let mut set: JoinSet<Joined> = JoinSet::new();
+    let (lane_tx, mut lane_rx) = mpsc::unbounded_channel::<LanePiece>();
     let concurrency = inner.opts.concurrent_pieces.max(1);
+    // A streaming client reads in order: a few long lanes feed it sooner than many pieces
+    // fetched side by side, which all complete at once, late.
+    let source_slots = if req.streaming {
+        concurrency.min(STREAMING_SOURCE_LANES)
+    } else {
+        concurrency
+    };
+    let mut source_jobs = 0usize;
     let stall = inner.opts.piece_timeout;
     let mut last_progress = tokio::time::Instant::now();
     let start = if parents.list.is_empty() && sched.link.is_none() {
@@ -597,9 +638,12 @@ async fn run(
             .copied()
             .filter(|n| !inflight.contains_key(n))
             .collect();
-        for n in candidates {
+        for (i, &n) in candidates.iter().enumerate() {
             if set.len() >= concurrency {
                 break;
+            }
+            if inflight.contains_key(&n) {
+                continue; // taken by a lane started in this round
             }
             let best = parents
                 .list
@@ -610,16 +654,18 @@ async fn run(
                 .map(|(i, _)| i);
             let from = match best {
                 Some(i) => From::Parent(i),
-                None if !parents_may_help && sched.source_ok => From::Source,
+                None if !parents_may_help && sched.source_ok && source_jobs < source_slots => {
+                    From::Source
+                }
                 None => continue, // a parent will have it soon, or the scheduler will say
             };
             let Some(range) = layout.piece(n) else {
                 continue;
             };
-            inflight.insert(n, from);
             let t0 = Instant::now();
             match from {
                 From::Parent(i) => {
+                    inflight.insert(n, from);
                     let ps = &mut parents.list[i];
                     ps.inflight += 1;
                     let expected = ps.has.get(&n).copied();
@@ -629,37 +675,70 @@ async fn run(
                     set.spawn(async move {
                         let r = match client.fetch(&p, &id, n).await {
                             Ok(resp) => {
-                                write_piece(&storage, &id, range, resp, expected, Some(&p.id)).await
+                                write_piece(&storage, &id, range, resp, expected, Some(&p.id))
+                                    .await
+                                    .map(Some)
                             }
                             Err(e) => Err(PieceError::Remote(e, true)),
                         };
-                        (n, from, t0.elapsed(), r)
+                        (n..n + 1, from, t0.elapsed(), r)
                     });
                 }
                 From::Source => {
+                    // A lane: this piece and the ones after it that are still to fetch, about
+                    // an equal share of what is left per free source slot.
+                    let left = candidates.len() - i;
+                    let slots = (source_slots - source_jobs).max(1);
+                    let want = (left.div_ceil(slots) as u32).clamp(1, LANE_MAX_PIECES);
+                    let mut end = n + 1;
+                    while end - n < want
+                        && missing.contains(&end)
+                        && !inflight.contains_key(&end)
+                        && layout.piece(end).is_some()
+                    {
+                        end += 1;
+                    }
+                    for k in n..end {
+                        inflight.insert(k, from);
+                    }
+                    source_jobs += 1;
                     sched.source_started();
-                    let (source, storage, id, url, headers) = (
+                    let (source, storage, id, url, headers, tx, hash) = (
                         req.source.clone().unwrap_or_else(|| inner.source.clone()),
                         storage.clone(),
                         id.clone(),
                         req.url.clone(),
                         req.headers.clone(),
+                        lane_tx.clone(),
+                        inline_hash.clone(),
                     );
+                    let last = layout.piece(end - 1).unwrap_or(range);
+                    let (first_byte, end_byte) = (range.offset, last.end());
                     set.spawn(async move {
                         let r = match source
-                            .get(&url, &headers, Some((range.offset, range.end() - 1)))
+                            .get(&url, &headers, Some((first_byte, end_byte - 1)))
                             .await
                         {
                             Ok(resp)
                                 if resp.status() == StatusCode::OK
-                                    && range.length != layout.content_length() =>
+                                    && end_byte - first_byte != layout.content_length() =>
                             {
                                 Err(PieceError::RangeIgnored(resp))
                             }
-                            Ok(resp) => match check_range(&resp, range) {
-                                Ok(()) => {
-                                    write_piece(&storage, &id, range, resp, None, Some("")).await
-                                }
+                            Ok(resp) => match check_range(&resp, first_byte, end_byte) {
+                                Ok(()) => write_lane(
+                                    &storage,
+                                    &id,
+                                    layout,
+                                    n..end,
+                                    resp,
+                                    hash.as_ref(),
+                                    |p, cost| {
+                                        let _ = tx.send((p, cost));
+                                    },
+                                )
+                                .await
+                                .map(|()| None),
                                 Err(e) => Err(PieceError::Remote(e, true)),
                             },
                             Err(e) => {
@@ -667,7 +746,7 @@ async fn run(
                                 Err(PieceError::Remote(e.to_string(), retry))
                             }
                         };
-                        (n, from, t0.elapsed(), r)
+                        (n..end, from, t0.elapsed(), r)
                     });
                 }
             }
@@ -676,13 +755,28 @@ async fn run(
         tokio::select! {
             joined = set.join_next(), if !set.is_empty() => {
                 let Some(joined) = joined else { continue };
-                let (n, from, cost, result) = joined.map_err(|e| TaskError::Storage(format!("piece task: {e}")))?;
-                inflight.remove(&n);
-                if let From::Parent(i) = from {
-                    parents.list[i].inflight = parents.list[i].inflight.saturating_sub(1);
+                let (pieces, from, cost, result) = joined.map_err(|e| TaskError::Storage(format!("piece task: {e}")))?;
+                match from {
+                    From::Parent(i) => {
+                        parents.list[i].inflight = parents.list[i].inflight.saturating_sub(1);
+                    }
+                    From::Source => {
+                        source_jobs = source_jobs.saturating_sub(1);
+                        // The lane sent its pieces before it ended: take them first.
+                        while let Ok((record, cost)) = lane_rx.try_recv() {
+                            lane_piece_stored(task, sched, &mut missing, &mut inflight, record, cost);
+                            last_progress = tokio::time::Instant::now();
+                        }
+                    }
                 }
+                for k in pieces.clone() {
+                    inflight.remove(&k);
+                }
+                // The piece a failure is about: the lane's first one still missing.
+                let n = pieces.clone().find(|k| missing.contains(k)).unwrap_or(pieces.start);
                 match result {
-                    Ok(record) => {
+                    Ok(None) => {}
+                    Ok(Some(record)) => {
                         missing.remove(&n);
                         last_progress = tokio::time::Instant::now();
                         let parent = match from {
@@ -695,10 +789,14 @@ async fn run(
                     Err(PieceError::Storage(e)) => return Err(e.into()),
                     Err(PieceError::RangeIgnored(resp)) => {
                         tracing::info!(task = %id, "source ignores Range: reading it as one stream");
-                        set.abort_all();
-                        stream_all(&storage, task, layout, resp, sched).await?;
+                        set.shutdown().await;
+                        while let Ok((record, cost)) = lane_rx.try_recv() {
+                            lane_piece_stored(task, sched, &mut missing, &mut inflight, record, cost);
+                        }
+                        stream_all(&storage, task, layout, resp, sched, inline_hash.as_ref()).await?;
                         missing.clear();
                         inflight.clear();
+                        source_jobs = 0;
                     }
                     Err(PieceError::Remote(e, _) | PieceError::Corrupt(e)) if matches!(from, From::Parent(_)) => {
                         if let From::Parent(i) = from {
@@ -724,6 +822,10 @@ async fn run(
                         tokio::time::sleep(Duration::from_millis(200 * u64::from(*attempts))).await;
                     }
                 }
+            }
+            Some((record, cost)) = lane_rx.recv() => {
+                lane_piece_stored(task, sched, &mut missing, &mut inflight, record, cost);
+                last_progress = tokio::time::Instant::now();
             }
             ev = prx.recv() => {
                 if let Some(ev) = ev {
@@ -759,13 +861,21 @@ async fn run(
         }
     }
 
-    // 3. The whole content against the expected digest.
+    // 3. The whole content against the expected digest: what the lanes hashed in order, and the
+    // rest read back from the file.
     if let Some(expected) = &req.digest {
         let (path, algo) = (storage.content_path(&id), expected.algorithm());
-        let actual = tokio::task::spawn_blocking(move || hash_file(&path, algo))
-            .await
-            .map_err(|e| TaskError::Storage(e.to_string()))?
-            .map_err(|e| TaskError::Storage(e.to_string()))?;
+        let hashed = inline_hash.and_then(|h| h.lock().ok().and_then(|mut g| g.take()));
+        let actual = tokio::task::spawn_blocking(move || {
+            let (from, hasher) = match hashed {
+                Some(h) => (h.next, h.hasher),
+                None => (0, algo.hasher()),
+            };
+            hash_file(&path, from, hasher)
+        })
+        .await
+        .map_err(|e| TaskError::Storage(e.to_string()))?
+        .map_err(|e| TaskError::Storage(e.to_string()))?;
         if &actual != expected {
             return Err(TaskError::DigestMismatch {
                 url: req.url.clone(),
@@ -844,15 +954,17 @@ fn source_error(e: DownloadError) -> TaskError {
     }
 }
 
-fn check_range(resp: &reqwest::Response, range: PieceRange) -> Result<(), String> {
+/// The response carries the bytes `[first, end)`: a 206 with that Content-Range, or a 200 (the
+/// caller checked that a 200 is the whole content).
+fn check_range(resp: &reqwest::Response, first: u64, end: u64) -> Result<(), String> {
     if resp.status() == StatusCode::OK {
-        return Ok(()); // the whole content is this one piece
+        return Ok(()); // the whole content is this one lane
     }
     match content_range(resp.headers()) {
-        Some((a, b, _)) if a == range.offset && b + 1 == range.end() => Ok(()),
+        Some((a, b, _)) if a == first && b + 1 == end => Ok(()),
         other => Err(format!(
-            "asked for {}, got Content-Range {other:?}",
-            range.http_range()
+            "asked for bytes={first}-{}, got Content-Range {other:?}",
+            end - 1
         )),
     }
 }
@@ -915,58 +1027,137 @@ async fn stream_all(
     storage: &Storage,
     task: &Arc<Task>,
     layout: PieceLayout,
-    mut resp: reqwest::Response,
+    resp: reqwest::Response,
     sched: &mut Sched,
+    hash: Option<&InlineHash>,
 ) -> Result<(), TaskError> {
-    let mut pieces = layout.pieces();
-    let mut t0 = Instant::now();
-    let mut current = pieces.next();
-    let mut writer = None;
-    let mut carry = bytes::Bytes::new();
-    while let Some(range) = current {
-        if writer.is_none() {
-            let (s, i, n) = (storage.clone(), task.id.clone(), range.number);
-            writer = Some((blocking(move || s.piece_writer(&i, n)).await?, 0u64));
-        }
-        if carry.is_empty() {
-            carry = match resp.chunk().await {
-                Ok(Some(c)) => c,
-                Ok(None) => {
-                    return Err(TaskError::Source(format!(
-                        "{}: body ended inside piece {}",
-                        task.url, range.number
-                    )));
-                }
-                Err(e) => return Err(TaskError::Source(crate::download::error_chain(&e))),
-            };
-        }
-        let Some((mut w, written)) = writer.take() else {
-            continue;
-        };
-        let take = ((range.length - written) as usize).min(carry.len());
-        let part = carry.split_to(take);
-        let written = written + take as u64;
-        w = blocking(move || w.write(&part).map(|()| w)).await?;
-        if written == range.length {
-            let record = blocking(move || w.commit(None, Some(""))).await?;
-            sched.piece_stored(&record, None, t0.elapsed());
-            t0 = Instant::now();
+    write_lane(
+        storage,
+        &task.id,
+        layout,
+        0..layout.piece_count(),
+        resp,
+        hash,
+        |record, cost| {
+            sched.piece_stored(&record, None, cost);
             task.piece_stored(record);
-            current = pieces.next();
-        } else {
-            writer = Some((w, written));
+        },
+    )
+    .await
+    .map_err(|e| match e {
+        PieceError::Storage(e) => e.into(),
+        PieceError::Remote(e, _) | PieceError::Corrupt(e) => {
+            TaskError::Source(format!("{}: {e}", task.url))
         }
+        PieceError::RangeIgnored(_) => TaskError::Source(format!("{}: range ignored", task.url)),
+    })
+}
+
+/// A piece a source lane stored: count it, tell the scheduler and the readers (once).
+fn lane_piece_stored(
+    task: &Task,
+    sched: &mut Sched,
+    missing: &mut BTreeSet<u32>,
+    inflight: &mut HashMap<u32, From>,
+    record: PieceRecord,
+    cost: Duration,
+) {
+    inflight.remove(&record.number);
+    if missing.remove(&record.number) {
+        sched.piece_stored(&record, None, cost);
+        task.piece_stored(record);
+    }
+}
+
+/// Store a response that carries `pieces` back to back, committing each piece as soon as its
+/// last byte is written and handing it to `stored` with the time it took. The content hash,
+/// when it has reached a piece, is fed the same buffers on the way to the file.
+async fn write_lane(
+    storage: &Storage,
+    id: &TaskId,
+    layout: PieceLayout,
+    pieces: std::ops::Range<u32>,
+    mut resp: reqwest::Response,
+    hash: Option<&InlineHash>,
+    mut stored: impl FnMut(PieceRecord, Duration),
+) -> Result<(), PieceError> {
+    let mut buf: Vec<u8> = Vec::with_capacity(WRITE_CHUNK);
+    let mut carry = bytes::Bytes::new();
+    for n in pieces {
+        let Some(range) = layout.piece(n) else {
+            break;
+        };
+        let t0 = Instant::now();
+        let (s, i) = (storage.clone(), id.clone());
+        let mut writer = blocking(move || s.piece_writer(&i, n))
+            .await
+            .map_err(PieceError::Storage)?;
+        // Held while this piece is written and put back once it is committed: a failure loses
+        // it, and the end hashes the whole file instead.
+        let mut hashing = hash.and_then(|h| {
+            let mut g = h.lock().ok()?;
+            match g.as_ref() {
+                Some(st) if st.next == range.offset => g.take(),
+                _ => None,
+            }
+        });
+        let mut left = range.length;
+        while left > 0 {
+            while left > 0 && buf.len() < WRITE_CHUNK {
+                if carry.is_empty() {
+                    carry = match resp.chunk().await {
+                        Ok(Some(c)) => c,
+                        Ok(None) => {
+                            return Err(PieceError::Remote(
+                                format!("body ended inside piece {n}"),
+                                true,
+                            ));
+                        }
+                        Err(e) => {
+                            return Err(PieceError::Remote(crate::download::error_chain(&e), true));
+                        }
+                    };
+                }
+                let take = (left as usize)
+                    .min(carry.len())
+                    .min(WRITE_CHUNK - buf.len());
+                buf.extend_from_slice(&carry.split_to(take));
+                left -= take as u64;
+            }
+            (writer, buf, hashing) = blocking(move || {
+                writer.write(&buf)?;
+                if let Some(h) = hashing.as_mut() {
+                    h.hasher.update(&buf);
+                    h.next += buf.len() as u64;
+                }
+                buf.clear();
+                Ok((writer, buf, hashing))
+            })
+            .await
+            .map_err(piece_write_error)?;
+        }
+        let record = blocking(move || writer.commit(None, Some("")))
+            .await
+            .map_err(piece_write_error)?;
+        if let (Some(h), Some(done)) = (hash, hashing)
+            && let Ok(mut g) = h.lock()
+        {
+            *g = Some(done);
+        }
+        stored(record, t0.elapsed());
     }
     Ok(())
 }
 
+/// Feed the content file from byte `from` on into `hasher` and finish it.
 fn hash_file(
     path: &std::path::Path,
-    algo: dragonfly_common::digest::Algorithm,
+    from: u64,
+    mut h: dragonfly_common::digest::Hasher,
 ) -> std::io::Result<dragonfly_common::digest::Digest> {
-    use std::io::Read;
+    use std::io::{Read, Seek, SeekFrom};
     let mut f = std::fs::File::open(path)?;
-    let mut h = algo.hasher();
+    f.seek(SeekFrom::Start(from))?;
     let mut buf = vec![0u8; WRITE_CHUNK];
     loop {
         let n = f.read(&mut buf)?;

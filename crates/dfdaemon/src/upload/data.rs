@@ -205,27 +205,52 @@ async fn send_body(
         for r in &rates {
             r.take(n).await;
         }
-        let stop = offset + n;
-        while offset < stop {
-            stream.writable().await.map_err(Err)?;
-            let want = usize::try_from(stop - offset).unwrap_or(usize::MAX);
-            let sent = stream.try_io(Interest::WRITABLE, || {
-                rustix::fs::sendfile(stream.as_fd(), &file, Some(&mut offset), want)
-                    .map_err(io::Error::from)
-            });
-            match sent {
-                Ok(0) => {
+        sendfile(stream, &file, offset, offset + n)
+            .await
+            .map_err(|e| {
+                if e.kind() == io::ErrorKind::UnexpectedEof {
                     // The file is shorter than its record says: drop the connection, the
                     // child sees a short body and tries elsewhere.
-                    return Err(Err(io::Error::new(
+                    io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         format!("task {task}: content ends inside piece {number}"),
-                    )));
+                    )
+                } else {
+                    e
                 }
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(Err(e)),
+            })
+            .map_err(Err)?;
+        offset += n;
+    }
+    Ok(())
+}
+
+/// Send bytes `[from, to)` of `file` on `stream` with `sendfile(2)` (page cache to socket, no
+/// copy through user space). A file that ends before `to` is `UnexpectedEof`.
+pub(crate) async fn sendfile(
+    stream: &TcpStream,
+    file: &std::fs::File,
+    from: u64,
+    to: u64,
+) -> io::Result<()> {
+    let mut offset = from;
+    while offset < to {
+        stream.writable().await?;
+        let want = usize::try_from(to - offset).unwrap_or(usize::MAX);
+        let sent = stream.try_io(Interest::WRITABLE, || {
+            rustix::fs::sendfile(stream.as_fd(), file, Some(&mut offset), want)
+                .map_err(io::Error::from)
+        });
+        match sent {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("the file ends at {offset}, before {to}"),
+                ));
             }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(())

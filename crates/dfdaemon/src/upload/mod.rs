@@ -15,6 +15,7 @@ mod data;
 mod limit;
 mod sync;
 
+pub(crate) use data::sendfile;
 pub use limit::UploadLimits;
 pub(crate) use sync::stat_task;
 

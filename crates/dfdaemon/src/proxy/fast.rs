@@ -1,0 +1,314 @@
+//! The plain-HTTP fast path: a registry-mirror `GET /v2/<name>/blobs/sha256:<hex>` for a blob
+//! that is stored and verified here is answered with `sendfile(2)` from the content file, so
+//! the bytes never pass through user space (what nginx does for its cache).
+//!
+//! The request head is read and parsed here first. Anything else (another request, a Range,
+//! a blob not stored yet, a body) goes to hyper with the bytes already read put back in front
+//! of the connection, and hyper serves the rest of the connection.
+
+use super::route::{self, Decision};
+use super::{MAX_HEAD, Proxy, Via};
+use crate::storage::TaskRecord;
+use bytes::{Buf, Bytes, BytesMut};
+use dragonfly_common::digest::Digest;
+use dragonfly_common::task_id::TaskId;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use hyper_util::rt::TokioIo;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Response header on answers of this path (operators can see which blobs went zero-copy).
+pub const SERVED_HEADER: &str = "x-dragonfly-served";
+
+/// Headers parsed at most (a registry client sends a dozen).
+const MAX_HEADERS: usize = 64;
+
+/// Serve one plain connection of the proxy listener.
+pub(super) async fn serve(proxy: Arc<Proxy>, mut stream: TcpStream, peer: SocketAddr) {
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        // The head of the next request, or hyper for anything this path does not know.
+        let head_len = loop {
+            if let Some(end) = find_head_end(&buf) {
+                break Some(end);
+            }
+            if buf.len() > MAX_HEAD {
+                break None; // hyper answers 431
+            }
+            match stream.read_buf(&mut buf).await {
+                Ok(0) if buf.is_empty() => return, // closed between requests
+                Ok(0) => break None,               // hyper reports the broken request
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(client = %peer, error = %e, "proxy connection ended");
+                    return;
+                }
+            }
+        };
+        let Some(head_len) = head_len else {
+            return hand_to_hyper(proxy, stream, buf.freeze(), peer).await;
+        };
+        let Some(ask) = parse(&buf[..head_len]) else {
+            return hand_to_hyper(proxy, stream, buf.freeze(), peer).await;
+        };
+        let Some((record, id, digest)) = stored_blob(&proxy, &ask).await else {
+            return hand_to_hyper(proxy, stream, buf.freeze(), peer).await;
+        };
+        let file = match std::fs::File::open(proxy.engine.storage().content_path(&id)) {
+            Ok(f) => f,
+            Err(_) => return hand_to_hyper(proxy, stream, buf.freeze(), peer).await,
+        };
+        buf.advance(head_len);
+        let _permit = match &proxy.limit {
+            Some(s) => s.clone().acquire_owned().await.ok(),
+            None => None,
+        };
+        if !proxy.engine.is_running(&id) {
+            let (s, t) = (proxy.engine.storage().clone(), id.clone());
+            tokio::task::spawn_blocking(move || s.touch(&t));
+        }
+        let head = response_head(&record, &id, &digest, ask.close);
+        let sent = async {
+            stream.write_all(head.as_bytes()).await?;
+            crate::upload::sendfile(&stream, &file, 0, record.content_length).await
+        }
+        .await;
+        tracing::debug!(client = %peer, method = "GET", uri = %ask.path, status = 200, served = "sendfile", "proxy request");
+        if let Err(e) = sent {
+            tracing::debug!(client = %peer, task = %id, error = %e, "proxy connection ended");
+            return;
+        }
+        if ask.close {
+            let _ = stream.shutdown().await;
+            return;
+        }
+    }
+}
+
+/// Where the request head ends (after its blank line).
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+}
+
+/// A request this path may answer.
+#[derive(Debug)]
+struct Ask {
+    path: String,
+    query: Option<String>,
+    headers: HeaderMap,
+    close: bool,
+}
+
+/// `GET /v2/...` over HTTP/1.1 without a body, a Range or conditions; `None` for anything else.
+fn parse(head: &[u8]) -> Option<Ask> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
+        return None;
+    }
+    if req.method != Some("GET") || req.version != Some(1) {
+        return None;
+    }
+    let target = req.path?;
+    if !target.starts_with("/v2/") {
+        return None;
+    }
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q.to_string())),
+        None => (target, None),
+    };
+    route::blob_digest(path)?;
+    let mut map = HeaderMap::new();
+    let mut close = false;
+    for h in req.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        let value = HeaderValue::from_bytes(h.value).ok()?;
+        // Bodies, partial and conditional requests, upgrades: hyper's.
+        if matches!(
+            name.as_str(),
+            "content-length"
+                | "transfer-encoding"
+                | "range"
+                | "if-range"
+                | "if-match"
+                | "if-none-match"
+                | "if-modified-since"
+                | "if-unmodified-since"
+                | "expect"
+                | "upgrade"
+        ) {
+            return None;
+        }
+        if name == http::header::CONNECTION {
+            let v = value.to_str().ok()?;
+            close |= v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"));
+        }
+        map.append(name, value);
+    }
+    Some(Ask {
+        path: path.to_string(),
+        query,
+        headers: map,
+        close,
+    })
+}
+
+/// The finished, verified task of the blob this mirror request is for, if this node has it
+/// and the request would be served as a P2P task at all.
+async fn stored_blob(proxy: &Proxy, ask: &Ask) -> Option<(TaskRecord, TaskId, Digest)> {
+    let m = &proxy.cfg.registry_mirror;
+    let url = route::mirror_target(m, &ask.headers, &ask.path, ask.query.as_deref()).ok()?;
+    let Decision::P2p(target) = route::decide(&proxy.cfg.proxies, Some(m), &url) else {
+        return None;
+    };
+    let digest = route::blob_digest(&target)?;
+    let id = TaskId::for_blob_digest(&digest);
+    let (storage, lookup) = (proxy.engine.storage().clone(), id.clone());
+    let record = tokio::task::spawn_blocking(move || storage.task(&lookup))
+        .await
+        .ok()?
+        .ok()??;
+    // Finished means every piece is stored and the whole content matched the digest.
+    (record.is_finished() && record.digest.as_deref() == Some(digest.to_string().as_str()))
+        .then_some((record, id, digest))
+}
+
+/// The status line and headers: those of [`super::p2p`]'s answer for the same blob.
+fn response_head(record: &TaskRecord, id: &TaskId, digest: &Digest, close: bool) -> String {
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: application/octet-stream\r\naccept-ranges: bytes\r\ndocker-content-digest: {digest}\r\netag: \"{digest}\"\r\n{}: {id}\r\n{SERVED_HEADER}: sendfile\r\n{}\r\n",
+        record.content_length,
+        super::p2p::TASK_HEADER,
+        if close { "connection: close\r\n" } else { "" },
+    )
+}
+
+/// hyper serves the rest of the connection, starting with the bytes already read.
+async fn hand_to_hyper(proxy: Arc<Proxy>, stream: TcpStream, read: Bytes, peer: SocketAddr) {
+    let io = Prefixed {
+        prefix: read,
+        inner: stream,
+    };
+    proxy.serve_conn(TokioIo::new(io), peer, Via::Plain).await
+}
+
+/// A connection with bytes already read from it put back in front.
+struct Prefixed {
+    prefix: Bytes,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_blob_gets_are_taken() {
+        let blob = "/v2/lib/app/blobs/sha256:0000000000000000000000000000000000000000000000000000000000000000";
+        let get =
+            |extra: &str| format!("GET {blob}?ns=docker.io HTTP/1.1\r\nHost: x\r\n{extra}\r\n");
+        let ask = parse(get("").as_bytes()).expect("a plain blob GET");
+        assert_eq!(ask.path, blob);
+        assert_eq!(ask.query.as_deref(), Some("ns=docker.io"));
+        assert!(!ask.close);
+        assert!(
+            parse(get("Connection: keep-alive, close\r\n").as_bytes())
+                .unwrap()
+                .close
+        );
+        for refused in [
+            "Range: bytes=0-1\r\n",
+            "If-None-Match: \"x\"\r\n",
+            "Content-Length: 3\r\n",
+            "Transfer-Encoding: chunked\r\n",
+            "Expect: 100-continue\r\n",
+        ] {
+            assert!(parse(get(refused).as_bytes()).is_none(), "{refused}");
+        }
+        for other in [
+            format!("HEAD {blob} HTTP/1.1\r\n\r\n"),
+            format!("GET {blob} HTTP/1.0\r\n\r\n"),
+            "GET /v2/lib/app/manifests/latest HTTP/1.1\r\n\r\n".to_string(),
+            "GET http://h/v2/lib/app/blobs/sha256:00 HTTP/1.1\r\n\r\n".to_string(),
+            "GET /ca.crt HTTP/1.1\r\n\r\n".to_string(),
+            "garbage\r\n\r\n".to_string(),
+        ] {
+            assert!(parse(other.as_bytes()).is_none(), "{other}");
+        }
+    }
+
+    #[tokio::test]
+    async fn bytes_already_read_come_first() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(b" world").await.unwrap();
+            let mut back = String::new();
+            s.read_to_string(&mut back).await.unwrap();
+            back
+        });
+        let (inner, _) = listener.accept().await.unwrap();
+        let mut p = Prefixed {
+            prefix: Bytes::from_static(b"hello"),
+            inner,
+        };
+        let mut got = vec![0u8; 11];
+        p.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hello world");
+        p.write_all(b"ok").await.unwrap();
+        p.shutdown().await.unwrap();
+        assert_eq!(client.await.unwrap(), "ok");
+    }
+}
