@@ -9,7 +9,9 @@
 #     The first request of each is the miss, timed separately. Target: hit >= 1.0x nginx.
 #  2. cold `skopeo copy docker://... dir:` of a LAYERS_MIB (64,128,256) MiB image, direct vs
 #     through HTTPS_PROXY with an empty dfdaemon each time, alternating, median of PULL_RUNS (3).
-#     Target: proxy <= 1.1x direct.
+#     Target: proxy <= 1.1x direct. Two floors of any intercepting proxy on this machine are
+#     timed too: the daemon as a plain CONNECT tunnel, and hijacking without P2P (decrypt and
+#     encrypt again, nothing stored or hashed).
 #  3. dfdaemon's peak RSS (VmHWM): during the miss; during the hits after a restart with the blob
 #     stored (reset between phases with /proc/PID/clear_refs); during each cold pull.
 #  CPU seconds (utime + stime from /proc) of dfdaemon, nginx and the registry are reported too:
@@ -119,12 +121,20 @@ proxy:
     certs: [$ORIGIN_CA]
 CONF
 
-# start_dfdaemon [keep]: a dfdaemon with an empty data dir (kept with `keep`); DPID.
+# The floors of a proxied pull: the same daemon with nothing intercepted (every CONNECT a byte
+# tunnel), and intercepting without P2P (a proxies rule that matches nothing: blobs are
+# forwarded, decrypted and encrypted again, never stored).
+sed 's/^      - regx: .*/      - regx: ^nothing-matches$/' "$D/dfget.yaml" >"$D/tunnel.yaml"
+sed 's/^proxy:$/proxy:\n  proxies:\n    - regx: ^nothing-matches$/' "$D/dfget.yaml" >"$D/forward.yaml"
+grep -q 'nothing-matches' "$D/tunnel.yaml" && grep -q 'nothing-matches' "$D/forward.yaml" || die "floor configs"
+
+# start_dfdaemon [keep] [CONFIG]: a dfdaemon (config $D/CONFIG.yaml, default dfget) with an empty
+# data dir (kept with `keep`); DPID.
 start_dfdaemon() {
   stop_pid "$DPID"; DPID=""
   [ "${1:-}" = keep ] || rm -rf "$D/data"
   rm -f "$D/sock"
-  "$BIN/dfdaemon" --config "$D/dfget.yaml" >"$D/stdout.log" 2>"$D/stderr.log" &
+  "$BIN/dfdaemon" --config "$D/${2:-dfget}.yaml" >"$D/stdout.log" 2>"$D/stderr.log" &
   DPID=$!
   for _ in $(seq 200); do
     curl -fsS -o /dev/null "http://127.0.0.1:$PROXY_PORT/ca.crt" 2>/dev/null && return 0
@@ -267,12 +277,15 @@ rm -rf "$P/nginx/cache" "$D/data"
 # --- 2. cold skopeo copy, direct vs through the proxy ---------------------------------------------
 APP="docker://$REG/$IMAGE2_REPO:$IMAGE2_TAG"
 : >"$P/direct"; : >"$P/viaproxy"; : >"$P/regcpu-direct"; : >"$P/regcpu-proxy"; : >"$P/dfcpu"
+: >"$P/tunnel"; : >"$P/forward"; : >"$P/regcpu-tunnel"; : >"$P/regcpu-forward"
 pull_hwm=0; pull_gets_ok=1
-# pull WAY: time one `skopeo copy` into an empty dir (WAY = direct | proxy).
+# pull WAY: time one `skopeo copy` into an empty dir (WAY = direct | proxy | tunnel | forward;
+# all but direct through HTTPS_PROXY; the tunnel shows the client the registry's certificate).
 pull() {
   local s e env_args=(env -u http_proxy -u https_proxy -u HTTP_PROXY -u HTTPS_PROXY -u ALL_PROXY -u NO_PROXY -u no_proxy)
   local certs="$P/trust-origin"
-  if [ "$1" = proxy ]; then env_args+=(HTTPS_PROXY="http://127.0.0.1:$PROXY_PORT"); certs="$P/trust-proxy"; fi
+  if [ "$1" != direct ]; then env_args+=(HTTPS_PROXY="http://127.0.0.1:$PROXY_PORT"); certs="$P/trust-proxy"; fi
+  if [ "$1" = tunnel ]; then certs="$P/trust-origin"; fi
   rm -rf "$P/out"; sync
   s=$(date +%s.%N)
   local r0; r0=$(ticks "$REG_PID")
@@ -287,28 +300,39 @@ pull() {
   echo "$e - $s" | bc -l
 }
 layers_served() { local n=0 b d; for d in $IMAGE2_LAYERS; do read -r _ b < <(origin_gets "$d"); n=$((n + b)); done; echo "$n"; }
+# layers_settled: layers_served once the access log stopped growing (the registry logs a request
+# after its response ended, which can trail the client by a moment).
+layers_settled() {
+  local a b; a=$(layers_served)
+  for _ in $(seq 40); do sleep 0.1; b=$(layers_served); [ "$a" = "$b" ] && break; a=$b; done
+  echo "$a"
+}
 # layers_after BEFORE: layers_served, once the registry logged the proxied pull (it logs a
 # request after its response ended, which can trail the client by a moment).
 layers_after() {
   local n
-  for _ in $(seq 40); do n=$(layers_served); [ $((n - $1)) -ge "$IMAGE2_BYTES" ] && break; sleep 0.05; done
+  for _ in $(seq 100); do n=$(layers_served); [ $((n - $1)) -ge "$IMAGE2_BYTES" ] && break; sleep 0.05; done
   echo "$n"
 }
 for i in $(seq "$PULL_RUNS"); do
   start_dfdaemon
   df_t0=$(ticks "$DPID")
-  before=$(layers_served)
+  before=$(layers_settled)
   if [ $((i % 2)) = 1 ]; then p=$(pull proxy); after=$(layers_after "$before"); d=$(pull direct)
-  else d=$(pull direct); before=$(layers_served); p=$(pull proxy); after=$(layers_after "$before"); fi
+  else d=$(pull direct); before=$(layers_settled); p=$(pull proxy); after=$(layers_after "$before"); fi
   h=$(hwm_mib "$DPID"); [ "$h" -gt "$pull_hwm" ] && pull_hwm=$h
   echo $(($(ticks "$DPID") - df_t0)) >>"$P/dfcpu"
   [ $((after - before)) = "$IMAGE2_BYTES" ] || pull_gets_ok=0
   stop_pid "$DPID"; DPID=""
   echo "$d" >>"$P/direct"; echo "$p" >>"$P/viaproxy"
-  printf 'cold skopeo copy, run %d: direct %.2fs  proxy %.2fs (origin sent %d MiB for the proxied pull; dfdaemon peak RSS %d MiB)\n' \
-    "$i" "$d" "$p" $(((after - before) >> 20)) "$h"
+  start_dfdaemon "" tunnel; t=$(pull tunnel)
+  start_dfdaemon "" forward; f=$(pull forward)
+  stop_pid "$DPID"; DPID=""
+  echo "$t" >>"$P/tunnel"; echo "$f" >>"$P/forward"
+  printf 'cold skopeo copy, run %d: direct %.2fs  proxy %.2fs (origin sent %d MiB for the proxied pull; dfdaemon peak RSS %d MiB); floors: tunnel %.2fs, hijack without P2P %.2fs\n' \
+    "$i" "$d" "$p" $(((after - before) >> 20)) "$h" "$t" "$f"
 done
-pd=$(median <"$P/direct"); pp=$(median <"$P/viaproxy")
+pd=$(median <"$P/direct"); pp=$(median <"$P/viaproxy"); pt=$(median <"$P/tunnel"); pf=$(median <"$P/forward")
 cpu_s() { echo "$(median <"$1") / $HZ" | bc -l; }
 reg_d=$(cpu_s "$P/regcpu-direct"); reg_p=$(cpu_s "$P/regcpu-proxy"); df_p=$(cpu_s "$P/dfcpu")
 
@@ -332,6 +356,8 @@ printf 'Cold skopeo copy of %s (%s MiB, %d layers) into dir:, median of %d, empt
   "$IMAGE2_REPO:$IMAGE2_TAG" "$LAYERS_MIB" "$(wc -w <<<"$IMAGE2_LAYERS")" "$PULL_RUNS"
 row "" "direct" "via proxy" "ratio" "target"; rule
 row "wall time" "$(printf '%.2f s' "$pd")" "$(printf '%.2f s' "$pp")" "$(ratio "$pp" "$pd")" "<= 1.1x"
+row "floor: CONNECT tunnel, nothing intercepted" "$(printf '%.2f s' "$pd")" "$(printf '%.2f s' "$pt")" "$(ratio "$pt" "$pd")" ""
+row "floor: hijacked, forwarded (no P2P, no disk)" "$(printf '%.2f s' "$pd")" "$(printf '%.2f s' "$pf")" "$(ratio "$pf" "$pd")" ""
 row "registry CPU" "$(printf '%.2f s' "$reg_d")" "$(printf '%.2f s' "$reg_p")" "$(ratio "$reg_p" "$reg_d")" ""
 row "dfdaemon CPU" "-" "$(printf '%.2f s' "$df_p")" "" ""
 echo "origin bytes per proxied pull = image size (each layer fetched once): $([ "$pull_gets_ok" = 1 ] && echo yes || echo NO)"

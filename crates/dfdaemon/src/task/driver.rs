@@ -41,6 +41,8 @@ const STREAMING_HEAD: u32 = 4;
 const LANE_MAX_PIECES: u32 = 16;
 /// Lanes a streaming task runs at the source at once. Its client reads in order, so a lane
 /// running beside the head lane only slows the head when they share the bandwidth or the CPU.
+/// Measured on 2 cores (448 MiB skopeo pull through the proxy): 1 lane 3.15 s, 2 lanes 3.24 s,
+/// 4 lanes 3.2-3.6 s; a fast client's 256 MiB miss gains from more (0.79 / 0.70 / 0.67 s).
 const STREAMING_SOURCE_LANES: usize = 1;
 
 /// Run the task to its end and publish the outcome.
