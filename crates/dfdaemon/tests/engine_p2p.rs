@@ -1,6 +1,9 @@
 //! The task engine and upload server in one process: a child follows a parent that is still
 //! downloading, and falls back to the source when the parent fails or lies.
 
+mod support;
+use support::read_all;
+
 use dfdaemon::storage::{GcPolicy, Storage};
 use dfdaemon::task::{EngineOptions, Parent, TaskManager, TaskRequest};
 use dfdaemon::upload::{self, UploadLimits};
@@ -62,15 +65,6 @@ fn request(url: &str, data: &[u8], parents: Vec<Parent>) -> TaskRequest {
         parents,
         ..TaskRequest::default()
     }
-}
-
-async fn read_all(task: &std::sync::Arc<dfdaemon::task::Task>) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut r = task.reader(0, None);
-    while let Some(chunk) = r.next().await {
-        out.extend_from_slice(&chunk.expect("read"));
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

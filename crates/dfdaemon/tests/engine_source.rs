@@ -2,10 +2,12 @@
 //! each committed as it completes), a streaming task's single in-order lane, a body that
 //! breaks inside a lane, and a source that ignores Range.
 
+mod support;
+use support::read_all;
+
 use dfdaemon::storage::Storage;
 use dfdaemon::task::{EngineOptions, TaskManager, TaskRequest};
 use dragonfly_common::digest::{Algorithm, Digest};
-use futures::StreamExt;
 use testkit::data::random_bytes;
 use testkit::origin::{Behavior, Origin, Resource, RunningOrigin};
 
@@ -59,15 +61,6 @@ impl Setup {
     fn served(&self) -> (u64, u64) {
         self.origin.stats.for_path("/blob")
     }
-}
-
-async fn read_all(task: &std::sync::Arc<dfdaemon::task::Task>) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut r = task.reader(0, None);
-    while let Some(chunk) = r.next().await {
-        out.extend_from_slice(&chunk.expect("read"));
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

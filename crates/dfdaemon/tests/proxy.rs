@@ -234,6 +234,28 @@ async fn other_requests_are_forwarded_without_hop_by_hop_headers() {
     let r = c.get(running.url("/missing")).send().await.expect("get");
     assert_eq!(r.status(), 404, "the origin's status comes back as is");
     assert_eq!(origin.stats().for_path("/v2/lib/img/manifests/latest").0, 1);
+
+    // `Expect: 100-continue` is answered by the proxy itself, not passed on (the origin
+    // refuses requests that carry it).
+    origin.route(
+        "/upload-check",
+        Resource::bytes(&b"fine"[..]).with(Behavior {
+            forbid_header: Some("expect".into()),
+            ..Behavior::default()
+        }),
+    );
+    let answer = raw(
+        d.proxy,
+        format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nExpect: 100-continue\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            running.url("/upload-check"),
+            running.addr
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("fine"), "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
