@@ -6,7 +6,7 @@
 //! a blob not stored yet, a body) goes to hyper with the bytes already read put back in front
 //! of the connection, and hyper serves the rest of the connection.
 
-use super::route::{self, Decision};
+use super::route::{self, Decision, RangeAsk};
 use super::{MAX_HEAD, Proxy, Via};
 use crate::storage::TaskRecord;
 use bytes::{Buf, Bytes, BytesMut};
@@ -59,6 +59,14 @@ pub(super) async fn serve(proxy: Arc<Proxy>, mut stream: TcpStream, peer: Socket
         let Some((record, id, digest)) = stored_blob(&proxy, &ask).await else {
             return hand_to_hyper(proxy, stream, buf.freeze(), peer).await;
         };
+        let len = record.content_length;
+        let (from, to) = match route::parse_range(ask.range.as_deref(), len) {
+            RangeAsk::Full => (0, len),
+            RangeAsk::Part(s, e) => (s, e),
+            RangeAsk::Unsatisfiable => {
+                return hand_to_hyper(proxy, stream, buf.freeze(), peer).await; // its 416
+            }
+        };
         let file = match std::fs::File::open(proxy.engine.storage().content_path(&id)) {
             Ok(f) => f,
             Err(_) => return hand_to_hyper(proxy, stream, buf.freeze(), peer).await,
@@ -72,13 +80,15 @@ pub(super) async fn serve(proxy: Arc<Proxy>, mut stream: TcpStream, peer: Socket
             let (s, t) = (proxy.engine.storage().clone(), id.clone());
             tokio::task::spawn_blocking(move || s.touch(&t));
         }
-        let head = response_head(&record, &id, &digest, ask.close);
+        let part = (from, to) != (0, len);
+        let head = response_head(&record, &id, &digest, part.then_some((from, to)), ask.close);
         let sent = async {
             stream.write_all(head.as_bytes()).await?;
-            crate::upload::sendfile(&stream, &file, 0, record.content_length).await
+            crate::upload::sendfile(&stream, &file, from, to).await
         }
         .await;
-        tracing::debug!(client = %peer, method = "GET", uri = %ask.path, status = 200, served = "sendfile", "proxy request");
+        let status = if part { 206 } else { 200 };
+        tracing::debug!(client = %peer, method = "GET", uri = %ask.path, status, served = "sendfile", "proxy request");
         if let Err(e) = sent {
             tracing::debug!(client = %peer, task = %id, error = %e, "proxy connection ended");
             return;
@@ -101,10 +111,12 @@ struct Ask {
     path: String,
     query: Option<String>,
     headers: HeaderMap,
+    /// A `Range` header (one range is served as 206; several get the whole blob).
+    range: Option<String>,
     close: bool,
 }
 
-/// `GET /v2/...` over HTTP/1.1 without a body, a Range or conditions; `None` for anything else.
+/// `GET /v2/...` over HTTP/1.1 without a body or conditions; `None` for anything else.
 fn parse(head: &[u8]) -> Option<Ask> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
@@ -125,15 +137,15 @@ fn parse(head: &[u8]) -> Option<Ask> {
     route::blob_digest(path)?;
     let mut map = HeaderMap::new();
     let mut close = false;
+    let mut range = None;
     for h in req.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
         let value = HeaderValue::from_bytes(h.value).ok()?;
-        // Bodies, partial and conditional requests, upgrades: hyper's.
+        // Bodies, conditional requests, upgrades: hyper's.
         if matches!(
             name.as_str(),
             "content-length"
                 | "transfer-encoding"
-                | "range"
                 | "if-range"
                 | "if-match"
                 | "if-none-match"
@@ -143,6 +155,9 @@ fn parse(head: &[u8]) -> Option<Ask> {
                 | "upgrade"
         ) {
             return None;
+        }
+        if name == http::header::RANGE {
+            range = Some(value.to_str().ok()?.to_string());
         }
         if name == http::header::CONNECTION {
             let v = value.to_str().ok()?;
@@ -154,6 +169,7 @@ fn parse(head: &[u8]) -> Option<Ask> {
         path: path.to_string(),
         query,
         headers: map,
+        range,
         close,
     })
 }
@@ -178,11 +194,26 @@ async fn stored_blob(proxy: &Proxy, ask: &Ask) -> Option<(TaskRecord, TaskId, Di
         .then_some((record, id, digest))
 }
 
-/// The status line and headers: those of [`super::p2p`]'s answer for the same blob.
-fn response_head(record: &TaskRecord, id: &TaskId, digest: &Digest, close: bool) -> String {
+/// The status line and headers: those of [`super::p2p`]'s answer for the same blob; `part` is
+/// the byte range `[from, to)` of a 206.
+fn response_head(
+    record: &TaskRecord,
+    id: &TaskId,
+    digest: &Digest,
+    part: Option<(u64, u64)>,
+    close: bool,
+) -> String {
+    let len = record.content_length;
+    let (status, length, range) = match part {
+        Some((from, to)) => (
+            "206 Partial Content",
+            to - from,
+            format!("content-range: bytes {from}-{}/{len}\r\n", to - 1),
+        ),
+        None => ("200 OK", len, String::new()),
+    };
     format!(
-        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: application/octet-stream\r\naccept-ranges: bytes\r\ndocker-content-digest: {digest}\r\netag: \"{digest}\"\r\n{}: {id}\r\n{SERVED_HEADER}: sendfile\r\n{}\r\n",
-        record.content_length,
+        "HTTP/1.1 {status}\r\ncontent-length: {length}\r\n{range}content-type: application/octet-stream\r\naccept-ranges: bytes\r\ndocker-content-digest: {digest}\r\netag: \"{digest}\"\r\n{}: {id}\r\n{SERVED_HEADER}: sendfile\r\n{}\r\n",
         super::p2p::TASK_HEADER,
         if close { "connection: close\r\n" } else { "" },
     )
@@ -267,8 +298,10 @@ mod tests {
                 .unwrap()
                 .close
         );
+        let ranged = parse(get("Range: bytes=0-1\r\n").as_bytes()).expect("a ranged GET");
+        assert_eq!(ranged.range.as_deref(), Some("bytes=0-1"));
         for refused in [
-            "Range: bytes=0-1\r\n",
+            "If-Range: \"x\"\r\n",
             "If-None-Match: \"x\"\r\n",
             "Content-Length: 3\r\n",
             "Transfer-Encoding: chunked\r\n",
