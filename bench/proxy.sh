@@ -9,9 +9,10 @@
 #     The first request of each is the miss, timed separately. Target: hit >= 1.0x nginx.
 #  2. cold `skopeo copy docker://... dir:` of a LAYERS_MIB (64,128,256) MiB image, direct vs
 #     through HTTPS_PROXY with an empty dfdaemon each time, alternating, median of PULL_RUNS (3).
-#     Target: proxy <= 1.1x direct. Two floors of any intercepting proxy on this machine are
-#     timed too: the daemon as a plain CONNECT tunnel, and hijacking without P2P (decrypt and
-#     encrypt again, nothing stored or hashed).
+#     Target: proxy <= 1.1x direct. Also timed: the pull through the daemon's registry mirror
+#     (skopeo's registries.conf, plain HTTP to the daemon, as containerd's hosts.toml), and two
+#     floors of an intercepting proxy on this machine: the daemon as a plain CONNECT tunnel, and
+#     hijacking without P2P (decrypt and encrypt again, nothing stored or hashed).
 #  3. dfdaemon's peak RSS (VmHWM): during the miss; during the hits after a restart with the blob
 #     stored (reset between phases with /proc/PID/clear_refs); during each cold pull.
 #  CPU seconds (utime + stime from /proc) of dfdaemon, nginx and the registry are reported too:
@@ -277,19 +278,33 @@ rm -rf "$P/nginx/cache" "$D/data"
 # --- 2. cold skopeo copy, direct vs through the proxy ---------------------------------------------
 APP="docker://$REG/$IMAGE2_REPO:$IMAGE2_TAG"
 : >"$P/direct"; : >"$P/viaproxy"; : >"$P/regcpu-direct"; : >"$P/regcpu-proxy"; : >"$P/dfcpu"
-: >"$P/tunnel"; : >"$P/forward"; : >"$P/regcpu-tunnel"; : >"$P/regcpu-forward"
+: >"$P/tunnel"; : >"$P/forward"; : >"$P/mirror"; : >"$P/regcpu-tunnel"; : >"$P/regcpu-forward"; : >"$P/regcpu-mirror"
 pull_hwm=0; pull_gets_ok=1
-# pull WAY: time one `skopeo copy` into an empty dir (WAY = direct | proxy | tunnel | forward;
-# all but direct through HTTPS_PROXY; the tunnel shows the client the registry's certificate).
+# skopeo's mirror config: pulls of the registry go to the daemon's mirror port over plain HTTP
+# (as containerd does with a hosts.toml mirror); the daemon's registryMirror.url is the registry.
+cat >"$P/registries.conf" <<CONF
+[[registry]]
+location = "$REG"
+[[registry.mirror]]
+location = "127.0.0.1:$PROXY_PORT"
+insecure = true
+CONF
+# pull WAY: time one `skopeo copy` into an empty dir (WAY = direct | proxy | tunnel | forward |
+# mirror; proxy, tunnel and forward through HTTPS_PROXY, the tunnel showing the client the
+# registry's certificate; mirror through registries.conf).
 pull() {
   local s e env_args=(env -u http_proxy -u https_proxy -u HTTP_PROXY -u HTTPS_PROXY -u ALL_PROXY -u NO_PROXY -u no_proxy)
   local certs="$P/trust-origin"
-  if [ "$1" != direct ]; then env_args+=(HTTPS_PROXY="http://127.0.0.1:$PROXY_PORT"); certs="$P/trust-proxy"; fi
-  if [ "$1" = tunnel ]; then certs="$P/trust-origin"; fi
+  local global=()
+  case $1 in
+    proxy | forward) env_args+=(HTTPS_PROXY="http://127.0.0.1:$PROXY_PORT"); certs="$P/trust-proxy" ;;
+    tunnel) env_args+=(HTTPS_PROXY="http://127.0.0.1:$PROXY_PORT") ;;
+    mirror) global=(--registries-conf "$P/registries.conf") ;;
+  esac
   rm -rf "$P/out"; sync
   s=$(date +%s.%N)
   local r0; r0=$(ticks "$REG_PID")
-  "${env_args[@]}" skopeo copy -q --src-cert-dir "$certs" "$APP" "dir:$P/out" >"$P/skopeo.log" 2>&1 ||
+  "${env_args[@]}" skopeo "${global[@]}" copy -q --src-cert-dir "$certs" "$APP" "dir:$P/out" >"$P/skopeo.log" 2>&1 ||
     die "skopeo copy ($1) failed: $(tail -5 "$P/skopeo.log")"
   e=$(date +%s.%N)
   echo $(($(ticks "$REG_PID") - r0)) >>"$P/regcpu-$1"
@@ -327,12 +342,13 @@ for i in $(seq "$PULL_RUNS"); do
   echo "$d" >>"$P/direct"; echo "$p" >>"$P/viaproxy"
   start_dfdaemon "" tunnel; t=$(pull tunnel)
   start_dfdaemon "" forward; f=$(pull forward)
+  start_dfdaemon; m=$(pull mirror)
   stop_pid "$DPID"; DPID=""
-  echo "$t" >>"$P/tunnel"; echo "$f" >>"$P/forward"
-  printf 'cold skopeo copy, run %d: direct %.2fs  proxy %.2fs (origin sent %d MiB for the proxied pull; dfdaemon peak RSS %d MiB); floors: tunnel %.2fs, hijack without P2P %.2fs\n' \
-    "$i" "$d" "$p" $(((after - before) >> 20)) "$h" "$t" "$f"
+  echo "$t" >>"$P/tunnel"; echo "$f" >>"$P/forward"; echo "$m" >>"$P/mirror"
+  printf 'cold skopeo copy, run %d: direct %.2fs  proxy %.2fs (origin sent %d MiB for the proxied pull; dfdaemon peak RSS %d MiB); mirror %.2fs; floors: tunnel %.2fs, hijack without P2P %.2fs\n' \
+    "$i" "$d" "$p" $(((after - before) >> 20)) "$h" "$m" "$t" "$f"
 done
-pd=$(median <"$P/direct"); pp=$(median <"$P/viaproxy"); pt=$(median <"$P/tunnel"); pf=$(median <"$P/forward")
+pd=$(median <"$P/direct"); pp=$(median <"$P/viaproxy"); pt=$(median <"$P/tunnel"); pf=$(median <"$P/forward"); pm=$(median <"$P/mirror")
 cpu_s() { echo "$(median <"$1") / $HZ" | bc -l; }
 reg_d=$(cpu_s "$P/regcpu-direct"); reg_p=$(cpu_s "$P/regcpu-proxy"); df_p=$(cpu_s "$P/dfcpu")
 
@@ -356,6 +372,7 @@ printf 'Cold skopeo copy of %s (%s MiB, %d layers) into dir:, median of %d, empt
   "$IMAGE2_REPO:$IMAGE2_TAG" "$LAYERS_MIB" "$(wc -w <<<"$IMAGE2_LAYERS")" "$PULL_RUNS"
 row "" "direct" "via proxy" "ratio" "target"; rule
 row "wall time" "$(printf '%.2f s' "$pd")" "$(printf '%.2f s' "$pp")" "$(ratio "$pp" "$pd")" "<= 1.1x"
+row "P2P through the mirror (plain HTTP to it)" "$(printf '%.2f s' "$pd")" "$(printf '%.2f s' "$pm")" "$(ratio "$pm" "$pd")" ""
 row "floor: CONNECT tunnel, nothing intercepted" "$(printf '%.2f s' "$pd")" "$(printf '%.2f s' "$pt")" "$(ratio "$pt" "$pd")" ""
 row "floor: hijacked, forwarded (no P2P, no disk)" "$(printf '%.2f s' "$pd")" "$(printf '%.2f s' "$pf")" "$(ratio "$pf" "$pd")" ""
 row "registry CPU" "$(printf '%.2f s' "$reg_d")" "$(printf '%.2f s' "$reg_p")" "$(ratio "$reg_p" "$reg_d")" ""

@@ -782,6 +782,23 @@ async fn stored_blobs_go_out_with_sendfile_and_other_requests_share_the_connecti
             .contains(&format!("content-range: bytes */{len}")),
         "{head}"
     );
+    // A client that tries TLS first on the plain port (skopeo with an `insecure` mirror) is
+    // refused at once, so it falls back to plain HTTP without waiting for its handshake timeout.
+    let mut s = tokio::net::TcpStream::connect(d.proxy)
+        .await
+        .expect("connect");
+    s.write_all(&[
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ])
+    .await
+    .expect("send");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut answer))
+        .await
+        .expect("answered and closed within 2 s, not left waiting")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     // The origin served the blob once, for the first GET.
     assert_eq!(origin.stats().for_path(&path), (1, data.len() as u64));
 }

@@ -40,6 +40,11 @@ pub(super) async fn serve(proxy: Arc<Proxy>, mut stream: TcpStream, peer: Socket
             if buf.len() > MAX_HEAD {
                 break None; // hyper answers 431
             }
+            if !buf.is_empty() && !could_be_http(&buf) {
+                // Not HTTP (a client trying TLS first, as skopeo does with an `insecure`
+                // mirror): hyper refuses it at once instead of both sides waiting for more.
+                break None;
+            }
             match stream.read_buf(&mut buf).await {
                 Ok(0) if buf.is_empty() => return, // closed between requests
                 Ok(0) => break None,               // hyper reports the broken request
@@ -98,6 +103,12 @@ pub(super) async fn serve(proxy: Arc<Proxy>, mut stream: TcpStream, peer: Socket
             return;
         }
     }
+}
+
+/// Whether these first bytes of a request head may still become a valid one.
+fn could_be_http(buf: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    httparse::Request::new(&mut headers).parse(buf).is_ok()
 }
 
 /// Where the request head ends (after its blank line).
@@ -319,6 +330,15 @@ mod tests {
         ] {
             assert!(parse(other.as_bytes()).is_none(), "{other}");
         }
+    }
+
+    #[test]
+    fn partial_heads_are_told_from_other_protocols() {
+        assert!(could_be_http(b"GE"));
+        assert!(could_be_http(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n"));
+        // The start of a TLS ClientHello.
+        assert!(!could_be_http(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]));
+        assert!(!could_be_http(b"GET /v2/ HTTP/1.1\r\nBad Header\r\n"));
     }
 
     #[tokio::test]
