@@ -82,10 +82,11 @@ BLOB=$IMAGE1_LAYERS
 BLOB_BYTES=$IMAGE1_BYTES
 BLOB_PATH="/v2/$IMAGE1_REPO/blobs/$BLOB"
 
-# origin_gets DIGEST: "GETs bytes" the registry served for the blob (its access log).
+# origin_gets DIGEST: "GETs bytes" the registry served for the blob (its access log). Sums print
+# with %.0f: mawk's %d stops at 2^31-1, which once froze the count of a layer served 8 times.
 origin_gets() {
   awk -v d="$1" '$6 == "\"GET" && index($7, "/blobs/" d) && ($9 == 200 || $9 == 206) {n++; b += $10}
-    END {printf "%d %d\n", n, b}' "$REG_ACCESS_LOG"
+    END {printf "%d %.0f\n", n, b}' "$REG_ACCESS_LOG"
 }
 
 # --- trust, CA, configs -------------------------------------------------------------------------
@@ -314,30 +315,41 @@ pull() {
   rm -rf "$P/out"
   echo "$e - $s" | bc -l
 }
-layers_served() { local n=0 b d; for d in $IMAGE2_LAYERS; do read -r _ b < <(origin_gets "$d"); n=$((n + b)); done; echo "$n"; }
-# layers_settled: layers_served once the access log stopped growing (the registry logs a request
-# after its response ended, which can trail the client by a moment).
-layers_settled() {
-  local a b; a=$(layers_served)
-  for _ in $(seq 40); do sleep 0.1; b=$(layers_served); [ "$a" = "$b" ] && break; a=$b; done
+# layer_bytes_since LINE: bytes of the image's layers the registry sent in the GETs it logged
+# after line LINE of its access log.
+layer_bytes_since() {
+  awk -v from="$1" -v layers="$IMAGE2_LAYERS" 'BEGIN {n = split(layers, l, " ")}
+    NR > from && $6 == "\"GET" && ($9 == 200 || $9 == 206) {for (i = 1; i <= n; i++) if (index($7, "/blobs/" l[i])) b += $10}
+    END {printf "%.0f\n", b}' "$REG_ACCESS_LOG"
+}
+# log_settled: the access log's line count once it stopped growing for 0.3 s (the registry logs
+# a request after its response ended, which can trail the client by a moment).
+log_settled() {
+  local a b same=0; a=$(wc -l <"$REG_ACCESS_LOG")
+  for _ in $(seq 50); do
+    sleep 0.1; b=$(wc -l <"$REG_ACCESS_LOG")
+    if [ "$a" = "$b" ]; then same=$((same + 1)); [ "$same" -ge 3 ] && break; else same=0; a=$b; fi
+  done
   echo "$a"
 }
-# layers_after BEFORE: layers_served, once the registry logged the proxied pull (it logs a
-# request after its response ended, which can trail the client by a moment).
-layers_after() {
-  local n
-  for _ in $(seq 100); do n=$(layers_served); [ $((n - $1)) -ge "$IMAGE2_BYTES" ] && break; sleep 0.05; done
-  echo "$n"
+# proxied_pull: time a pull through the proxy (printed), and the layer bytes the registry sent
+# for it (into $P/pulled).
+proxied_pull() {
+  local l0 t; l0=$(log_settled)
+  t=$(pull proxy)
+  for _ in $(seq 100); do [ "$(layer_bytes_since "$l0")" -ge "$IMAGE2_BYTES" ] && break; sleep 0.05; done
+  log_settled >/dev/null
+  layer_bytes_since "$l0" >"$P/pulled"
+  echo "$t"
 }
 for i in $(seq "$PULL_RUNS"); do
   start_dfdaemon
   df_t0=$(ticks "$DPID")
-  before=$(layers_settled)
-  if [ $((i % 2)) = 1 ]; then p=$(pull proxy); after=$(layers_after "$before"); d=$(pull direct)
-  else d=$(pull direct); before=$(layers_settled); p=$(pull proxy); after=$(layers_after "$before"); fi
+  if [ $((i % 2)) = 1 ]; then p=$(proxied_pull); d=$(pull direct); else d=$(pull direct); p=$(proxied_pull); fi
+  pulled=$(cat "$P/pulled")
   h=$(hwm_mib "$DPID"); [ "$h" -gt "$pull_hwm" ] && pull_hwm=$h
   echo $(($(ticks "$DPID") - df_t0)) >>"$P/dfcpu"
-  [ $((after - before)) = "$IMAGE2_BYTES" ] || pull_gets_ok=0
+  [ "$pulled" = "$IMAGE2_BYTES" ] || pull_gets_ok=0
   stop_pid "$DPID"; DPID=""
   echo "$d" >>"$P/direct"; echo "$p" >>"$P/viaproxy"
   start_dfdaemon "" tunnel; t=$(pull tunnel)
@@ -346,7 +358,7 @@ for i in $(seq "$PULL_RUNS"); do
   stop_pid "$DPID"; DPID=""
   echo "$t" >>"$P/tunnel"; echo "$f" >>"$P/forward"; echo "$m" >>"$P/mirror"
   printf 'cold skopeo copy, run %d: direct %.2fs  proxy %.2fs (origin sent %d MiB for the proxied pull; dfdaemon peak RSS %d MiB); mirror %.2fs; floors: tunnel %.2fs, hijack without P2P %.2fs\n' \
-    "$i" "$d" "$p" $(((after - before) >> 20)) "$h" "$m" "$t" "$f"
+    "$i" "$d" "$p" $((pulled >> 20)) "$h" "$m" "$t" "$f"
 done
 pd=$(median <"$P/direct"); pp=$(median <"$P/viaproxy"); pt=$(median <"$P/tunnel"); pf=$(median <"$P/forward"); pm=$(median <"$P/mirror")
 cpu_s() { echo "$(median <"$1") / $HZ" | bc -l; }
