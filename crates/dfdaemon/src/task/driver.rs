@@ -8,7 +8,7 @@ use crate::scheduling::{Answer, PeerLink, Schedulers, piece_report};
 use crate::source::Probe;
 use crate::source::http::content_range;
 use crate::storage::{NewTask, PieceRecord, Storage, StorageError};
-use dragonfly_common::piece::{PieceLayout, PieceRange};
+use dragonfly_common::piece::PieceLayout;
 use dragonfly_common::task_id::TaskId;
 use dragonfly_proto::Download;
 use dragonfly_proto::scheduler::v1::announce_peer_request::Request;
@@ -677,9 +677,23 @@ async fn run(
                     set.spawn(async move {
                         let r = match client.fetch(&p, &id, n).await {
                             Ok(resp) => {
-                                write_piece(&storage, &id, range, resp, expected, Some(&p.id))
-                                    .await
-                                    .map(Some)
+                                let mut got = None;
+                                let commit = Commit {
+                                    expected_crc: expected,
+                                    from: &p.id,
+                                };
+                                write_lane(
+                                    &storage,
+                                    &id,
+                                    layout,
+                                    n..n + 1,
+                                    resp,
+                                    None,
+                                    commit,
+                                    |r, _| got = Some(r),
+                                )
+                                .await
+                                .map(|()| got)
                             }
                             Err(e) => Err(PieceError::Remote(e, true)),
                         };
@@ -735,6 +749,7 @@ async fn run(
                                     n..end,
                                     resp,
                                     hash.as_ref(),
+                                    Commit::SOURCE,
                                     |p, cost| {
                                         let _ = tx.send((p, cost));
                                     },
@@ -971,48 +986,6 @@ fn check_range(resp: &reqwest::Response, first: u64, end: u64) -> Result<(), Str
     }
 }
 
-/// Stream a response body into piece `range`, verifying `expected_crc` when given.
-async fn write_piece(
-    storage: &Storage,
-    id: &TaskId,
-    range: PieceRange,
-    mut resp: reqwest::Response,
-    expected_crc: Option<u32>,
-    parent_id: Option<&str>,
-) -> Result<PieceRecord, PieceError> {
-    let (s, i, n) = (storage.clone(), id.clone(), range.number);
-    let mut writer = blocking(move || s.piece_writer(&i, n))
-        .await
-        .map_err(PieceError::Storage)?;
-    let mut buf = Vec::with_capacity(WRITE_CHUNK.min(range.length as usize));
-    loop {
-        let chunk = match resp.chunk().await {
-            Ok(Some(c)) => c,
-            Ok(None) => break,
-            Err(e) => return Err(PieceError::Remote(crate::download::error_chain(&e), true)),
-        };
-        buf.extend_from_slice(&chunk);
-        if buf.len() >= WRITE_CHUNK {
-            (writer, buf) = blocking(move || {
-                writer.write(&buf)?;
-                buf.clear();
-                Ok((writer, buf))
-            })
-            .await
-            .map_err(piece_write_error)?;
-        }
-    }
-    let parent = parent_id.map(str::to_string);
-    blocking(move || {
-        if !buf.is_empty() {
-            writer.write(&buf)?;
-        }
-        writer.commit(expected_crc, parent.as_deref())
-    })
-    .await
-    .map_err(piece_write_error)
-}
-
 fn piece_write_error(e: StorageError) -> PieceError {
     if e.is_corrupt_piece() {
         PieceError::Corrupt(e.to_string())
@@ -1040,6 +1013,7 @@ async fn stream_all(
         0..layout.piece_count(),
         resp,
         hash,
+        Commit::SOURCE,
         |record, cost| {
             sched.piece_stored(&record, None, cost);
             task.piece_stored(record);
@@ -1071,9 +1045,27 @@ fn lane_piece_stored(
     }
 }
 
+/// How the pieces of a response are recorded.
+#[derive(Clone, Copy)]
+struct Commit<'a> {
+    /// The crc32 a parent announced for its piece (a parent's response is one piece).
+    expected_crc: Option<u32>,
+    /// Where the bytes came from: a parent's peer id, or "" for the source.
+    from: &'a str,
+}
+
+impl Commit<'static> {
+    const SOURCE: Self = Commit {
+        expected_crc: None,
+        from: "",
+    };
+}
+
 /// Store a response that carries `pieces` back to back, committing each piece as soon as its
 /// last byte is written and handing it to `stored` with the time it took. The content hash,
-/// when it has reached a piece, is fed the same buffers on the way to the file.
+/// when it has reached a piece, is fed the same buffers on the way to the file. A body that
+/// ends early, or goes on past the last piece, fails (the last piece is then not recorded).
+#[allow(clippy::too_many_arguments)]
 async fn write_lane(
     storage: &Storage,
     id: &TaskId,
@@ -1081,10 +1073,12 @@ async fn write_lane(
     pieces: std::ops::Range<u32>,
     mut resp: reqwest::Response,
     hash: Option<&InlineHash>,
+    commit: Commit<'_>,
     mut stored: impl FnMut(PieceRecord, Duration),
 ) -> Result<(), PieceError> {
     let mut buf: Vec<u8> = Vec::with_capacity(WRITE_CHUNK);
     let mut carry = bytes::Bytes::new();
+    let last = pieces.end.saturating_sub(1);
     for n in pieces {
         let Some(range) = layout.piece(n) else {
             break;
@@ -1138,7 +1132,26 @@ async fn write_lane(
             .await
             .map_err(piece_write_error)?;
         }
-        let record = blocking(move || writer.commit(None, Some("")))
+        if n == last {
+            let more = match carry.is_empty() {
+                true => resp.chunk().await.map(|c| c.is_some_and(|c| !c.is_empty())),
+                false => Ok(true),
+            };
+            match more {
+                Ok(false) => {}
+                Ok(true) => {
+                    return Err(PieceError::Remote(
+                        format!("the body goes on past the end of piece {n}"),
+                        true,
+                    ));
+                }
+                Err(e) => {
+                    return Err(PieceError::Remote(crate::download::error_chain(&e), true));
+                }
+            }
+        }
+        let from = commit.from.to_string();
+        let record = blocking(move || writer.commit(commit.expected_crc, Some(&from)))
             .await
             .map_err(piece_write_error)?;
         if let (Some(h), Some(done)) = (hash, hashing)
