@@ -205,8 +205,8 @@ async fn stored_blob(proxy: &Proxy, ask: &Ask) -> Option<(TaskRecord, TaskId, Di
         .then_some((record, id, digest))
 }
 
-/// The status line and headers: those of [`super::p2p`]'s answer for the same blob; `part` is
-/// the byte range `[from, to)` of a 206.
+/// The status line and headers: those of [`super::p2p`]'s answer for the same blob
+/// ([`super::p2p::headers_for`]); `part` is the byte range `[from, to)` of a 206.
 fn response_head(
     record: &TaskRecord,
     id: &TaskId,
@@ -215,19 +215,30 @@ fn response_head(
     close: bool,
 ) -> String {
     let len = record.content_length;
-    let (status, length, range) = match part {
-        Some((from, to)) => (
-            "206 Partial Content",
-            to - from,
-            format!("content-range: bytes {from}-{}/{len}\r\n", to - 1),
-        ),
-        None => ("200 OK", len, String::new()),
+    let mut h = HeaderMap::new();
+    let (status, length) = match part {
+        Some((from, to)) => ("206 Partial Content", to - from),
+        None => ("200 OK", len),
     };
-    format!(
-        "HTTP/1.1 {status}\r\ncontent-length: {length}\r\n{range}content-type: application/octet-stream\r\naccept-ranges: bytes\r\ndocker-content-digest: {digest}\r\netag: \"{digest}\"\r\n{}: {id}\r\n{SERVED_HEADER}: sendfile\r\n{}\r\n",
-        super::p2p::TASK_HEADER,
-        if close { "connection: close\r\n" } else { "" },
-    )
+    super::p2p::headers_for(&mut h, id, Some(digest), length);
+    if let Some((from, to)) = part
+        && let Ok(v) = HeaderValue::from_str(&format!("bytes {from}-{}/{len}", to - 1))
+    {
+        h.insert(http::header::CONTENT_RANGE, v);
+    }
+    h.insert(SERVED_HEADER, HeaderValue::from_static("sendfile"));
+    if close {
+        h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    let mut head = format!("HTTP/1.1 {status}\r\n");
+    for (name, value) in &h {
+        head.push_str(name.as_str());
+        head.push_str(": ");
+        head.push_str(&String::from_utf8_lossy(value.as_bytes()));
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    head
 }
 
 /// hyper serves the rest of the connection, starting with the bytes already read.

@@ -107,7 +107,7 @@ pub(crate) async fn head_from_storage(proxy: &Proxy, url: &str) -> Option<Respon
     Some(r)
 }
 
-fn headers_for(h: &mut http::HeaderMap, id: &TaskId, digest: Option<&Digest>, len: u64) {
+pub(super) fn headers_for(h: &mut http::HeaderMap, id: &TaskId, digest: Option<&Digest>, len: u64) {
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     h.insert(
         header::CONTENT_TYPE,
