@@ -6,3 +6,4 @@ pub mod digest;
 pub mod hashring;
 pub mod piece;
 pub mod task_id;
+pub mod validator;

@@ -802,3 +802,60 @@ async fn stored_blobs_go_out_with_sendfile_and_other_requests_share_the_connecti
     // The origin served the blob once, for the first GET.
     assert_eq!(origin.stats().for_path(&path), (1, data.len() as u64));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_blob_damaged_on_disk_is_never_served_whole() {
+    let data = random_bytes(41, 12 * MIB + 9);
+    let (path, digest) = blob_path(&data);
+    let (origin, running) = origin_with(vec![(path.clone(), Resource::bytes(data.clone()))]).await;
+    let d = daemon("").await;
+    let c = d.client();
+    let url = running.url(&path);
+    let body = c
+        .get(&url)
+        .send()
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("body");
+    assert!(body == data);
+    // 8 bytes overwritten inside piece 1 (4 MiB pieces) of the stored content.
+    let id = TaskId::for_blob_digest(&digest);
+    let file = d
+        .cfg
+        .data_dir
+        .join("content")
+        .join(&id.as_str()[..2])
+        .join(id.as_str());
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&file)
+            .expect("content file");
+        f.write_all_at(b"garbage!", 4 * MIB as u64 + 1000)
+            .expect("scribble");
+    }
+    let r = c.get(&url).send().await.expect("get");
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.bytes().await.is_err(),
+        "the response is cut short before the damaged piece's last bytes"
+    );
+    // The damaged piece was dropped and is fetched again for the next request.
+    let body = c
+        .get(&url)
+        .send()
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("body");
+    assert!(body == data);
+    let served = origin.stats().for_path(&path).1;
+    assert!(
+        served > data.len() as u64 && served < 2 * data.len() as u64,
+        "only the damaged piece came from the origin again ({served})"
+    );
+}

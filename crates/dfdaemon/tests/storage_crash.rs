@@ -69,6 +69,7 @@ fn child_loop(s: Storage, seed: u64) -> ! {
                         content_length: len,
                         piece_length: PIECE_LENGTH,
                         digest: None,
+                        validator: None,
                     })?;
                     if rng.random_bool(0.3) {
                         s.start_task(&t)?;

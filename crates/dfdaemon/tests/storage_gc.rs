@@ -42,6 +42,7 @@ impl Fixture {
                 content_length: len,
                 piece_length: 4,
                 digest: None,
+                validator: None,
             })
             .unwrap();
         t

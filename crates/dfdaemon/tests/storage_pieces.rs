@@ -16,6 +16,7 @@ fn new_task(id: &TaskId, len: u64, piece_length: u64) -> NewTask {
         content_length: len,
         piece_length,
         digest: Some(format!("sha256:{}", "0".repeat(64))),
+        validator: None,
     }
 }
 

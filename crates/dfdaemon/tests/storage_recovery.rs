@@ -17,6 +17,7 @@ fn new_task(id: &TaskId, len: u64, piece_length: u64) -> NewTask {
         content_length: len,
         piece_length,
         digest: None,
+        validator: None,
     }
 }
 

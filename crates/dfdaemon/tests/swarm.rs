@@ -619,6 +619,7 @@ mod liar {
                         content_length: Some(len),
                         piece_count: Some(count),
                         piece_length: Some(pl),
+                        ..Default::default()
                     })
                 })
                 .collect();

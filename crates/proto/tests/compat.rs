@@ -462,6 +462,7 @@ fn sync_pieces_response_embeds_piece_metadata_only() {
         content_length: Some(10 << 20),
         piece_count: Some(3),
         piece_length: Some(4 << 20),
+        ..Default::default()
     };
     let bytes = resp.encode_to_vec();
     // No piece bytes on gRPC: the whole message is tiny.

@@ -71,6 +71,7 @@ impl DfdaemonUpload for Parent {
                     content_length: Some(3 * PIECE_LEN),
                     piece_count: Some(3),
                     piece_length: Some(PIECE_LEN),
+                    ..Default::default()
                 };
                 if tx.send(Ok(msg)).await.is_err() {
                     return; // child went away

@@ -57,6 +57,11 @@ pub struct Behavior {
     pub break_first_gets: u64,
     /// Body bytes sent before a breaking GET fails.
     pub break_after: u64,
+    /// The content is replaced by a new version after this many GETs (`(n, bytes)`): the
+    /// first n GETs get the resource's bytes with `ETag: "v1"`, later ones these with
+    /// `ETag: "v2"`. `If-Range` is honoured: a range asked of another version gets the whole
+    /// current content with 200.
+    pub new_version_after_gets: Option<(u64, Bytes)>,
 }
 
 /// Where a resource's bytes come from.
@@ -442,7 +447,17 @@ async fn handle(origin: &Origin, req: Request<Incoming>) -> Response<Body> {
     if !is_head && req.method() != Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
     }
-    let len = match &resource.content {
+    let gets_so_far = stats.for_path(&path).0;
+    let (content, etag) = match &b.new_version_after_gets {
+        Some((n, new)) if gets_so_far >= *n => (Content::Memory(new.clone()), Some("\"v2\"")),
+        Some(_) => (resource.content.clone(), Some("\"v1\"")),
+        None => (resource.content.clone(), None),
+    };
+    let same_version = match (req.headers().get(header::IF_RANGE), etag) {
+        (Some(asked), Some(current)) => asked.as_bytes() == current.as_bytes(),
+        _ => true,
+    };
+    let len = match &content {
         Content::Memory(b) => b.len() as u64,
         Content::File(p) => match tokio::fs::metadata(p).await {
             Ok(m) => m.len(),
@@ -453,7 +468,7 @@ async fn handle(origin: &Origin, req: Request<Incoming>) -> Response<Body> {
         .headers()
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
-        .filter(|_| !b.ignore_range)
+        .filter(|_| !b.ignore_range && same_version)
         .and_then(|v| parse_range(v, len));
     let (status, start, end_incl) = match range {
         Some(Ok((s, e))) => (StatusCode::PARTIAL_CONTENT, s, e),
@@ -474,6 +489,9 @@ async fn handle(origin: &Origin, req: Request<Incoming>) -> Response<Body> {
     if !b.ignore_range {
         builder = builder.header(header::ACCEPT_RANGES, "bytes");
     }
+    if let Some(etag) = etag {
+        builder = builder.header(header::ETAG, etag);
+    }
     if status == StatusCode::PARTIAL_CONTENT {
         builder = builder.header(
             header::CONTENT_RANGE,
@@ -490,7 +508,7 @@ async fn handle(origin: &Origin, req: Request<Incoming>) -> Response<Body> {
     }
     let breaking = b.break_first_gets > stats.for_path(&path).0;
     stats.add_get(&path);
-    let frames = body_frames(resource.content.clone(), start, count);
+    let frames = body_frames(content, start, count);
     // A breaking GET: its frames up to `break_after` bytes, then an error (hyper drops the
     // connection, the client sees a short body).
     let cut = breaking.then_some(b.break_after);

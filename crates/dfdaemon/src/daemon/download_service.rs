@@ -6,26 +6,24 @@
 //! with the registry auth the resolution obtained (an `Authorization: Basic` request header
 //! carries dfget's credentials for the token exchange).
 
+use super::deliver::Delivery;
 use super::output::OutputWriter;
 use crate::config::OrasConfig;
 use crate::download::validate_url;
 use crate::source::HttpSource;
 use crate::source::oras::{self, OrasClient, OrasError, OrasOptions, OrasReference, RegistryAuth};
-use crate::storage::PieceRecord;
-use crate::task::{Parent, Phase, TaskManager, TaskRequest};
+use crate::task::{Parent, TaskManager, TaskRequest};
 use dragonfly_common::digest::Digest;
 use dragonfly_common::task_id::TaskId;
 use dragonfly_proto::DfdaemonDownload;
-use dragonfly_proto::common::v1::{Piece, Task as ProtoTask};
+use dragonfly_proto::common::v1::Task as ProtoTask;
 use dragonfly_proto::dfdaemon::v1::{
-    DeleteTaskRequest, DownloadPieceFinishedResponse, DownloadTaskRequest, DownloadTaskResponse,
-    DownloadTaskStartedResponse, StatTaskRequest, download_task_response,
+    DeleteTaskRequest, DownloadTaskRequest, DownloadTaskResponse, StatTaskRequest,
 };
 use http::{HeaderMap, HeaderName, HeaderValue};
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::pin::Pin;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -155,17 +153,6 @@ fn blob_task_id(url: &str, digest: Option<&Digest>) -> Option<TaskId> {
     (Some(&d) == digest).then(|| TaskId::for_blob_digest(&d))
 }
 
-fn proto_piece(p: &PieceRecord) -> Piece {
-    Piece {
-        number: p.number,
-        offset: p.offset,
-        length: p.length,
-        crc32: Some(p.crc32),
-        parent_id: p.parent_id.clone().unwrap_or_default(),
-        ..Default::default()
-    }
-}
-
 fn headers(raw: &std::collections::HashMap<String, String>) -> Result<HeaderMap, Status> {
     let mut map = HeaderMap::new();
     for (k, v) in raw {
@@ -238,35 +225,24 @@ impl DfdaemonDownload for DownloadService {
         };
         let task = self
             .engine
-            .download(treq)
+            .download(treq.clone())
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
-        let mut updates = task.subscribe();
         let layout = task
             .layout()
             .await
             .map_err(|e| Status::failed_precondition(e.to_string()))?;
-        let (storage, id) = (self.engine.storage().clone(), task.id.clone());
-        let (s, i) = (storage.clone(), id.clone());
+        let storage = self.engine.storage().clone();
+        let (s, i) = (storage.clone(), task.id.clone());
         let stored = tokio::task::spawn_blocking(move || s.pieces(&i))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::internal(e.to_string()))?;
-        let host_id = self.engine.host_id().to_string();
-        let multiplex = self.multiplex;
-        let (tx, rx) = mpsc::channel(64);
-        let peer_id = task.peer_id.clone();
-        let msg = move |r: download_task_response::Response| DownloadTaskResponse {
-            host_id: host_id.clone(),
-            task_id: id.to_string(),
-            peer_id: peer_id.clone(),
-            response: Some(r),
-        };
-        let pin = self.engine.pin(&task.id);
         let content = storage.content_path(&task.id);
-        let mut writer = match &output {
+        let writer = match &output {
             Some(out) => {
                 let (c, o, len) = (content.clone(), out.clone(), layout.content_length());
+                let multiplex = self.multiplex;
                 let w =
                     tokio::task::spawn_blocking(move || OutputWriter::new(&c, &o, multiplex, len))
                         .await
@@ -276,114 +252,20 @@ impl DfdaemonDownload for DownloadService {
             }
             None => None,
         };
-        tokio::spawn(async move {
-            let _pin = pin;
-            let mut sent: HashSet<u32> = stored.iter().map(|p| p.number).collect();
-            let finished_now = sent.len() as u32 == layout.piece_count();
-            let started = DownloadTaskStartedResponse {
-                content_length: Some(layout.content_length()),
-                piece_length: Some(layout.piece_length()),
-                pieces: stored.iter().map(proto_piece).collect(),
-                is_finished: finished_now,
-            };
-            if tx.send(Ok(msg(started.into()))).await.is_err() {
-                return;
-            }
-            let fail = |e: std::io::Error| Status::internal(format!("writing the output: {e}"));
-            let mut copied: HashSet<u32> = HashSet::new();
-            let mut pending: Vec<(u32, u64, u64)> = stored
-                .iter()
-                .map(|p| (p.number, p.offset, p.length))
-                .collect();
-            let mut watch = task.watch();
-            loop {
-                if !pending.is_empty() {
-                    if let Some(w) = writer.take() {
-                        let batch = std::mem::take(&mut pending);
-                        let done = tokio::task::spawn_blocking(move || {
-                            let mut w = w;
-                            for (_, off, len) in &batch {
-                                w.piece(*off, *len)?;
-                            }
-                            Ok::<_, std::io::Error>((w, batch))
-                        })
-                        .await;
-                        match done {
-                            Ok(Ok((w, batch))) => {
-                                copied.extend(batch.iter().map(|b| b.0));
-                                writer = Some(w);
-                            }
-                            Ok(Err(e)) => {
-                                let _ = tx.send(Err(fail(e))).await;
-                                return;
-                            }
-                            Err(e) => {
-                                let _ = tx.send(Err(Status::internal(e.to_string()))).await;
-                                return;
-                            }
-                        }
-                    } else {
-                        pending.clear();
-                    }
-                }
-                let phase = watch.borrow().phase.clone();
-                match phase {
-                    Phase::Failed(e) => {
-                        let _ = tx.send(Err(Status::aborted(e.to_string()))).await;
-                        return;
-                    }
-                    Phase::Finished => break,
-                    _ => {}
-                }
-                tokio::select! {
-                    got = updates.recv() => match got {
-                        Ok(p) => {
-                            pending.push((p.number, p.offset, p.length));
-                            if sent.insert(p.number) {
-                                let m = msg(DownloadPieceFinishedResponse { piece: Some(proto_piece(&p)) }.into());
-                                if tx.send(Ok(m)).await.is_err() { return; }
-                            }
-                        }
-                        Err(broadcast::error::RecvError::Lagged(_)) | Err(broadcast::error::RecvError::Closed) => {}
-                    },
-                    changed = watch.changed() => if changed.is_err() { break },
-                }
-            }
-            // Pieces whose events were missed (or queued at the end): report and copy them now.
-            while let Ok(p) = updates.try_recv() {
-                if sent.insert(p.number) {
-                    let m = msg(DownloadPieceFinishedResponse {
-                        piece: Some(proto_piece(&p)),
-                    }
-                    .into());
-                    let _ = tx.send(Ok(m)).await;
-                }
-            }
-            if let (Some(mut w), Some(out)) = (writer, output) {
-                let rest: Vec<_> = layout
-                    .pieces()
-                    .filter(|p| !copied.contains(&p.number))
-                    .collect();
-                let result = tokio::task::spawn_blocking(move || {
-                    for p in rest {
-                        w.piece(p.offset, p.length)?;
-                    }
-                    w.commit()
-                })
-                .await;
-                match result {
-                    Ok(Ok(mode)) => {
-                        tracing::info!(task = %task.id, output = %out.display(), ?mode, "output written")
-                    }
-                    Ok(Err(e)) => {
-                        let _ = tx.send(Err(fail(e))).await;
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(Status::internal(e.to_string()))).await;
-                    }
-                }
-            }
-        });
+        let (tx, rx) = mpsc::channel(64);
+        let delivery = Delivery {
+            engine: self.engine.clone(),
+            digest: treq.digest.clone(),
+            request: treq,
+            task,
+            layout,
+            stored,
+            writer,
+            output,
+            host_id: self.engine.host_id().to_string(),
+            tx,
+        };
+        tokio::spawn(delivery.run());
         let mut resp = Response::new(Box::pin(ReceiverStream::new(rx)) as Self::DownloadTaskStream);
         if let Some(v) = verified.and_then(|d| d.to_string().parse().ok()) {
             resp.metadata_mut().insert(DIGEST_METADATA, v);

@@ -1,6 +1,7 @@
 //! The daemon process: storage, task engine, upload server, local download socket, GC.
 
 pub mod cli;
+mod deliver;
 pub mod download_service;
 pub mod logging;
 pub mod output;

@@ -72,6 +72,15 @@ pub enum DownloadError {
         /// What the bytes hash to.
         actual: String,
     },
+    /// The source's content changed during the download (another `ETag`, `Last-Modified` or
+    /// length), even after starting over.
+    #[error("{url} changed during the download ({why}); the partial output was removed")]
+    SourceChanged {
+        /// The URL.
+        url: String,
+        /// What changed.
+        why: String,
+    },
     /// The whole download took longer than `--timeout`.
     #[error("download of {url} timed out after {}", humantime::format_duration(*.after))]
     Timeout {

@@ -2,10 +2,11 @@
 
 use super::DownloadError;
 use super::output::{TempOutput, prepare_output, validate_url};
-use crate::source::http::{content_length, content_range};
+use crate::source::http::{content_length, content_range, validator_of};
 use crate::source::{HttpSource, Probe, SourceOptions};
 use dragonfly_common::digest::{Algorithm, Digest};
 use dragonfly_common::piece::{PieceLayout, PieceRange};
+use dragonfly_common::validator::SourceValidator;
 use http::{HeaderMap, StatusCode};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -124,7 +125,18 @@ pub(crate) async fn download_url(
     validate_url(&req.url)?;
     let tmp = prepare_output(&req.output, req.overwrite)?;
     let started = Instant::now();
-    let mut summary = within(req, fetch(req, &tmp, progress)).await?;
+    // An origin whose content changes mid-download is started over once, from its new version.
+    let work = async {
+        match fetch(req, &tmp, progress).await {
+            Err(DownloadError::SourceChanged { why, .. }) => {
+                tracing::warn!(url = %req.url, change = %why, "the source changed during the download; starting over");
+                let _ = std::fs::remove_file(&tmp.path);
+                fetch(req, &tmp, progress).await
+            }
+            other => other,
+        }
+    };
+    let mut summary = within(req, work).await?;
     if let (Some(expected), Some(actual)) = (&req.digest, &summary.digest)
         && expected != actual
     {
@@ -165,6 +177,10 @@ struct Job {
     file: Arc<File>,
     path: PathBuf,
     received: AtomicU64,
+    /// The version every range must be of (`If-Range`).
+    version: SourceValidator,
+    /// The content length every range's total must match.
+    len: u64,
 }
 
 async fn fetch(
@@ -174,9 +190,12 @@ async fn fetch(
 ) -> Result<Summary, DownloadError> {
     let source = HttpSource::new(&req.source)?;
     let algorithm = req.digest.as_ref().map(Digest::algorithm);
-    let len = match source.probe(&req.url, &req.headers).await? {
+    let (len, version) = match source.probe(&req.url, &req.headers).await? {
         Probe::Stream(resp) => return single_stream(resp, req, tmp, algorithm, progress).await,
-        Probe::Length { content_length } => content_length,
+        Probe::Length {
+            content_length,
+            validator,
+        } => (content_length, validator),
     };
     progress.set_length(Some(len));
     let layout = match req.piece_length {
@@ -198,8 +217,25 @@ async fn fetch(
             elapsed: Duration::ZERO,
         });
     };
-    // The first piece's answer tells whether the origin honours Range at all.
-    let resp = get_retrying(&source, req, Some((first.offset, first.end() - 1))).await?;
+    // The first piece's answer tells whether the origin honours Range at all (with If-Range,
+    // a 200 may also mean the content changed since the probe).
+    let resp = get_retrying(
+        &source,
+        req,
+        Some((first.offset, first.end() - 1)),
+        &version,
+    )
+    .await?;
+    if let Some(why) = changed(&version, resp.headers(), len) {
+        return Err(DownloadError::SourceChanged {
+            url: req.url.clone(),
+            why,
+        });
+    }
+    let version = match version.is_empty() {
+        true => validator_of(resp.headers()),
+        false => version,
+    };
     if resp.status() == StatusCode::OK {
         drop(file);
         return single_stream(resp, req, tmp, algorithm, progress).await;
@@ -211,6 +247,8 @@ async fn fetch(
         file: Arc::new(file),
         path: tmp.path.clone(),
         received: AtomicU64::new(0),
+        version,
+        len,
     });
     let hasher = algorithm.map(|a| InOrderHasher::spawn(&tmp.path, a, layout));
     let mut crcs = vec![0u32; layout.piece_count() as usize];
@@ -262,11 +300,15 @@ async fn get_retrying(
     source: &HttpSource,
     req: &DownloadRequest,
     range: Option<(u64, u64)>,
+    version: &SourceValidator,
 ) -> Result<reqwest::Response, DownloadError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match source.get(&req.url, &req.headers, range).await {
+        match source
+            .get_version(&req.url, &req.headers, range, Some(version))
+            .await
+        {
             Err(e) if e.is_retryable() && attempt < PIECE_ATTEMPTS => {
                 tracing::debug!(attempt, error = %e, "request failed, retrying");
                 tokio::time::sleep(retry_delay(attempt)).await;
@@ -300,10 +342,11 @@ async fn fetch_piece(
             Some(r) => receive_piece(&job, piece, r).await,
             None => match job
                 .source
-                .get(
+                .get_version(
                     &job.url,
                     &job.headers,
                     Some((piece.offset, piece.end() - 1)),
+                    Some(&job.version),
                 )
                 .await
             {
@@ -335,6 +378,15 @@ async fn receive_piece(
         url: job.url.clone(),
         reason,
     };
+    if let Some(why) = changed(&job.version, resp.headers(), job.len) {
+        return Err((
+            DownloadError::SourceChanged {
+                url: job.url.clone(),
+                why,
+            },
+            0,
+        ));
+    }
     if resp.status() != StatusCode::PARTIAL_CONTENT {
         return Err((
             bad(format!(
@@ -408,6 +460,17 @@ async fn receive_piece(
         ));
     }
     Ok(crc.finalize())
+}
+
+/// Why a response is of another version than `version` (of `len` bytes): another validator,
+/// or another total length.
+fn changed(version: &SourceValidator, headers: &HeaderMap, len: u64) -> Option<String> {
+    if let Some((_, _, Some(total))) = content_range(headers)
+        && total != len
+    {
+        return Some(format!("length {len} -> {total}"));
+    }
+    version.differs(&validator_of(headers))
 }
 
 /// Write `buf` at `offset` on a blocking thread; gives the buffer back for reuse.

@@ -200,9 +200,13 @@ async fn stored_blob(proxy: &Proxy, ask: &Ask) -> Option<(TaskRecord, TaskId, Di
         .await
         .ok()?
         .ok()??;
-    // Finished means every piece is stored and the whole content matched the digest.
-    (record.is_finished() && record.digest.as_deref() == Some(digest.to_string().as_str()))
-        .then_some((record, id, digest))
+    // Finished means every piece is stored and the whole content matched the digest; the
+    // sha256 recorded at finish must be it too (records from before it was kept have none).
+    let want = digest.to_string();
+    (record.is_finished()
+        && record.digest.as_deref() == Some(want.as_str())
+        && record.content_digest("sha256").is_none_or(|d| d == want))
+    .then_some((record, id, digest))
 }
 
 /// The status line and headers: those of [`super::p2p`]'s answer for the same blob

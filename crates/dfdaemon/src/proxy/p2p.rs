@@ -72,7 +72,8 @@ pub(crate) async fn get(
     // Hold back the last bytes of a read that reaches the end until the digest matched.
     let verify = digest.is_some() && end == len;
     let pin = proxy.engine.pin(&task.id);
-    let body = verified_stream(task.clone(), task.reader(start, Some(end)), verify, pin);
+    let check = if verify { digest.clone() } else { None };
+    let body = verified_stream(task.clone(), task.reader(start, Some(end)), check, pin);
     let mut r = Response::new(body);
     *r.status_mut() = status;
     let h = r.headers_mut();
@@ -155,7 +156,8 @@ fn task_error(url: &str, e: &TaskError) -> Response<Body> {
 struct Held {
     task: Arc<Task>,
     reader: TaskReader,
-    verify: bool,
+    /// The digest the whole content must have before its last chunk goes out.
+    verify: Option<Digest>,
     held: Option<Bytes>,
     done: bool,
     _pin: TaskPin,
@@ -163,7 +165,12 @@ struct Held {
 
 /// The reader's bytes; with `verify`, the last chunk waits for the task to finish (digest
 /// checked) and the stream fails instead if it did not.
-fn verified_stream(task: Arc<Task>, reader: TaskReader, verify: bool, pin: TaskPin) -> Body {
+fn verified_stream(
+    task: Arc<Task>,
+    reader: TaskReader,
+    verify: Option<Digest>,
+    pin: TaskPin,
+) -> Body {
     let state = Held {
         task,
         reader,
@@ -179,7 +186,7 @@ fn verified_stream(task: Arc<Task>, reader: TaskReader, verify: bool, pin: TaskP
         loop {
             match st.reader.next().await {
                 Some(Ok(chunk)) => {
-                    if !st.verify {
+                    if st.verify.is_none() {
                         return Some((Ok(chunk), st));
                     }
                     if let Some(prev) = st.held.replace(chunk) {
@@ -193,8 +200,8 @@ fn verified_stream(task: Arc<Task>, reader: TaskReader, verify: bool, pin: TaskP
                 }
                 None => {
                     st.done = true;
-                    if st.verify
-                        && let Err(e) = st.task.wait_finished().await
+                    if let Some(d) = st.verify.clone()
+                        && let Err(e) = st.task.verify_digest(&d).await
                     {
                         tracing::warn!(task = %st.task.id, error = %e, "blob failed verification; the client's response is cut short");
                         return Some((Err(Box::new(e) as BoxError), st));

@@ -1,6 +1,7 @@
 //! HTTP(S) origin access: probe the length, fetch byte ranges.
 
 use crate::download::DownloadError;
+use dragonfly_common::validator::SourceValidator;
 use http::{HeaderMap, StatusCode, header};
 use std::time::Duration;
 
@@ -32,6 +33,8 @@ pub enum Probe {
     Length {
         /// Content length in bytes.
         content_length: u64,
+        /// The version the length is of (`ETag`, `Last-Modified`).
+        validator: SourceValidator,
     },
     /// No length or no range support: this response streams the whole body.
     Stream(reqwest::Response),
@@ -109,6 +112,7 @@ impl HttpSource {
         {
             return Ok(Probe::Length {
                 content_length: len,
+                validator: validator_of(head.headers()),
             });
         }
         // HEAD refused or gave no length: ask for the first byte, which also tells range support.
@@ -124,6 +128,7 @@ impl HttpSource {
             StatusCode::PARTIAL_CONTENT => match content_range(resp.headers()) {
                 Some((_, _, Some(total))) => Ok(Probe::Length {
                     content_length: total,
+                    validator: validator_of(resp.headers()),
                 }),
                 _ => Err(bad(
                     url,
@@ -131,7 +136,10 @@ impl HttpSource {
                 )),
             },
             // An empty resource cannot satisfy bytes=0-0.
-            StatusCode::RANGE_NOT_SATISFIABLE => Ok(Probe::Length { content_length: 0 }),
+            StatusCode::RANGE_NOT_SATISFIABLE => Ok(Probe::Length {
+                content_length: 0,
+                validator: validator_of(resp.headers()),
+            }),
             s if s.is_success() => Ok(Probe::Stream(resp)),
             _ => Err(status_error(url, resp.status(), resp.headers())),
         }
@@ -146,9 +154,25 @@ impl HttpSource {
         headers: &HeaderMap,
         range: Option<(u64, u64)>,
     ) -> Result<reqwest::Response, DownloadError> {
+        self.get_version(url, headers, range, None).await
+    }
+
+    /// [`HttpSource::get`] of a range of one version of the content: with `If-Range`, an origin
+    /// whose content changed answers `200` with the new whole content instead of a range of
+    /// it, which the caller tells apart by [`validator_of`] the response.
+    pub async fn get_version(
+        &self,
+        url: &str,
+        headers: &HeaderMap,
+        range: Option<(u64, u64)>,
+        version: Option<&SourceValidator>,
+    ) -> Result<reqwest::Response, DownloadError> {
         let mut req = self.client.get(url).headers(headers.clone());
         if let Some((first, last)) = range {
             req = req.header(header::RANGE, format!("bytes={first}-{last}"));
+            if let Some(v) = version.and_then(SourceValidator::if_range) {
+                req = req.header(header::IF_RANGE, v);
+            }
         }
         let resp = req
             .send()
@@ -184,6 +208,21 @@ pub fn status_error(url: &str, status: StatusCode, headers: &HeaderMap) -> Downl
         .trim_end()
         .to_string(),
         code: status.as_u16(),
+    }
+}
+
+/// The version a response is of: its `ETag` and `Last-Modified` headers.
+pub fn validator_of(headers: &HeaderMap) -> SourceValidator {
+    let get = |name| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    SourceValidator {
+        etag: get(header::ETAG),
+        last_modified: get(header::LAST_MODIFIED),
     }
 }
 

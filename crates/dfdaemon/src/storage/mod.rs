@@ -29,13 +29,15 @@ mod error;
 mod gc;
 mod record;
 mod recovery;
+mod verify;
 mod writer;
 
 pub use disk::DiskUsage;
 pub use error::StorageError;
 pub use gc::{Eviction, EvictionReason, GcPolicy, GcReport};
-pub use record::{PieceRecord, RECORD_VERSION, TaskRecord, TaskState};
+pub use record::{PieceRecord, RECORD_VERSION, SourceValidator, TaskRecord, TaskState};
 pub use recovery::{DroppedPiece, DroppedTask, RecoveryReport};
+pub use verify::DamagedPiece;
 pub use writer::PieceWriter;
 
 use dragonfly_common::piece::PieceLayout;
@@ -85,6 +87,8 @@ pub struct NewTask {
     pub piece_length: u64,
     /// Expected digest of the whole content, when known.
     pub digest: Option<String>,
+    /// The source's validator of the version being stored, when known.
+    pub validator: Option<SourceValidator>,
 }
 
 /// Local storage of tasks and their pieces. Clones share one database.
@@ -249,6 +253,8 @@ impl Storage {
             created_at: now,
             last_access: now,
             finished_pieces: 0,
+            content_digests: Vec::new(),
+            validator: new.validator.filter(|v| !v.is_empty()),
         };
         // Immediate: once create_task returns the task survives a crash (one fsync per task).
         let stored = self.inner.write(Durability::Immediate, |txn| {
@@ -394,6 +400,12 @@ impl Storage {
     /// [`StorageError::IncompleteTask`] (naming how many are missing) unless every piece is
     /// stored.
     pub fn finish_task(&self, id: &TaskId) -> Result<TaskRecord> {
+        self.finish_task_with(id, &[])
+    }
+
+    /// [`Storage::finish_task`], recording the content's digests computed on the way
+    /// (`sha256:<hex>`, ...) in the same durable write.
+    pub fn finish_task_with(&self, id: &TaskId, digests: &[String]) -> Result<TaskRecord> {
         let now = self.inner.now();
         // Immediate, so the state and every piece record before it survive. The bytes are not
         // synced: a killed process loses nothing of the page cache, and after a reboot open
@@ -421,6 +433,9 @@ impl Storage {
             }
             record.state = TaskState::Finished;
             record.finished_pieces = stored;
+            if !digests.is_empty() {
+                record.content_digests = digests.to_vec();
+            }
             record.last_access = now;
             tasks.insert(id.as_str(), encode(&record).as_slice())?;
             Ok(record)

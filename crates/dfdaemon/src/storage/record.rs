@@ -7,6 +7,7 @@
 use super::error::StorageError;
 use dragonfly_common::piece::{PieceLayout, PieceRange};
 use dragonfly_common::task_id::TaskId;
+pub use dragonfly_common::validator::SourceValidator;
 use redb::TableDefinition;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -57,6 +58,14 @@ pub struct TaskRecord {
     pub last_access: u64,
     /// Number of stored pieces.
     pub finished_pieces: u32,
+    /// Digests of the finished content computed here (`sha256:<hex>` always once finished;
+    /// other algorithms once asked for), so a caller's digest is checked without a re-read.
+    #[serde(default)]
+    pub content_digests: Vec<String>,
+    /// The origin's validator of the version these bytes are from (later ranges are asked
+    /// with `If-Range`, so pieces of two versions never mix).
+    #[serde(default)]
+    pub validator: Option<SourceValidator>,
 }
 
 impl TaskRecord {
@@ -84,6 +93,14 @@ impl TaskRecord {
     /// Whether every piece is stored and the task was marked finished.
     pub fn is_finished(&self) -> bool {
         self.state == TaskState::Finished
+    }
+
+    /// The recorded digest of the content for `algorithm` (`sha256`, ...), if computed.
+    pub fn content_digest(&self, algorithm: &str) -> Option<&str> {
+        self.content_digests
+            .iter()
+            .map(String::as_str)
+            .find(|d| d.split_once(':').is_some_and(|(a, _)| a == algorithm))
     }
 }
 
@@ -202,6 +219,8 @@ mod tests {
             created_at: 1,
             last_access: 2,
             finished_pieces: 0,
+            content_digests: Vec::new(),
+            validator: None,
         }
     }
 

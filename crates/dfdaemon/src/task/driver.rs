@@ -7,9 +7,12 @@ use crate::download::DownloadError;
 use crate::scheduling::{Answer, PeerLink, Schedulers, piece_report};
 use crate::source::Probe;
 use crate::source::http::content_range;
+use crate::source::http::validator_of;
 use crate::storage::{NewTask, PieceRecord, Storage, StorageError};
+use dragonfly_common::digest::{Algorithm, Digest};
 use dragonfly_common::piece::PieceLayout;
 use dragonfly_common::task_id::TaskId;
+use dragonfly_common::validator::SourceValidator;
 use dragonfly_proto::Download;
 use dragonfly_proto::scheduler::v1::announce_peer_request::Request;
 use dragonfly_proto::scheduler::v1::{
@@ -54,10 +57,14 @@ pub(super) async fn drive(engine: TaskManager, task: Arc<Task>, req: TaskRequest
     let storage = engine.storage().clone();
     let id = task.id.clone();
     let result = match result {
-        Ok(()) => blocking(move || storage.finish_task(&id))
-            .await
-            .map(|_| ())
-            .map_err(TaskError::from),
+        Ok(digests) => {
+            let names: Vec<String> = digests.iter().map(ToString::to_string).collect();
+            task.set_digests(digests);
+            blocking(move || storage.finish_task_with(&id, &names))
+                .await
+                .map(|_| ())
+                .map_err(TaskError::from)
+        }
         Err(e) => Err(e),
     };
     sched.finish(&task, &result);
@@ -78,10 +85,14 @@ pub(super) async fn drive(engine: TaskManager, task: Arc<Task>, req: TaskRequest
             );
         }
         Err(e) => {
-            let digest_mismatch = matches!(e, TaskError::DigestMismatch { .. });
+            // Nothing of a wrong content, or of a mix of two versions, is kept.
+            let drop_all = matches!(
+                e,
+                TaskError::DigestMismatch { .. } | TaskError::SourceChanged { .. }
+            );
             let _ = blocking(move || {
-                if digest_mismatch {
-                    storage.delete_task(&id) // nothing of a wrong content is kept
+                if drop_all {
+                    storage.delete_task(&id)
                 } else {
                     storage.fail_task(&id).map(|_| ())
                 }
@@ -135,6 +146,8 @@ impl ParentState {
 /// scheduler names them; dropping this stops every follower.
 struct Parents {
     list: Vec<ParentState>,
+    /// The content failed its digest with parents' pieces: take no new parents for this task.
+    refuse_new: bool,
     followers: Aborting,
     tx: mpsc::Sender<ParentEvent>,
     host_id: String,
@@ -146,6 +159,7 @@ impl Parents {
         let (tx, rx) = mpsc::channel(1024);
         let me = Self {
             list: Vec::new(),
+            refuse_new: false,
             followers: Aborting(Vec::new()),
             tx,
             host_id,
@@ -156,7 +170,7 @@ impl Parents {
 
     /// Start following `p` unless it is already known.
     fn add(&mut self, p: Parent, seed: bool) {
-        if self.list.iter().any(|s| s.parent.id == p.id) {
+        if self.refuse_new || self.list.iter().any(|s| s.parent.id == p.id) {
             return;
         }
         let i = self.list.len();
@@ -432,6 +446,8 @@ enum PieceError {
     Corrupt(String),
     /// The source ignored Range: this response streams the whole content.
     RangeIgnored(reqwest::Response),
+    /// The source now serves another version of the content.
+    Changed(String),
     /// Local storage failed: the task cannot go on.
     Storage(StorageError),
 }
@@ -464,7 +480,7 @@ type InlineHash = Arc<std::sync::Mutex<Option<Hashed>>>;
 /// The first `next` bytes of the content, all in committed pieces, went into `hasher`.
 struct Hashed {
     next: u64,
-    hasher: dragonfly_common::digest::Hasher,
+    hashers: Vec<dragonfly_common::digest::Hasher>,
 }
 
 async fn run(
@@ -472,7 +488,7 @@ async fn run(
     task: &Arc<Task>,
     req: &TaskRequest,
     sched: &mut Sched,
-) -> Result<(), TaskError> {
+) -> Result<Vec<Digest>, TaskError> {
     let inner = &engine.inner;
     let storage = inner.storage.clone();
     let id = task.id.clone();
@@ -510,6 +526,9 @@ async fn run(
     let (s, lookup) = (storage.clone(), id.clone());
     let existing = blocking(move || s.task(&lookup)).await?;
     let mut pending_stream = None;
+    let version: Version = Arc::default();
+    let stored_version = existing.as_ref().and_then(|r| r.validator.clone());
+    set_version(&version, stored_version.clone());
     let layout = match existing {
         Some(rec) => rec.layout()?,
         None => {
@@ -526,19 +545,22 @@ async fn run(
                         Ok(Some(ParentEvent::Layout {
                             content_length,
                             piece_length,
+                            version: v,
                             ..
                         })) => {
                             known = PieceLayout::new(content_length, piece_length).ok();
+                            set_version(&version, Some(v));
                         }
-                        Ok(Some(ev)) => apply_event(&mut parents.list, ev, &id),
+                        Ok(Some(ev)) => apply_event(&mut parents.list, ev, &id, &version),
                     }
                 }
             }
             match known {
                 Some(l) => l,
                 None => {
-                    let (layout, stream) = probe_source(engine, req).await?;
+                    let (layout, stream, v) = probe_source(engine, req).await?;
                     pending_stream = stream;
+                    set_version(&version, Some(v));
                     layout
                 }
             }
@@ -561,6 +583,7 @@ async fn run(
             content_length: layout.content_length(),
             piece_length: layout.piece_length(),
             digest: req.digest.as_ref().map(ToString::to_string),
+            validator: current_version(&version),
         },
     );
     let start_id = id.clone();
@@ -575,338 +598,481 @@ async fn run(
         task.piece_stored(p);
     }
 
-    // 2. The pieces.
-    let inline_hash: Option<InlineHash> = req.digest.as_ref().map(|d| {
-        Arc::new(std::sync::Mutex::new(Some(Hashed {
+    // 2. The pieces; then 3. the whole content checked. A content that fails the digest its
+    // callers expect, with pieces from parents, goes round again from the source only.
+    let mut source_only = false;
+    loop {
+        let inline_hash: InlineHash = Arc::new(std::sync::Mutex::new(Some(Hashed {
             next: 0,
-            hasher: d.algorithm().hasher(),
-        })))
-    });
-    if let Some(resp) = pending_stream {
-        sched.source_started();
-        stream_all(&storage, task, layout, resp, sched, inline_hash.as_ref()).await?;
-    }
-    let view = task.view();
-    let mut missing: BTreeSet<u32> = (0..layout.piece_count())
-        .filter(|n| !view.have.get(*n as usize).copied().unwrap_or(false))
-        .collect();
-    let mut inflight: HashMap<u32, From> = HashMap::new();
-    let mut source_attempts: HashMap<u32, u32> = HashMap::new();
-    let mut set: JoinSet<Joined> = JoinSet::new();
-    let (lane_tx, mut lane_rx) = mpsc::unbounded_channel::<LanePiece>();
-    let concurrency = inner.opts.concurrent_pieces.max(1);
-    // A streaming client reads in order: a few long lanes feed it sooner than many pieces
-    // fetched side by side, which all complete at once, late.
-    let source_slots = if req.streaming {
-        concurrency.min(STREAMING_SOURCE_LANES)
-    } else {
-        concurrency
-    };
-    let mut source_jobs = 0usize;
-    let stall = inner.opts.piece_timeout;
-    let mut last_progress = tokio::time::Instant::now();
-    let start = if parents.list.is_empty() && sched.link.is_none() {
-        0 // no swarm: in order
-    } else {
-        rand::random_range(0..layout.piece_count().max(1))
-    };
-    let head = if req.streaming {
-        STREAMING_HEAD.min(layout.piece_count())
-    } else {
-        0
-    };
-    let start = start.max(head);
-    let mut more = tokio::time::interval_at(
-        tokio::time::Instant::now() + MORE_PARENTS_EVERY,
-        MORE_PARENTS_EVERY,
-    );
-    more.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-
-    while !missing.is_empty() || !set.is_empty() {
-        // Parents cannot help: ask the scheduler for others (or, without one, use the source).
-        let parents_may_help = parents.may_help();
-        if !parents_may_help && !sched.source_ok && sched.asked.is_none() && !missing.is_empty() {
-            sched.reschedule(&parents, &id)?;
+            hashers: wanted_algorithms(&task.claims())
+                .into_iter()
+                .map(|a| a.hasher())
+                .collect(),
+        })));
+        let inline_hash = Some(inline_hash);
+        if let Some(resp) = pending_stream.take() {
+            sched.source_started();
+            stream_all(&storage, task, layout, resp, sched, inline_hash.as_ref()).await?;
         }
-        // Schedule as many pieces as allowed: a parent that has the piece (least busy), else the
-        // source once no usable parent may still get it.
-        // From a per-task random point on (wrapping): siblings that share a seed ask it for
-        // different pieces and then swap them, instead of all asking for the same ones.
-        // A streaming client reads in order: its first pieces go before the random point.
-        let candidates: Vec<u32> = missing
-            .range(..head)
-            .chain(missing.range(start..))
-            .chain(missing.range(head..start))
-            .copied()
-            .filter(|n| !inflight.contains_key(n))
+        let view = task.view();
+        let mut missing: BTreeSet<u32> = (0..layout.piece_count())
+            .filter(|n| !view.have.get(*n as usize).copied().unwrap_or(false))
             .collect();
-        for (i, &n) in candidates.iter().enumerate() {
-            if set.len() >= concurrency {
-                break;
-            }
-            if inflight.contains_key(&n) {
-                continue; // taken by a lane started in this round
-            }
-            let best = parents
-                .list
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| !p.bad && p.has.contains_key(&n))
-                .min_by_key(|(_, p)| (p.seed, p.inflight))
-                .map(|(i, _)| i);
-            let from = match best {
-                Some(i) => From::Parent(i),
-                None if !parents_may_help && sched.source_ok && source_jobs < source_slots => {
-                    From::Source
-                }
-                None => continue, // a parent will have it soon, or the scheduler will say
-            };
-            let Some(range) = layout.piece(n) else {
-                continue;
-            };
-            let t0 = Instant::now();
-            match from {
-                From::Parent(i) => {
-                    inflight.insert(n, from);
-                    let ps = &mut parents.list[i];
-                    ps.inflight += 1;
-                    let expected = ps.has.get(&n).copied();
-                    let p = ps.parent.clone();
-                    let (client, storage, id) =
-                        (inner.parents.clone(), storage.clone(), id.clone());
-                    set.spawn(async move {
-                        let r = match client.fetch(&p, &id, n).await {
-                            Ok(resp) => {
-                                let mut got = None;
-                                let commit = Commit {
-                                    expected_crc: expected,
-                                    from: &p.id,
-                                };
-                                write_lane(
-                                    &storage,
-                                    &id,
-                                    layout,
-                                    n..n + 1,
-                                    resp,
-                                    None,
-                                    commit,
-                                    |r, _| got = Some(r),
-                                )
-                                .await
-                                .map(|()| got)
-                            }
-                            Err(e) => Err(PieceError::Remote(e, true)),
-                        };
-                        (n..n + 1, from, t0.elapsed(), r)
-                    });
-                }
-                From::Source => {
-                    // A lane: this piece and the ones after it that are still to fetch, about
-                    // an equal share of what is left per free source slot.
-                    let left = candidates.len() - i;
-                    let slots = (source_slots - source_jobs).max(1);
-                    let want = (left.div_ceil(slots) as u32).clamp(1, LANE_MAX_PIECES);
-                    let mut end = n + 1;
-                    while end - n < want
-                        && missing.contains(&end)
-                        && !inflight.contains_key(&end)
-                        && layout.piece(end).is_some()
-                    {
-                        end += 1;
-                    }
-                    for k in n..end {
-                        inflight.insert(k, from);
-                    }
-                    source_jobs += 1;
-                    sched.source_started();
-                    let (source, storage, id, url, headers, tx, hash) = (
-                        req.source.clone().unwrap_or_else(|| inner.source.clone()),
-                        storage.clone(),
-                        id.clone(),
-                        req.url.clone(),
-                        req.headers.clone(),
-                        lane_tx.clone(),
-                        inline_hash.clone(),
-                    );
-                    let last = layout.piece(end - 1).unwrap_or(range);
-                    let (first_byte, end_byte) = (range.offset, last.end());
-                    set.spawn(async move {
-                        let r = match source
-                            .get(&url, &headers, Some((first_byte, end_byte - 1)))
-                            .await
-                        {
-                            Ok(resp)
-                                if resp.status() == StatusCode::OK
-                                    && end_byte - first_byte != layout.content_length() =>
-                            {
-                                Err(PieceError::RangeIgnored(resp))
-                            }
-                            Ok(resp) => match check_range(&resp, first_byte, end_byte) {
-                                Ok(()) => write_lane(
-                                    &storage,
-                                    &id,
-                                    layout,
-                                    n..end,
-                                    resp,
-                                    hash.as_ref(),
-                                    Commit::SOURCE,
-                                    |p, cost| {
-                                        let _ = tx.send((p, cost));
-                                    },
-                                )
-                                .await
-                                .map(|()| None),
-                                Err(e) => Err(PieceError::Remote(e, true)),
-                            },
-                            Err(e) => {
-                                let retry = e.is_retryable();
-                                Err(PieceError::Remote(e.to_string(), retry))
-                            }
-                        };
-                        (n..end, from, t0.elapsed(), r)
-                    });
-                }
-            }
-        }
+        let mut inflight: HashMap<u32, From> = HashMap::new();
+        let mut source_attempts: HashMap<u32, u32> = HashMap::new();
+        let mut set: JoinSet<Joined> = JoinSet::new();
+        let (lane_tx, mut lane_rx) = mpsc::unbounded_channel::<LanePiece>();
+        let concurrency = inner.opts.concurrent_pieces.max(1);
+        // A streaming client reads in order: a few long lanes feed it sooner than many pieces
+        // fetched side by side, which all complete at once, late.
+        let source_slots = if req.streaming {
+            concurrency.min(STREAMING_SOURCE_LANES)
+        } else {
+            concurrency
+        };
+        let mut source_jobs = 0usize;
+        let stall = inner.opts.piece_timeout;
+        let mut last_progress = tokio::time::Instant::now();
+        let start = if parents.list.is_empty() && sched.link.is_none() {
+            0 // no swarm: in order
+        } else {
+            rand::random_range(0..layout.piece_count().max(1))
+        };
+        let head = if req.streaming {
+            STREAMING_HEAD.min(layout.piece_count())
+        } else {
+            0
+        };
+        let start = start.max(head);
+        let mut more = tokio::time::interval_at(
+            tokio::time::Instant::now() + MORE_PARENTS_EVERY,
+            MORE_PARENTS_EVERY,
+        );
+        more.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
-        tokio::select! {
-            joined = set.join_next(), if !set.is_empty() => {
-                let Some(joined) = joined else { continue };
-                let (pieces, from, cost, result) = joined.map_err(|e| TaskError::Storage(format!("piece task: {e}")))?;
+        while !missing.is_empty() || !set.is_empty() {
+            // Parents cannot help: ask the scheduler for others (or, without one, use the source).
+            let parents_may_help = parents.may_help();
+            if !parents_may_help && !sched.source_ok && sched.asked.is_none() && !missing.is_empty()
+            {
+                sched.reschedule(&parents, &id)?;
+            }
+            // Schedule as many pieces as allowed: a parent that has the piece (least busy), else the
+            // source once no usable parent may still get it.
+            // From a per-task random point on (wrapping): siblings that share a seed ask it for
+            // different pieces and then swap them, instead of all asking for the same ones.
+            // A streaming client reads in order: its first pieces go before the random point.
+            let candidates: Vec<u32> = missing
+                .range(..head)
+                .chain(missing.range(start..))
+                .chain(missing.range(head..start))
+                .copied()
+                .filter(|n| !inflight.contains_key(n))
+                .collect();
+            for (i, &n) in candidates.iter().enumerate() {
+                if set.len() >= concurrency {
+                    break;
+                }
+                if inflight.contains_key(&n) {
+                    continue; // taken by a lane started in this round
+                }
+                let best = parents
+                    .list
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| !p.bad && p.has.contains_key(&n))
+                    .min_by_key(|(_, p)| (p.seed, p.inflight))
+                    .map(|(i, _)| i);
+                let from = match best {
+                    Some(i) => From::Parent(i),
+                    None if !parents_may_help && sched.source_ok && source_jobs < source_slots => {
+                        From::Source
+                    }
+                    None => continue, // a parent will have it soon, or the scheduler will say
+                };
+                let Some(range) = layout.piece(n) else {
+                    continue;
+                };
+                let t0 = Instant::now();
                 match from {
                     From::Parent(i) => {
-                        parents.list[i].inflight = parents.list[i].inflight.saturating_sub(1);
+                        inflight.insert(n, from);
+                        let ps = &mut parents.list[i];
+                        ps.inflight += 1;
+                        let expected = ps.has.get(&n).copied();
+                        let p = ps.parent.clone();
+                        let (client, storage, id) =
+                            (inner.parents.clone(), storage.clone(), id.clone());
+                        set.spawn(async move {
+                            let r = match client.fetch(&p, &id, n).await {
+                                Ok(resp) => {
+                                    let mut got = None;
+                                    let commit = Commit {
+                                        expected_crc: expected,
+                                        from: &p.id,
+                                    };
+                                    write_lane(
+                                        &storage,
+                                        &id,
+                                        layout,
+                                        n..n + 1,
+                                        resp,
+                                        None,
+                                        commit,
+                                        |r, _| got = Some(r),
+                                    )
+                                    .await
+                                    .map(|()| got)
+                                }
+                                Err(e) => Err(PieceError::Remote(e, true)),
+                            };
+                            (n..n + 1, from, t0.elapsed(), r)
+                        });
                     }
                     From::Source => {
-                        source_jobs = source_jobs.saturating_sub(1);
-                        // The lane sent its pieces before it ended: take them first.
-                        while let Ok((record, cost)) = lane_rx.try_recv() {
-                            lane_piece_stored(task, sched, &mut missing, &mut inflight, record, cost);
+                        // A lane: this piece and the ones after it that are still to fetch, about
+                        // an equal share of what is left per free source slot.
+                        let left = candidates.len() - i;
+                        let slots = (source_slots - source_jobs).max(1);
+                        let want = (left.div_ceil(slots) as u32).clamp(1, LANE_MAX_PIECES);
+                        let mut end = n + 1;
+                        while end - n < want
+                            && missing.contains(&end)
+                            && !inflight.contains_key(&end)
+                            && layout.piece(end).is_some()
+                        {
+                            end += 1;
+                        }
+                        for k in n..end {
+                            inflight.insert(k, from);
+                        }
+                        source_jobs += 1;
+                        sched.source_started();
+                        let (source, storage, id, url, headers, tx, hash, version) = (
+                            req.source.clone().unwrap_or_else(|| inner.source.clone()),
+                            storage.clone(),
+                            id.clone(),
+                            req.url.clone(),
+                            req.headers.clone(),
+                            lane_tx.clone(),
+                            inline_hash.clone(),
+                            version.clone(),
+                        );
+                        let last = layout.piece(end - 1).unwrap_or(range);
+                        let (first_byte, end_byte) = (range.offset, last.end());
+                        set.spawn(async move {
+                            let asked = current_version(&version);
+                            let r = match source
+                                .get_version(
+                                    &url,
+                                    &headers,
+                                    Some((first_byte, end_byte - 1)),
+                                    asked.as_ref(),
+                                )
+                                .await
+                            {
+                                Ok(resp) => match changed(&version, &resp, layout.content_length())
+                                {
+                                    Some(why) => Err(PieceError::Changed(why)),
+                                    None if resp.status() == StatusCode::OK
+                                        && end_byte - first_byte != layout.content_length() =>
+                                    {
+                                        Err(PieceError::RangeIgnored(resp))
+                                    }
+                                    None => match check_range(&resp, first_byte, end_byte) {
+                                        Ok(()) => write_lane(
+                                            &storage,
+                                            &id,
+                                            layout,
+                                            n..end,
+                                            resp,
+                                            hash.as_ref(),
+                                            Commit::SOURCE,
+                                            |p, cost| {
+                                                let _ = tx.send((p, cost));
+                                            },
+                                        )
+                                        .await
+                                        .map(|()| None),
+                                        Err(e) => Err(PieceError::Remote(e, true)),
+                                    },
+                                },
+                                Err(e) => {
+                                    let retry = e.is_retryable();
+                                    Err(PieceError::Remote(e.to_string(), retry))
+                                }
+                            };
+                            (n..end, from, t0.elapsed(), r)
+                        });
+                    }
+                }
+            }
+
+            tokio::select! {
+                joined = set.join_next(), if !set.is_empty() => {
+                    let Some(joined) = joined else { continue };
+                    let (pieces, from, cost, result) = joined.map_err(|e| TaskError::Storage(format!("piece task: {e}")))?;
+                    match from {
+                        From::Parent(i) => {
+                            parents.list[i].inflight = parents.list[i].inflight.saturating_sub(1);
+                        }
+                        From::Source => {
+                            source_jobs = source_jobs.saturating_sub(1);
+                            // The lane sent its pieces before it ended: take them first.
+                            while let Ok((record, cost)) = lane_rx.try_recv() {
+                                lane_piece_stored(task, sched, &mut missing, &mut inflight, record, cost);
+                                last_progress = tokio::time::Instant::now();
+                            }
+                        }
+                    }
+                    for k in pieces.clone() {
+                        inflight.remove(&k);
+                    }
+                    // The piece a failure is about: the lane's first one still missing.
+                    let n = pieces.clone().find(|k| missing.contains(k)).unwrap_or(pieces.start);
+                    match result {
+                        Ok(None) => {}
+                        Ok(Some(record)) => {
+                            missing.remove(&n);
                             last_progress = tokio::time::Instant::now();
+                            let parent = match from {
+                                From::Parent(i) => Some(&parents.list[i].parent),
+                                From::Source => None,
+                            };
+                            sched.piece_stored(&record, parent, cost);
+                            task.piece_stored(record);
+                        }
+                        Err(PieceError::Storage(e)) => return Err(e.into()),
+                        Err(PieceError::Changed(why)) => {
+                            return Err(TaskError::SourceChanged { url: req.url.clone(), why });
+                        }
+                        Err(PieceError::RangeIgnored(resp)) => {
+                            tracing::info!(task = %id, "source ignores Range: reading it as one stream");
+                            set.shutdown().await;
+                            while let Ok((record, cost)) = lane_rx.try_recv() {
+                                lane_piece_stored(task, sched, &mut missing, &mut inflight, record, cost);
+                            }
+                            stream_all(&storage, task, layout, resp, sched, inline_hash.as_ref()).await?;
+                            missing.clear();
+                            inflight.clear();
+                            source_jobs = 0;
+                        }
+                        Err(PieceError::Remote(e, _) | PieceError::Corrupt(e)) if matches!(from, From::Parent(_)) => {
+                            if let From::Parent(i) = from {
+                                let ps = &mut parents.list[i];
+                                tracing::warn!(task = %id, piece = n, parent = %ps.parent.id, addr = %ps.parent.addr, error = %e, "parent failed; not asking it again");
+                                ps.bad = true;
+                                sched.send(Request::DownloadPieceFailedRequest(DownloadPieceFailedRequest {
+                                    piece_number: n,
+                                    parent_id: ps.parent.id.clone(),
+                                    temporary: false,
+                                    description: Some(e),
+                                }));
+                            }
+                        }
+                        Err(PieceError::Remote(e, false)) => return Err(TaskError::Source(e)),
+                        Err(PieceError::Remote(e, true) | PieceError::Corrupt(e)) => {
+                            let attempts = source_attempts.entry(n).or_default();
+                            *attempts += 1;
+                            if *attempts >= SOURCE_ATTEMPTS {
+                                return Err(TaskError::Source(e));
+                            }
+                            tracing::debug!(task = %id, piece = n, error = %e, "source piece failed, retrying");
+                            tokio::time::sleep(Duration::from_millis(200 * u64::from(*attempts))).await;
                         }
                     }
                 }
-                for k in pieces.clone() {
-                    inflight.remove(&k);
+                Some((record, cost)) = lane_rx.recv() => {
+                    lane_piece_stored(task, sched, &mut missing, &mut inflight, record, cost);
+                    last_progress = tokio::time::Instant::now();
                 }
-                // The piece a failure is about: the lane's first one still missing.
-                let n = pieces.clone().find(|k| missing.contains(k)).unwrap_or(pieces.start);
-                match result {
-                    Ok(None) => {}
-                    Ok(Some(record)) => {
-                        missing.remove(&n);
+                ev = prx.recv() => {
+                    if let Some(ev) = ev {
+                        apply_event(&mut parents.list, ev, &id, &version);
                         last_progress = tokio::time::Instant::now();
-                        let parent = match from {
-                            From::Parent(i) => Some(&parents.list[i].parent),
-                            From::Source => None,
-                        };
-                        sched.piece_stored(&record, parent, cost);
-                        task.piece_stored(record);
-                    }
-                    Err(PieceError::Storage(e)) => return Err(e.into()),
-                    Err(PieceError::RangeIgnored(resp)) => {
-                        tracing::info!(task = %id, "source ignores Range: reading it as one stream");
-                        set.shutdown().await;
-                        while let Ok((record, cost)) = lane_rx.try_recv() {
-                            lane_piece_stored(task, sched, &mut missing, &mut inflight, record, cost);
-                        }
-                        stream_all(&storage, task, layout, resp, sched, inline_hash.as_ref()).await?;
-                        missing.clear();
-                        inflight.clear();
-                        source_jobs = 0;
-                    }
-                    Err(PieceError::Remote(e, _) | PieceError::Corrupt(e)) if matches!(from, From::Parent(_)) => {
-                        if let From::Parent(i) = from {
-                            let ps = &mut parents.list[i];
-                            tracing::warn!(task = %id, piece = n, parent = %ps.parent.id, addr = %ps.parent.addr, error = %e, "parent failed; not asking it again");
-                            ps.bad = true;
-                            sched.send(Request::DownloadPieceFailedRequest(DownloadPieceFailedRequest {
-                                piece_number: n,
-                                parent_id: ps.parent.id.clone(),
-                                temporary: false,
-                                description: Some(e),
-                            }));
-                        }
-                    }
-                    Err(PieceError::Remote(e, false)) => return Err(TaskError::Source(e)),
-                    Err(PieceError::Remote(e, true) | PieceError::Corrupt(e)) => {
-                        let attempts = source_attempts.entry(n).or_default();
-                        *attempts += 1;
-                        if *attempts >= SOURCE_ATTEMPTS {
-                            return Err(TaskError::Source(e));
-                        }
-                        tracing::debug!(task = %id, piece = n, error = %e, "source piece failed, retrying");
-                        tokio::time::sleep(Duration::from_millis(200 * u64::from(*attempts))).await;
                     }
                 }
-            }
-            Some((record, cost)) = lane_rx.recv() => {
-                lane_piece_stored(task, sched, &mut missing, &mut inflight, record, cost);
-                last_progress = tokio::time::Instant::now();
-            }
-            ev = prx.recv() => {
-                if let Some(ev) = ev {
-                    apply_event(&mut parents.list, ev, &id);
+                answer = next_answer(&mut sched.link), if sched.link.is_some() => {
+                    sched.apply(answer, &mut parents, &id)?;
+                    last_progress = tokio::time::Instant::now();
+                }
+                _ = more.tick(), if sched.link.is_some() && !missing.is_empty() => {
+                    // Fewer parents than it could use: ask for more (peers that got pieces since),
+                    // so the swarm spreads the upload over everyone instead of a few.
+                    if sched.asked.is_none() && !sched.told_source && parents.live_count() < WANTED_PARENTS {
+                        sched.send(Request::MoreParentsRequest(MoreParentsRequest {}));
+                    }
+                }
+                _ = tokio::time::sleep_until(sched.asked.unwrap_or_else(tokio::time::Instant::now) + sched.timeout), if sched.asked.is_some() => {
+                    sched.lost(&id, "no answer to a reschedule within scheduler.scheduleTimeout")?;
+                }
+                _ = tokio::time::sleep_until(last_progress + stall), if set.is_empty() && !missing.is_empty() => {
+                    tracing::warn!(task = %id, "parents made no progress for {:?}; not asking them again", stall);
+                    for p in parents.list.iter_mut() {
+                        if p.open || !p.has.is_empty() {
+                            p.bad = true;
+                        }
+                        p.open = false;
+                        p.has.clear();
+                    }
                     last_progress = tokio::time::Instant::now();
                 }
             }
-            answer = next_answer(&mut sched.link), if sched.link.is_some() => {
-                sched.apply(answer, &mut parents, &id)?;
-                last_progress = tokio::time::Instant::now();
-            }
-            _ = more.tick(), if sched.link.is_some() && !missing.is_empty() => {
-                // Fewer parents than it could use: ask for more (peers that got pieces since),
-                // so the swarm spreads the upload over everyone instead of a few.
-                if sched.asked.is_none() && !sched.told_source && parents.live_count() < WANTED_PARENTS {
-                    sched.send(Request::MoreParentsRequest(MoreParentsRequest {}));
-                }
-            }
-            _ = tokio::time::sleep_until(sched.asked.unwrap_or_else(tokio::time::Instant::now) + sched.timeout), if sched.asked.is_some() => {
-                sched.lost(&id, "no answer to a reschedule within scheduler.scheduleTimeout")?;
-            }
-            _ = tokio::time::sleep_until(last_progress + stall), if set.is_empty() && !missing.is_empty() => {
-                tracing::warn!(task = %id, "parents made no progress for {:?}; not asking them again", stall);
-                for p in parents.list.iter_mut() {
-                    if p.open || !p.has.is_empty() {
-                        p.bad = true;
-                    }
-                    p.open = false;
-                    p.has.clear();
-                }
-                last_progress = tokio::time::Instant::now();
-            }
         }
-    }
 
-    // 3. The whole content against the expected digest: what the lanes hashed in order, and the
-    // rest read back from the file.
-    if let Some(expected) = &req.digest {
-        let (path, algo) = (storage.content_path(&id), expected.algorithm());
+        // 3. The whole content: its sha256 (recorded with the task) and every digest a caller
+        // expects, from what the lanes hashed in order and the rest read back from the file.
+        let claims = task.claims();
+        let algos = wanted_algorithms(&claims);
+        let path = storage.content_path(&id);
         let hashed = inline_hash.and_then(|h| h.lock().ok().and_then(|mut g| g.take()));
-        let actual = tokio::task::spawn_blocking(move || {
-            let (from, hasher) = match hashed {
-                Some(h) => (h.next, h.hasher),
-                None => (0, algo.hasher()),
+        let digests = tokio::task::spawn_blocking(move || {
+            let (from, hashers) = match hashed {
+                Some(h) => (h.next, h.hashers),
+                None => (0, algos.iter().map(|a| a.hasher()).collect()),
             };
-            hash_file(&path, from, hasher)
+            hash_file(&path, from, hashers)
         })
         .await
         .map_err(|e| TaskError::Storage(e.to_string()))?
         .map_err(|e| TaskError::Storage(e.to_string()))?;
-        if &actual != expected {
-            return Err(TaskError::DigestMismatch {
+        // A digest-keyed task (an OCI blob) must have that digest; otherwise one caller's digest
+        // matching is enough (each caller's own is checked against the result before it is
+        // served, so a typo fails only its caller).
+        let intrinsic = claims.iter().find(|d| TaskId::for_blob_digest(d) == id);
+        let verified = match intrinsic {
+            Some(d) => digests.contains(d),
+            None => claims.is_empty() || claims.iter().any(|c| digests.contains(c)),
+        };
+        if verified {
+            if stored_version.is_none()
+                && let Some(v) = current_version(&version)
+            {
+                let (s, i) = (storage.clone(), id.clone());
+                blocking(move || s.set_validator(&i, &v)).await?;
+            }
+            return Ok(digests);
+        }
+        let expected = intrinsic.or(claims.first()).cloned();
+        let mismatch = |expected: Option<Digest>| {
+            let expected = expected.unwrap_or_else(|| digests[0].clone());
+            let actual = digests
+                .iter()
+                .find(|d| d.algorithm() == expected.algorithm())
+                .unwrap_or(&digests[0]);
+            TaskError::DigestMismatch {
                 url: req.url.clone(),
                 expected: expected.to_string(),
                 actual: actual.to_string(),
-            });
+            }
+        };
+        // Parents' pieces passed their crc32, but a parent can lie consistently: drop what came
+        // from parents, never ask them again, and take those pieces from the source.
+        let (s, i) = (storage.clone(), id.clone());
+        let dropped = if source_only {
+            Vec::new()
+        } else {
+            blocking(move || s.drop_pieces_where(&i, |p| p.parent_id.as_deref() != Some("")))
+                .await?
+        };
+        if dropped.is_empty() {
+            // All from the source and still no caller's digest: keep nothing of it.
+            return Err(mismatch(expected));
         }
+        let liars: BTreeSet<&str> = dropped
+            .iter()
+            .filter_map(|p| p.parent_id.as_deref())
+            .collect();
+        tracing::warn!(task = %id, error = %mismatch(expected.clone()), parents = ?liars, pieces = dropped.len(), "content failed its digest; dropping the parents' pieces and fetching them from the source");
+        for liar in &liars {
+            let first = dropped
+                .iter()
+                .find(|p| p.parent_id.as_deref() == Some(*liar))
+                .map_or(0, |p| p.number);
+            sched.send(Request::DownloadPieceFailedRequest(
+                DownloadPieceFailedRequest {
+                    piece_number: first,
+                    parent_id: liar.to_string(),
+                    temporary: false,
+                    description: Some("its pieces failed the content digest".to_string()),
+                },
+            ));
+        }
+        for p in parents.list.iter_mut() {
+            p.bad = true;
+        }
+        parents.refuse_new = true;
+        sched.source_ok = true;
+        source_only = true;
+        task.pieces_dropped(&dropped.iter().map(|p| p.number).collect::<Vec<_>>());
     }
-    Ok(())
 }
 
-fn apply_event(parents: &mut [ParentState], ev: ParentEvent, id: &TaskId) {
+/// The digests computed of every finished content: sha256 (recorded with the task), plus the
+/// algorithms callers asked for.
+fn wanted_algorithms(claims: &[Digest]) -> Vec<Algorithm> {
+    let mut algos = vec![Algorithm::Sha256];
+    for c in claims {
+        if !algos.contains(&c.algorithm()) {
+            algos.push(c.algorithm());
+        }
+    }
+    algos
+}
+
+/// The source version a task's bytes are from, once known; shared with its source lanes.
+type Version = Arc<std::sync::Mutex<Option<SourceValidator>>>;
+
+fn current_version(v: &Version) -> Option<SourceValidator> {
+    v.lock().ok().and_then(|g| g.clone())
+}
+
+/// Adopt `new` as the task's version unless one is known already.
+fn set_version(v: &Version, new: Option<SourceValidator>) {
+    if let (Ok(mut g), Some(new)) = (v.lock(), new.filter(|n| !n.is_empty()))
+        && g.is_none()
+    {
+        *g = Some(new);
+    }
+}
+
+/// Why a source response is of another version than the task's: another validator, or
+/// another total length. A first response with a validator sets the task's version.
+fn changed(v: &Version, resp: &reqwest::Response, content_length: u64) -> Option<String> {
+    if let Some((_, _, Some(total))) = content_range(resp.headers())
+        && total != content_length
+    {
+        return Some(format!("length {content_length} -> {total}"));
+    }
+    if resp.status() == StatusCode::OK
+        && let Some(len) = crate::source::http::content_length(resp.headers())
+        && len != content_length
+    {
+        return Some(format!("length {content_length} -> {len}"));
+    }
+    let got = validator_of(resp.headers());
+    match current_version(v) {
+        Some(known) => known.differs(&got),
+        None => {
+            set_version(v, Some(got));
+            None
+        }
+    }
+}
+
+fn apply_event(parents: &mut [ParentState], ev: ParentEvent, id: &TaskId, version: &Version) {
     match ev {
-        ParentEvent::Layout { .. } => {}
+        ParentEvent::Layout {
+            parent, version: v, ..
+        } => {
+            // A parent holding another version of the source must not feed this task.
+            if let (Some(known), Some(p)) = (current_version(version), parents.get_mut(parent))
+                && let Some(why) = known.differs(&v)
+            {
+                tracing::warn!(task = %id, parent = %p.parent.id, change = %why, "parent holds another version of the source; not asking it");
+                p.bad = true;
+            }
+        }
         ParentEvent::Piece { parent, piece } => {
             if let Some(p) = parents.get_mut(parent) {
                 p.has.insert(piece.number, piece.crc32);
@@ -928,7 +1094,7 @@ fn apply_event(parents: &mut [ParentState], ev: ParentEvent, id: &TaskId) {
 async fn probe_source(
     engine: &TaskManager,
     req: &TaskRequest,
-) -> Result<(PieceLayout, Option<reqwest::Response>), TaskError> {
+) -> Result<(PieceLayout, Option<reqwest::Response>, SourceValidator), TaskError> {
     let probe = req
         .source
         .as_ref()
@@ -936,10 +1102,16 @@ async fn probe_source(
         .probe(&req.url, &req.headers)
         .await
         .map_err(source_error)?;
-    let (len, stream) = match probe {
-        Probe::Length { content_length } => (content_length, None),
+    let (len, stream, version) = match probe {
+        Probe::Length {
+            content_length,
+            validator,
+        } => (content_length, None, validator),
         Probe::Stream(resp) => match crate::source::http::content_length(resp.headers()) {
-            Some(len) => (len, Some(resp)),
+            Some(len) => {
+                let v = validator_of(resp.headers());
+                (len, Some(resp), v)
+            }
             None => {
                 return Err(TaskError::Source(format!(
                     "{} gives neither a content length nor Range support; the daemon cannot split it into pieces",
@@ -952,7 +1124,7 @@ async fn probe_source(
         Some(pl) => PieceLayout::new(len, pl).map_err(|e| TaskError::Source(e.to_string()))?,
         None => PieceLayout::auto(len),
     };
-    Ok((layout, stream))
+    Ok((layout, stream, version))
 }
 
 fn source_error(e: DownloadError) -> TaskError {
@@ -1026,6 +1198,10 @@ async fn stream_all(
             TaskError::Source(format!("{}: {e}", task.url))
         }
         PieceError::RangeIgnored(_) => TaskError::Source(format!("{}: range ignored", task.url)),
+        PieceError::Changed(why) => TaskError::SourceChanged {
+            url: task.url.clone(),
+            why,
+        },
     })
 }
 
@@ -1123,7 +1299,9 @@ async fn write_lane(
             (writer, buf, hashing) = blocking(move || {
                 writer.write(&buf)?;
                 if let Some(h) = hashing.as_mut() {
-                    h.hasher.update(&buf);
+                    for hasher in &mut h.hashers {
+                        hasher.update(&buf);
+                    }
                     h.next += buf.len() as u64;
                 }
                 buf.clear();
@@ -1164,12 +1342,12 @@ async fn write_lane(
     Ok(())
 }
 
-/// Feed the content file from byte `from` on into `hasher` and finish it.
-fn hash_file(
+/// Feed the content file from byte `from` on into `hashers` and finish them.
+pub(super) fn hash_file(
     path: &std::path::Path,
     from: u64,
-    mut h: dragonfly_common::digest::Hasher,
-) -> std::io::Result<dragonfly_common::digest::Digest> {
+    mut hashers: Vec<dragonfly_common::digest::Hasher>,
+) -> std::io::Result<Vec<Digest>> {
     use std::io::{Read, Seek, SeekFrom};
     let mut f = std::fs::File::open(path)?;
     f.seek(SeekFrom::Start(from))?;
@@ -1177,8 +1355,10 @@ fn hash_file(
     loop {
         let n = f.read(&mut buf)?;
         if n == 0 {
-            return Ok(h.finish());
+            return Ok(hashers.into_iter().map(|h| h.finish()).collect());
         }
-        h.update(&buf[..n]);
+        for h in &mut hashers {
+            h.update(&buf[..n]);
+        }
     }
 }

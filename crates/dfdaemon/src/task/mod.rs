@@ -120,7 +120,16 @@ pub enum TaskError {
     /// Local storage failed.
     #[error("storage: {0}")]
     Storage(String),
-    /// The content does not match the expected digest; nothing was kept.
+    /// The source's content changed while it was being downloaded (another `ETag`,
+    /// `Last-Modified` or length); what was stored of it is dropped.
+    #[error("{url} changed during the download ({why}); nothing of it was kept, try again")]
+    SourceChanged {
+        /// The URL.
+        url: String,
+        /// What changed, e.g. `ETag "v1" -> "v2"`.
+        why: String,
+    },
+    /// The content does not match the expected digest.
     #[error("digest mismatch for {url}: expected {expected}, got {actual}")]
     DigestMismatch {
         /// The URL.
@@ -205,6 +214,13 @@ pub struct Task {
     storage: Storage,
     view: watch::Sender<TaskView>,
     pieces: broadcast::Sender<PieceRecord>,
+    /// Digests callers said the content has (the first request's and every joiner's).
+    claims: std::sync::Mutex<Vec<Digest>>,
+    /// Digests computed of the finished content.
+    digests: std::sync::Mutex<Vec<Digest>>,
+    /// Bumped whenever stored pieces are dropped again (found untrustworthy), so a reader
+    /// that already passed them on knows its copy is void.
+    rewrites: std::sync::atomic::AtomicU64,
 }
 
 impl Task {
@@ -218,7 +234,79 @@ impl Task {
             storage,
             view,
             pieces,
+            claims: std::sync::Mutex::new(Vec::new()),
+            digests: std::sync::Mutex::new(Vec::new()),
+            rewrites: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Note a digest a caller expects (checked per caller once the task finished; the engine
+    /// also uses the set to tell a lying parent from a caller's typo).
+    pub fn claim(&self, digest: Option<&Digest>) {
+        if let Some(d) = digest
+            && let Ok(mut c) = self.claims.lock()
+            && !c.contains(d)
+        {
+            c.push(d.clone());
+        }
+    }
+
+    fn claims(&self) -> Vec<Digest> {
+        self.claims.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// The digests computed of the finished content so far.
+    pub fn digests(&self) -> Vec<Digest> {
+        self.digests.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    fn set_digests(&self, digests: Vec<Digest>) {
+        if let Ok(mut d) = self.digests.lock() {
+            *d = digests;
+        }
+    }
+
+    /// How often stored pieces of this task were dropped as untrustworthy; a reader that sees
+    /// it change between its first and last byte must not complete its copy.
+    pub fn rewrites(&self) -> u64 {
+        self.rewrites.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Check a caller's expected digest against the finished content: the digest recorded at
+    /// finish, or (another algorithm) computed once from the stored file and remembered.
+    pub async fn verify_digest(&self, expected: &Digest) -> Result<(), TaskError> {
+        self.wait_finished().await?;
+        let algo = expected.algorithm();
+        let known = self.digests().into_iter().find(|d| d.algorithm() == algo);
+        let actual = match known {
+            Some(d) => d,
+            None => {
+                let (storage, id) = (self.storage.clone(), self.id.clone());
+                let d = tokio::task::spawn_blocking(move || -> Result<Digest, TaskError> {
+                    let d = driver::hash_file(&storage.content_path(&id), 0, vec![algo.hasher()])
+                        .map_err(|e| TaskError::Storage(format!("hashing task {id}: {e}")))?
+                        .pop()
+                        .ok_or_else(|| TaskError::Storage("no digest computed".into()))?;
+                    storage.add_content_digest(&id, &d.to_string())?;
+                    Ok(d)
+                })
+                .await
+                .map_err(|e| TaskError::Storage(e.to_string()))??;
+                if let Ok(mut all) = self.digests.lock() {
+                    all.push(d.clone());
+                }
+                d
+            }
+        };
+        if &actual == expected {
+            Ok(())
+        } else {
+            Err(TaskError::DigestMismatch {
+                url: self.url.clone(),
+                expected: expected.to_string(),
+                actual: actual.to_string(),
+            })
+        }
     }
 
     /// The current progress.
@@ -314,6 +402,22 @@ impl Task {
             }
         });
         let _ = self.pieces.send(record);
+    }
+
+    /// Pieces dropped from storage (untrustworthy): no longer had.
+    fn pieces_dropped(&self, numbers: &[u32]) {
+        self.rewrites
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.view.send_modify(|v| {
+            for &n in numbers {
+                if let Some(slot) = v.have.get_mut(n as usize)
+                    && *slot
+                {
+                    *slot = false;
+                    v.done -= 1;
+                }
+            }
+        });
     }
 
     fn set_phase(&self, phase: Phase) {
@@ -439,6 +543,7 @@ impl TaskManager {
     pub async fn download(&self, req: TaskRequest) -> Result<Arc<Task>, TaskError> {
         let id = req.task_id();
         if let Some(t) = self.running(&id) {
+            t.claim(req.digest.as_ref());
             return Ok(t);
         }
         let storage = self.inner.storage.clone();
@@ -464,6 +569,14 @@ impl TaskManager {
             for p in pieces {
                 task.piece_stored(p);
             }
+            task.set_digests(
+                record
+                    .content_digests
+                    .iter()
+                    .filter_map(|d| d.parse().ok())
+                    .collect(),
+            );
+            task.claim(req.digest.as_ref());
             task.set_phase(Phase::Finished);
             let storage = self.inner.storage.clone();
             let _ = tokio::task::spawn_blocking(move || storage.touch(&id)).await;
@@ -472,7 +585,10 @@ impl TaskManager {
         }
         let entry = self.inner.tasks.entry(id.clone());
         let task = match entry {
-            dashmap::Entry::Occupied(o) => return Ok(o.get().clone()),
+            dashmap::Entry::Occupied(o) => {
+                o.get().claim(req.digest.as_ref());
+                return Ok(o.get().clone());
+            }
             dashmap::Entry::Vacant(v) => {
                 let task = Task::new(
                     id.clone(),
@@ -480,6 +596,7 @@ impl TaskManager {
                     req.url.clone(),
                     self.inner.storage.clone(),
                 );
+                task.claim(req.digest.as_ref());
                 v.insert(task.clone());
                 task
             }

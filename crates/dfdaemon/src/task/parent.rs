@@ -3,6 +3,7 @@
 
 use super::{EngineOptions, TaskError};
 use dragonfly_common::task_id::TaskId;
+use dragonfly_common::validator::SourceValidator;
 use dragonfly_proto::DfdaemonUploadClient;
 use dragonfly_proto::dfdaemon::v1::SyncPiecesRequest;
 use std::net::SocketAddr;
@@ -31,10 +32,14 @@ pub struct ParentPiece {
 pub enum ParentEvent {
     /// The task's size as the parent knows it.
     Layout {
+        /// Which parent.
+        parent: usize,
         /// Content length.
         content_length: u64,
         /// Piece length.
         piece_length: u64,
+        /// The source version its bytes are from.
+        version: SourceValidator,
     },
     /// The parent has a piece.
     Piece {
@@ -170,8 +175,13 @@ async fn follow_inner(
         {
             sent_layout = true;
             let ev = ParentEvent::Layout {
+                parent: index,
                 content_length,
                 piece_length,
+                version: SourceValidator {
+                    etag: msg.etag.clone(),
+                    last_modified: msg.last_modified.clone(),
+                },
             };
             if tx.send(ev).await.is_err() {
                 return Ok(());

@@ -1,7 +1,7 @@
 //! `DfdaemonUpload` gRPC: SyncPieces (piece metadata pushed as pieces land).
 
 use crate::daemon::download_service::DownloadService;
-use crate::storage::PieceRecord;
+use crate::storage::{PieceRecord, SourceValidator};
 use crate::task::{Phase, TaskManager};
 use dragonfly_common::task_id::TaskId;
 use dragonfly_proto::common::v1::{Piece, Task as ProtoTask};
@@ -36,6 +36,7 @@ fn piece_msg(
     content_length: u64,
     piece_length: u64,
     piece_count: u32,
+    version: &SourceValidator,
 ) -> SyncPiecesResponse {
     SyncPiecesResponse {
         piece: Some(Piece {
@@ -48,6 +49,8 @@ fn piece_msg(
         content_length: Some(content_length),
         piece_count: Some(piece_count),
         piece_length: Some(piece_length),
+        etag: version.etag.clone(),
+        last_modified: version.last_modified.clone(),
     }
 }
 
@@ -100,11 +103,19 @@ impl DfdaemonUpload for SyncService {
             layout.piece_length(),
             layout.piece_count(),
         );
+        let version = record
+            .as_ref()
+            .and_then(|r| r.validator.clone())
+            .unwrap_or_default();
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
             let mut sent = HashSet::new();
             for p in stored.iter().filter(|p| keep(p.number)) {
-                if tx.send(Ok(piece_msg(p, len, pl, count))).await.is_err() {
+                if tx
+                    .send(Ok(piece_msg(p, len, pl, count, &version)))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 sent.insert(p.number);
@@ -118,7 +129,7 @@ impl DfdaemonUpload for SyncService {
                     got = pieces.recv() => match got {
                         Ok(p) => {
                             if keep(p.number) && sent.insert(p.number)
-                                && tx.send(Ok(piece_msg(&p, len, pl, count))).await.is_err() {
+                                && tx.send(Ok(piece_msg(&p, len, pl, count, &version))).await.is_err() {
                                 return;
                             }
                         }
@@ -127,7 +138,7 @@ impl DfdaemonUpload for SyncService {
                             let (s, i) = (storage.clone(), id.clone());
                             let Ok(Ok(all)) = tokio::task::spawn_blocking(move || s.pieces(&i)).await else { return };
                             for p in all.iter().filter(|p| keep(p.number)) {
-                                if sent.insert(p.number) && tx.send(Ok(piece_msg(p, len, pl, count))).await.is_err() {
+                                if sent.insert(p.number) && tx.send(Ok(piece_msg(p, len, pl, count, &version))).await.is_err() {
                                     return;
                                 }
                             }
@@ -141,7 +152,7 @@ impl DfdaemonUpload for SyncService {
                             Phase::Finished => {
                                 // Drain what is queued, then end the stream.
                                 while let Ok(p) = pieces.try_recv() {
-                                    if keep(p.number) && sent.insert(p.number) && tx.send(Ok(piece_msg(&p, len, pl, count))).await.is_err() {
+                                    if keep(p.number) && sent.insert(p.number) && tx.send(Ok(piece_msg(&p, len, pl, count, &version))).await.is_err() {
                                         return;
                                     }
                                 }

@@ -1,0 +1,247 @@
+//! Delivering one caller's download: follow the task's pieces (progress messages), copy them to
+//! the caller's `-O` as they land, then, before the output appears, check what this caller was
+//! promised: its own `--digest` against the finished content, and every stored piece's crc32
+//! (a piece damaged on disk is dropped, fetched again and copied again).
+
+use super::output::OutputWriter;
+use crate::storage::PieceRecord;
+use crate::task::{Phase, Task, TaskError, TaskManager, TaskRequest};
+use dragonfly_common::digest::Digest;
+use dragonfly_common::piece::PieceLayout;
+use dragonfly_proto::common::v1::Piece;
+use dragonfly_proto::dfdaemon::v1::{
+    DownloadPieceFinishedResponse, DownloadTaskResponse, DownloadTaskStartedResponse,
+    download_task_response,
+};
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::{broadcast, mpsc};
+use tonic::Status;
+
+/// Times a caller's output is re-checked after pieces found damaged were fetched again.
+const REPAIR_ROUNDS: u32 = 2;
+
+/// One caller's download in progress.
+pub(super) struct Delivery {
+    pub engine: TaskManager,
+    /// The request, to start the task again when stored pieces were found damaged.
+    pub request: TaskRequest,
+    pub task: Arc<Task>,
+    pub layout: PieceLayout,
+    /// Pieces stored when the caller arrived.
+    pub stored: Vec<PieceRecord>,
+    pub writer: Option<OutputWriter>,
+    pub output: Option<PathBuf>,
+    /// This caller's expected digest.
+    pub digest: Option<Digest>,
+    pub host_id: String,
+    pub tx: mpsc::Sender<Result<DownloadTaskResponse, Status>>,
+}
+
+fn proto_piece(p: &PieceRecord) -> Piece {
+    Piece {
+        number: p.number,
+        offset: p.offset,
+        length: p.length,
+        crc32: Some(p.crc32),
+        parent_id: p.parent_id.clone().unwrap_or_default(),
+        ..Default::default()
+    }
+}
+
+fn task_status(e: &TaskError) -> Status {
+    match e {
+        TaskError::DigestMismatch { .. } => Status::data_loss(e.to_string()),
+        _ => Status::aborted(e.to_string()),
+    }
+}
+
+impl Delivery {
+    fn msg(&self, r: download_task_response::Response) -> DownloadTaskResponse {
+        DownloadTaskResponse {
+            host_id: self.host_id.clone(),
+            task_id: self.task.id.to_string(),
+            peer_id: self.task.peer_id.clone(),
+            response: Some(r),
+        }
+    }
+
+    /// Run to the end; errors go to the caller as the stream's last message.
+    pub async fn run(mut self) {
+        let _pin = self.engine.pin(&self.task.id);
+        if let Err(status) = self.deliver().await {
+            let _ = self.tx.send(Err(status)).await;
+        }
+    }
+
+    async fn deliver(&mut self) -> Result<(), Status> {
+        let rewrites = self.task.rewrites();
+        let mut copied = self.follow().await?;
+        // Pieces dropped as untrustworthy after they were copied: copy everything again.
+        if self.task.rewrites() != rewrites {
+            copied.clear();
+        }
+        if let Some(d) = self.digest.clone() {
+            self.task
+                .verify_digest(&d)
+                .await
+                .map_err(|e| task_status(&e))?;
+        }
+        let mut round = 0;
+        loop {
+            let rest: Vec<_> = self
+                .layout
+                .pieces()
+                .filter(|p| !copied.contains(&p.number))
+                .map(|p| (p.number, p.offset, p.length))
+                .collect();
+            self.copy(rest.clone()).await?;
+            copied.extend(rest.iter().map(|p| p.0));
+            let damaged = self.check_pieces().await?;
+            if damaged.is_empty() {
+                break;
+            }
+            round += 1;
+            if round > REPAIR_ROUNDS {
+                return Err(Status::data_loss(format!(
+                    "task {}: stored pieces {damaged:?} are damaged again after {REPAIR_ROUNDS} re-downloads; the disk under the data directory may be failing",
+                    self.task.id
+                )));
+            }
+            tracing::warn!(task = %self.task.id, pieces = ?damaged, "stored pieces are damaged; fetching them again");
+            let task = self
+                .engine
+                .download(self.request.clone())
+                .await
+                .map_err(|e| task_status(&e))?;
+            task.wait_finished().await.map_err(|e| task_status(&e))?;
+            if let Some(d) = self.digest.clone() {
+                task.verify_digest(&d).await.map_err(|e| task_status(&e))?;
+            }
+            self.task = task;
+            for n in damaged {
+                copied.remove(&n);
+            }
+        }
+        if let (Some(w), Some(out)) = (self.writer.take(), self.output.clone()) {
+            let mode = tokio::task::spawn_blocking(move || w.commit())
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| Status::internal(format!("writing the output: {e}")))?;
+            tracing::info!(task = %self.task.id, output = %out.display(), ?mode, "output written");
+        }
+        Ok(())
+    }
+
+    /// Report pieces as they land and copy them to the output, until the task finished.
+    /// Returns the pieces copied.
+    async fn follow(&mut self) -> Result<HashSet<u32>, Status> {
+        let mut updates = self.task.subscribe();
+        let mut sent: HashSet<u32> = self.stored.iter().map(|p| p.number).collect();
+        let started = DownloadTaskStartedResponse {
+            content_length: Some(self.layout.content_length()),
+            piece_length: Some(self.layout.piece_length()),
+            pieces: self.stored.iter().map(proto_piece).collect(),
+            is_finished: sent.len() as u32 == self.layout.piece_count(),
+        };
+        if self.tx.send(Ok(self.msg(started.into()))).await.is_err() {
+            return Err(Status::cancelled("the caller went away"));
+        }
+        let mut copied: HashSet<u32> = HashSet::new();
+        let mut pending: Vec<(u32, u64, u64)> = self
+            .stored
+            .iter()
+            .map(|p| (p.number, p.offset, p.length))
+            .collect();
+        let mut watch = self.task.watch();
+        loop {
+            if !pending.is_empty() {
+                let batch = std::mem::take(&mut pending);
+                self.copy(batch.clone()).await?;
+                copied.extend(batch.iter().map(|b| b.0));
+            }
+            let phase = watch.borrow().phase.clone();
+            match phase {
+                Phase::Failed(e) => return Err(task_status(&e)),
+                Phase::Finished => break,
+                _ => {}
+            }
+            tokio::select! {
+                got = updates.recv() => match got {
+                    Ok(p) => {
+                        pending.push((p.number, p.offset, p.length));
+                        if sent.insert(p.number) {
+                            let m = self.msg(DownloadPieceFinishedResponse { piece: Some(proto_piece(&p)) }.into());
+                            if self.tx.send(Ok(m)).await.is_err() {
+                                return Err(Status::cancelled("the caller went away"));
+                            }
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) | Err(broadcast::error::RecvError::Closed) => {}
+                },
+                changed = watch.changed() => if changed.is_err() { break },
+            }
+        }
+        // Pieces whose events were missed (or queued at the end): report them now.
+        while let Ok(p) = updates.try_recv() {
+            if sent.insert(p.number) {
+                let m = self.msg(
+                    DownloadPieceFinishedResponse {
+                        piece: Some(proto_piece(&p)),
+                    }
+                    .into(),
+                );
+                let _ = self.tx.send(Ok(m)).await;
+            }
+        }
+        Ok(copied)
+    }
+
+    /// Copy pieces `(number, offset, length)` into the output (nothing without one).
+    async fn copy(&mut self, batch: Vec<(u32, u64, u64)>) -> Result<(), Status> {
+        let Some(mut w) = self.writer.take() else {
+            return Ok(());
+        };
+        if batch.is_empty() {
+            self.writer = Some(w);
+            return Ok(());
+        }
+        let w = tokio::task::spawn_blocking(move || {
+            for (_, off, len) in &batch {
+                w.piece(*off, *len)?;
+            }
+            Ok::<_, std::io::Error>(w)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::internal(format!("writing the output: {e}")))?;
+        self.writer = Some(w);
+        Ok(())
+    }
+
+    /// Re-read every stored piece of the task against its crc32 (the output holds what was
+    /// stored); damaged ones are dropped from storage and returned.
+    async fn check_pieces(&self) -> Result<Vec<u32>, Status> {
+        if self.output.is_none() {
+            return Ok(Vec::new());
+        }
+        let (storage, id, count) = (
+            self.engine.storage().clone(),
+            self.task.id.clone(),
+            self.layout.piece_count(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let mut damaged = Vec::new();
+            for n in 0..count {
+                if storage.verify_piece(&id, n)?.is_some() {
+                    damaged.push(n);
+                }
+            }
+            Ok::<_, crate::storage::StorageError>(damaged)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::internal(format!("checking the stored pieces: {e}")))
+    }
+}
