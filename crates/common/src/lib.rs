@@ -4,5 +4,6 @@
 pub mod config;
 pub mod digest;
 pub mod hashring;
+pub mod logging;
 pub mod piece;
 pub mod task_id;

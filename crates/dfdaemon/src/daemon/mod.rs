@@ -2,7 +2,7 @@
 
 pub mod cli;
 pub mod download_service;
-pub mod logging;
+pub use dragonfly_common::logging;
 pub mod output;
 pub mod setup;
 
