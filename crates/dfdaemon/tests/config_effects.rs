@@ -76,6 +76,10 @@ impl Daemon {
         self.dir.join("dfdaemon.sock")
     }
 
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log/core.log")).unwrap_or_default()
+    }
+
     /// SIGTERM, then wait for the exit: the graceful shutdown.
     fn stop(mut self) {
         let pid = self.child.id().to_string();
@@ -206,6 +210,13 @@ async fn keep_storage_decides_whether_tasks_survive_a_clean_exit() {
     let d = Daemon::start(&dir, &[], &[], false);
     dfget_again(&d, &url, &out).await;
     assert!(std::fs::read(&out).unwrap() == data);
+    let log = d.log();
+    assert!(log.contains("stored tasks deleted on exit"), "{log}");
+    // metrics.enable defaults to true and nothing listens yet: the daemon says so.
+    assert!(
+        log.contains("metrics.enable is set but nothing serves"),
+        "{log}"
+    );
     assert_eq!(
         served(),
         2,

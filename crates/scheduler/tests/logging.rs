@@ -57,6 +57,11 @@ fn scheduler_writes_core_log_in_log_dir_and_to_stderr() {
         "{listening}"
     );
     assert!(core.contains("\"msg\":\"scheduler stopped\""), "{core}");
+    // metrics.enable defaults to true and nothing listens yet: the scheduler says so.
+    assert!(
+        core.contains("metrics.enable is set but nothing serves"),
+        "{core}"
+    );
     let err = std::fs::read_to_string(&stderr).unwrap();
     assert!(err.contains("scheduler listening"), "stderr:\n{err}");
 }

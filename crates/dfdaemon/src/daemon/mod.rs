@@ -235,6 +235,12 @@ pub async fn start(
                 reason: e.to_string(),
             })?
     };
+    if cfg.metrics.enable {
+        tracing::warn!(
+            port = ?cfg.metrics.tcp_listen.port,
+            "metrics.enable is set but nothing serves /metrics or /healthy yet; the key is accepted and has no effect"
+        );
+    }
     let report = storage.recovery_report().clone();
     tracing::info!(dir = %dir.display(), ?report, "storage opened");
     let policy = gc_policy(&cfg);

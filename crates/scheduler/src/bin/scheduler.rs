@@ -59,6 +59,12 @@ fn run(config: SchedulerConfig) -> anyhow::Result<()> {
             log_dir.display()
         )
     })?;
+    if config.metrics.enable {
+        tracing::warn!(
+            addr = %config.metrics.addr,
+            "metrics.enable is set but nothing serves /metrics or /healthy yet; the key is accepted and has no effect"
+        );
+    }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
     runtime.block_on(async move {
         let addr = SocketAddr::new(config.server.listen_ip, config.server.port.get());
