@@ -4,6 +4,7 @@
 pub mod config;
 pub mod digest;
 pub mod hashring;
+pub mod logging;
 pub mod piece;
 pub mod task_id;
 pub mod validator;

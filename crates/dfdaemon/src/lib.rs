@@ -6,6 +6,7 @@ pub mod config;
 pub mod daemon;
 pub mod download;
 pub mod proxy;
+pub mod rate;
 pub mod scheduling;
 pub mod source;
 pub mod storage;

@@ -3,7 +3,7 @@
 pub mod cli;
 mod deliver;
 pub mod download_service;
-pub mod logging;
+pub use dragonfly_common::logging;
 pub mod output;
 pub mod setup;
 
@@ -58,6 +58,40 @@ pub fn gc_policy(cfg: &DfdaemonConfig) -> GcPolicy {
         disk_used_percent: (!s.disk_gc_threshold_percent.is_zero())
             .then(|| s.disk_gc_threshold_percent.get()),
     }
+}
+
+/// The download rate limits the config asks for (`0`: no limit).
+pub fn download_limits(cfg: &DfdaemonConfig) -> crate::rate::DownloadLimits {
+    let d = &cfg.download;
+    crate::rate::DownloadLimits::new(
+        Some(d.total_rate_limit.as_u64()),
+        Some(d.per_peer_rate_limit.as_u64()),
+    )
+}
+
+/// `keepStorage: false`: delete every stored task as the daemon exits cleanly (a crash leaves
+/// them, and the next start recovers them as usual).
+fn clear_storage(storage: &Storage) {
+    let tasks = match storage.tasks() {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, "keepStorage is false but the stored tasks cannot be listed; they stay");
+            return;
+        }
+    };
+    let mut removed = 0usize;
+    for t in &tasks {
+        match storage.delete_task(&t.id) {
+            Ok(()) => removed += 1,
+            Err(e) => {
+                tracing::warn!(task = %t.id, error = %e, "keepStorage is false but this task cannot be deleted")
+            }
+        }
+    }
+    tracing::info!(
+        removed,
+        "keepStorage is false: stored tasks deleted on exit"
+    );
 }
 
 /// Where the daemon's parts listen, once bound.
@@ -202,6 +236,12 @@ pub async fn start(
                 reason: e.to_string(),
             })?
     };
+    if cfg.metrics.enable {
+        tracing::warn!(
+            port = ?cfg.metrics.tcp_listen.port,
+            "metrics.enable is set but nothing serves /metrics or /healthy yet; the key is accepted and has no effect"
+        );
+    }
     let report = storage.recovery_report().clone();
     tracing::info!(dir = %dir.display(), ?report, "storage opened");
     let policy = gc_policy(&cfg);
@@ -270,6 +310,7 @@ pub async fn start(
         piece_timeout: cfg.download.piece_download_timeout.get(),
         gc: Some(policy.clone()),
         upload_stats,
+        download_limits: download_limits(&cfg),
         ..EngineOptions::default()
     };
     let engine = TaskManager::with_schedulers(storage, opts, schedulers.clone()).map_err(|e| {
@@ -318,20 +359,6 @@ pub async fn start(
         per_peer_rate_limit: (!cfg.upload.per_peer_rate_limit.is_zero())
             .then(|| cfg.upload.per_peer_rate_limit.as_u64()),
     };
-    for (key, set) in [
-        (
-            "download.totalRateLimit",
-            !cfg.download.total_rate_limit.is_zero(),
-        ),
-        (
-            "download.perPeerRateLimit",
-            !cfg.download.per_peer_rate_limit.is_zero(),
-        ),
-    ] {
-        if set {
-            tracing::warn!("{key} is accepted but not applied yet: downloads are not rate limited");
-        }
-    }
     let parents = static_parents(&cfg)?;
     let proxy =
         if cfg.proxy_enabled {
@@ -361,6 +388,7 @@ pub async fn start(
         .enable
         .then(|| std::sync::Arc::new(DownloadService::new(engine.clone(), false, parents)));
     let gc_interval = cfg.gc_interval.get().max(std::time::Duration::from_secs(1));
+    let keep_storage = cfg.keep_storage;
     let bound = Bound {
         upload: upload_addr,
         socket: socket.clone(),
@@ -423,6 +451,10 @@ pub async fn start(
         }
         if let Some(a) = announcer {
             let _ = a.await; // leaves every scheduler
+        }
+        if !keep_storage {
+            let storage = engine.storage().clone();
+            let _ = tokio::task::spawn_blocking(move || clear_storage(&storage)).await;
         }
         let _ = std::fs::remove_file(&socket);
     };

@@ -4,6 +4,7 @@
 use super::parent::{self, Parent, ParentEvent};
 use super::{Phase, Task, TaskError, TaskManager, TaskRequest};
 use crate::download::DownloadError;
+use crate::rate::TaskRate;
 use crate::scheduling::{Answer, PeerLink, Schedulers, piece_report};
 use crate::source::Probe;
 use crate::source::http::content_range;
@@ -492,6 +493,7 @@ async fn run(
     let inner = &engine.inner;
     let storage = inner.storage.clone();
     let id = task.id.clone();
+    let rate = inner.opts.download_limits.for_task();
 
     let (mut parents, mut prx) = Parents::new(inner.opts.host_id.clone(), id.clone());
     for p in &req.parents {
@@ -612,7 +614,16 @@ async fn run(
         let inline_hash = Some(inline_hash);
         if let Some(resp) = pending_stream.take() {
             sched.source_started();
-            stream_all(&storage, task, layout, resp, sched, inline_hash.as_ref()).await?;
+            stream_all(
+                &storage,
+                task,
+                layout,
+                resp,
+                sched,
+                inline_hash.as_ref(),
+                &rate,
+            )
+            .await?;
         }
         let view = task.view();
         let mut missing: BTreeSet<u32> = (0..layout.piece_count())
@@ -701,8 +712,12 @@ async fn run(
                         ps.inflight += 1;
                         let expected = ps.has.get(&n).copied();
                         let p = ps.parent.clone();
-                        let (client, storage, id) =
-                            (inner.parents.clone(), storage.clone(), id.clone());
+                        let (client, storage, id, rate) = (
+                            inner.parents.clone(),
+                            storage.clone(),
+                            id.clone(),
+                            rate.clone(),
+                        );
                         set.spawn(async move {
                             let r = match client.fetch(&p, &id, n).await {
                                 Ok(resp) => {
@@ -719,6 +734,7 @@ async fn run(
                                         resp,
                                         None,
                                         commit,
+                                        &rate,
                                         |r, _| got = Some(r),
                                     )
                                     .await
@@ -748,7 +764,7 @@ async fn run(
                         }
                         source_jobs += 1;
                         sched.source_started();
-                        let (source, storage, id, url, headers, tx, hash, version) = (
+                        let (source, storage, id, url, headers, tx, hash, version, rate) = (
                             req.source.clone().unwrap_or_else(|| inner.source.clone()),
                             storage.clone(),
                             id.clone(),
@@ -757,6 +773,7 @@ async fn run(
                             lane_tx.clone(),
                             inline_hash.clone(),
                             version.clone(),
+                            rate.clone(),
                         );
                         let last = layout.piece(end - 1).unwrap_or(range);
                         let (first_byte, end_byte) = (range.offset, last.end());
@@ -788,6 +805,7 @@ async fn run(
                                             resp,
                                             hash.as_ref(),
                                             Commit::SOURCE,
+                                            &rate,
                                             |p, cost| {
                                                 let _ = tx.send((p, cost));
                                             },
@@ -852,7 +870,7 @@ async fn run(
                             while let Ok((record, cost)) = lane_rx.try_recv() {
                                 lane_piece_stored(task, sched, &mut missing, &mut inflight, record, cost);
                             }
-                            stream_all(&storage, task, layout, resp, sched, inline_hash.as_ref()).await?;
+                            stream_all(&storage, task, layout, resp, sched, inline_hash.as_ref(), &rate).await?;
                             missing.clear();
                             inflight.clear();
                             source_jobs = 0;
@@ -1177,6 +1195,7 @@ async fn stream_all(
     resp: reqwest::Response,
     sched: &mut Sched,
     hash: Option<&InlineHash>,
+    rate: &TaskRate,
 ) -> Result<(), TaskError> {
     write_lane(
         storage,
@@ -1186,6 +1205,7 @@ async fn stream_all(
         resp,
         hash,
         Commit::SOURCE,
+        rate,
         |record, cost| {
             sched.piece_stored(&record, None, cost);
             task.piece_stored(record);
@@ -1250,6 +1270,7 @@ async fn write_lane(
     mut resp: reqwest::Response,
     hash: Option<&InlineHash>,
     commit: Commit<'_>,
+    rate: &TaskRate,
     mut stored: impl FnMut(PieceRecord, Duration),
 ) -> Result<(), PieceError> {
     let mut buf: Vec<u8> = Vec::with_capacity(WRITE_CHUNK);
@@ -1278,7 +1299,10 @@ async fn write_lane(
             while left > 0 && buf.len() < WRITE_CHUNK {
                 if carry.is_empty() {
                     carry = match resp.chunk().await {
-                        Ok(Some(c)) => c,
+                        Ok(Some(c)) => {
+                            rate.acquire(c.len() as u64).await;
+                            c
+                        }
                         Ok(None) => {
                             return Err(PieceError::Remote(
                                 format!("body ended inside piece {n}"),

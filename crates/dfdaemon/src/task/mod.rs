@@ -42,6 +42,8 @@ pub struct EngineOptions {
     pub gc: Option<crate::storage::GcPolicy>,
     /// Counters of the upload server (shared with the scheduler announcer).
     pub upload_stats: Arc<crate::upload::UploadStats>,
+    /// Download rate limits (`download.totalRateLimit`, `download.perPeerRateLimit`).
+    pub download_limits: crate::rate::DownloadLimits,
 }
 
 impl Default for EngineOptions {
@@ -54,6 +56,7 @@ impl Default for EngineOptions {
             source: SourceOptions::default(),
             gc: None,
             upload_stats: Arc::default(),
+            download_limits: Default::default(),
         }
     }
 }

@@ -1,11 +1,10 @@
 //! Upload limits: pieces served at once (in total and per remote address) and bytes per second.
 
+use crate::rate::RateLimiter;
 use dashmap::DashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
-use tokio::time::Instant;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// How much this node uploads at most.
 #[derive(Debug, Clone)]
@@ -88,51 +87,11 @@ impl Limiter {
     }
 }
 
-/// A token bucket of bytes, one second deep.
-pub(crate) struct RateLimiter {
-    rate: f64,
-    state: Mutex<(f64, Instant)>,
-}
-
-impl RateLimiter {
-    pub(crate) fn new(bytes_per_sec: u64) -> Self {
-        Self {
-            rate: bytes_per_sec as f64,
-            state: Mutex::new((bytes_per_sec as f64, Instant::now())),
-        }
-    }
-
-    /// Wait until `n` bytes may be sent. Callers queue on the lock, so they are served in turn.
-    pub(crate) async fn take(&self, n: u64) {
-        let mut s = self.state.lock().await;
-        let now = Instant::now();
-        s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() * self.rate).min(self.rate);
-        s.1 = now;
-        s.0 -= n as f64;
-        if s.0 < 0.0 {
-            tokio::time::sleep(Duration::from_secs_f64(-s.0 / self.rate)).await;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn rate_limiter_spaces_out_bytes() {
-        let r = RateLimiter::new(1000);
-        let start = Instant::now();
-        r.take(1000).await; // the bucket starts full
-        assert!(start.elapsed() < Duration::from_millis(1));
-        r.take(500).await;
-        r.take(500).await;
-        let e = start.elapsed();
-        assert!(
-            e >= Duration::from_millis(999) && e < Duration::from_millis(1100),
-            "{e:?}"
-        );
-    }
+    use std::time::Duration;
+    use tokio::time::Instant;
 
     #[tokio::test]
     async fn per_peer_limit_queues_the_next_request() {

@@ -52,13 +52,19 @@ fn main() -> ExitCode {
 }
 
 fn run(config: SchedulerConfig) -> anyhow::Result<()> {
-    let level = if config.verbose { "debug" } else { "info" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let log_dir = &config.server.log_dir;
+    let _guard = dragonfly_common::logging::init(log_dir, config.verbose).with_context(|| {
+        format!(
+            "cannot write logs to {} (set server.logDir)",
+            log_dir.display()
+        )
+    })?;
+    if config.metrics.enable {
+        tracing::warn!(
+            addr = %config.metrics.addr,
+            "metrics.enable is set but nothing serves /metrics or /healthy yet; the key is accepted and has no effect"
+        );
+    }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
     runtime.block_on(async move {
         let addr = SocketAddr::new(config.server.listen_ip, config.server.port.get());

@@ -1,4 +1,5 @@
-//! Daemon logs: JSON lines to `<logDir>/core.log` (the shape Dragonfly users grep:
+//! Process logs of dfdaemon and the scheduler: JSON lines to `<logDir>/core.log` (the shape
+//! Dragonfly users grep:
 //! `{"level":"info","ts":"...","msg":"peer task done, cost: 12ms","task":"...","peer":"..."}`)
 //! and human-readable lines on stderr.
 
@@ -87,7 +88,7 @@ where
     }
 }
 
-/// Log to `<log_dir>/core.log` (JSON) and stderr; keep the guard alive while the daemon runs.
+/// Log to `<log_dir>/core.log` (JSON) and stderr; keep the guard alive while the process runs.
 /// `RUST_LOG` overrides the level (`verbose` means debug).
 pub fn init(
     log_dir: &Path,
