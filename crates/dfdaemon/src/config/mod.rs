@@ -125,7 +125,7 @@ impl Default for DfdaemonConfig {
             log_dir: PathBuf::from("/var/log/dragonfly/daemon"),
             data_dir: PathBuf::from("/var/lib/dragonfly"),
             cache_dir: PathBuf::from("/var/cache/dragonfly"),
-            keep_storage: false,
+            keep_storage: true,
             console: false,
             verbose: false,
             host: HostConfig::default(),
