@@ -6,13 +6,14 @@
 //! with the registry auth the resolution obtained (an `Authorization: Basic` request header
 //! carries dfget's credentials for the token exchange).
 
-use super::output::OutputWriter;
+use super::output::{OutputWriter, PARTS_DIR};
 use crate::config::OrasConfig;
-use crate::download::validate_url;
+use crate::download::publish::inspect;
+use crate::download::{DownloadError, validate_url};
 use crate::source::HttpSource;
 use crate::source::oras::{self, OrasClient, OrasError, OrasOptions, OrasReference, RegistryAuth};
 use crate::storage::PieceRecord;
-use crate::task::{Parent, Phase, TaskManager, TaskRequest};
+use crate::task::{Parent, Phase, TaskError, TaskManager, TaskRequest};
 use dragonfly_common::digest::Digest;
 use dragonfly_common::task_id::TaskId;
 use dragonfly_proto::DfdaemonDownload;
@@ -35,6 +36,34 @@ type Msgs<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 /// gRPC metadata on a download's answer naming the digest the content is verified against
 /// (for `oras://` URLs, the blob digest the daemon resolved).
 pub const DIGEST_METADATA: &str = "x-dragonfly-digest";
+
+/// gRPC metadata on a refusal saying the daemon cannot download the URL at all (the origin gives
+/// neither a length nor Range support, so it cannot be split into pieces): dfget downloads it
+/// without the daemon.
+pub const UNSPLITTABLE_METADATA: &str = "x-dragonfly-unsplittable";
+
+/// What the engine's error says for a source it cannot split (`task::driver::probe_source`).
+const UNSPLITTABLE_SOURCE: &str = "neither a content length nor Range support";
+
+/// The status for a task that failed before its layout was known.
+fn layout_status(e: &TaskError) -> Status {
+    let mut status = Status::failed_precondition(e.to_string());
+    if matches!(e, TaskError::Source(m) if m.contains(UNSPLITTABLE_SOURCE)) {
+        status.metadata_mut().insert(
+            UNSPLITTABLE_METADATA,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+    }
+    status
+}
+
+/// The status for an output path that cannot be written as asked.
+fn output_status(e: DownloadError) -> Status {
+    match e {
+        DownloadError::OutputExists(_) => Status::already_exists(e.to_string()),
+        e => Status::failed_precondition(e.to_string()),
+    }
+}
 
 /// The local download service.
 pub struct DownloadService {
@@ -216,6 +245,18 @@ impl DfdaemonDownload for DownloadService {
                 out.display()
             )));
         }
+        let overwrite = d.overwrite;
+        let kind = match &output {
+            Some(out) => {
+                let o = out.clone();
+                let kind = tokio::task::spawn_blocking(move || inspect(&o, overwrite))
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?
+                    .map_err(output_status)?;
+                Some(kind)
+            }
+            None => None,
+        };
         let treq = TaskRequest {
             url: d.url.clone(),
             headers: headers(&d.request_header)?,
@@ -242,10 +283,7 @@ impl DfdaemonDownload for DownloadService {
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         let mut updates = task.subscribe();
-        let layout = task
-            .layout()
-            .await
-            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let layout = task.layout().await.map_err(|e| layout_status(&e))?;
         let (storage, id) = (self.engine.storage().clone(), task.id.clone());
         let (s, i) = (storage.clone(), id.clone());
         let stored = tokio::task::spawn_blocking(move || s.pieces(&i))
@@ -264,17 +302,19 @@ impl DfdaemonDownload for DownloadService {
         };
         let pin = self.engine.pin(&task.id);
         let content = storage.content_path(&task.id);
-        let mut writer = match &output {
-            Some(out) => {
+        let parts = storage.dir().join(PARTS_DIR);
+        let mut writer = match (&output, kind) {
+            (Some(out), Some(kind)) => {
                 let (c, o, len) = (content.clone(), out.clone(), layout.content_length());
-                let w =
-                    tokio::task::spawn_blocking(move || OutputWriter::new(&c, &o, multiplex, len))
-                        .await
-                        .map_err(|e| Status::internal(e.to_string()))?
-                        .map_err(|e| Status::internal(format!("writing {}: {e}", out.display())))?;
+                let w = tokio::task::spawn_blocking(move || {
+                    OutputWriter::new(&c, &o, kind, overwrite, multiplex, len, &parts)
+                })
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| Status::internal(format!("writing {}: {e}", out.display())))?;
                 Some(w)
             }
-            None => None,
+            _ => None,
         };
         tokio::spawn(async move {
             let _pin = pin;
@@ -289,7 +329,13 @@ impl DfdaemonDownload for DownloadService {
             if tx.send(Ok(msg(started.into()))).await.is_err() {
                 return;
             }
-            let fail = |e: std::io::Error| Status::internal(format!("writing the output: {e}"));
+            let out_path = output.clone().unwrap_or_default();
+            let fail = |e: std::io::Error| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => {
+                    output_status(DownloadError::OutputExists(out_path.clone()))
+                }
+                _ => Status::internal(format!("writing {}: {e}", out_path.display())),
+            };
             let mut copied: HashSet<u32> = HashSet::new();
             let mut pending: Vec<(u32, u64, u64)> = stored
                 .iter()
