@@ -190,7 +190,7 @@ mod tests {
             Err(DownloadError::OutputIsDir(_))
         ));
         use rustix::fs::{CWD, FileType, Mode, mknodat};
-        mknodat(CWD, &p("fifo"), FileType::Fifo, Mode::from(0o600), 0).unwrap();
+        mknodat(CWD, p("fifo"), FileType::Fifo, Mode::from(0o600), 0).unwrap();
         assert_eq!(inspect(&p("fifo"), true).unwrap(), OutputKind::InPlace);
         assert!(matches!(
             inspect(&p("fifo"), false),
