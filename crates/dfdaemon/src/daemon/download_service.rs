@@ -410,11 +410,13 @@ impl DfdaemonDownload for DownloadService {
                     .pieces()
                     .filter(|p| !copied.contains(&p.number))
                     .collect();
+                let client = tx.clone();
                 let result = tokio::task::spawn_blocking(move || {
                     for p in rest {
                         w.piece(p.offset, p.length)?;
                     }
-                    w.commit()
+                    // dfget gone: stop waiting for a FIFO's reader.
+                    w.commit(&|| !client.is_closed())
                 })
                 .await;
                 match result {

@@ -164,8 +164,8 @@ impl OutputWriter {
 
     /// Put the finished output in place: publish the temporary file (without overwrite,
     /// failing with `AlreadyExists` if something is there by now), or write into the FIFO or
-    /// character device.
-    pub fn commit(mut self) -> std::io::Result<OutputMode> {
+    /// character device (waiting for a FIFO's reader while `still_wanted`).
+    pub fn commit(mut self, still_wanted: &dyn Fn() -> bool) -> std::io::Result<OutputMode> {
         let mode = self.mode();
         match &mut self.part {
             Some(part) => {
@@ -173,7 +173,7 @@ impl OutputWriter {
                 part.published = true;
             }
             None => {
-                write_in_place(&self.content, &self.out)?;
+                write_in_place(&self.content, &self.out, still_wanted)?;
             }
         }
         Ok(mode)
@@ -252,7 +252,7 @@ mod tests {
         w.piece(0, 4096).unwrap();
         assert!(!out.exists(), "nothing at the output before commit");
         assert_eq!(names(&parts).len(), 1, "the temporary file is recorded");
-        w.commit().unwrap();
+        w.commit(&|| true).unwrap();
         assert_eq!(std::fs::read(&out).unwrap(), data);
         assert!(names(&parts).is_empty(), "the record goes with the commit");
 
@@ -274,13 +274,13 @@ mod tests {
         let w =
             OutputWriter::new(&content, &out, OutputKind::Replace, false, true, 0, &parts).unwrap();
         std::fs::write(&out, b"the other run").unwrap();
-        let e = w.commit().unwrap_err();
+        let e = w.commit(&|| true).unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
         assert_eq!(std::fs::read(&out).unwrap(), b"the other run");
         assert_eq!(names(dir.path()), ["content", "out", PARTS_DIR]);
         let w =
             OutputWriter::new(&content, &out, OutputKind::Replace, true, true, 0, &parts).unwrap();
-        w.commit().unwrap();
+        w.commit(&|| true).unwrap();
         assert_eq!(std::fs::read(&out).unwrap(), data);
     }
 

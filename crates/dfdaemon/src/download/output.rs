@@ -57,7 +57,7 @@ impl TempOutput {
             }
             // The temporary file is removed on drop once its bytes are in the target.
             OutputKind::InPlace => {
-                write_in_place(&self.path, &self.target)
+                write_in_place(&self.path, &self.target, &|| true)
                     .map_err(|e| DownloadError::io("writing the download into", &self.target, e))?;
             }
         }

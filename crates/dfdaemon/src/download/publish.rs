@@ -81,10 +81,29 @@ pub fn publish(tmp: &Path, out: &Path, overwrite: bool) -> std::io::Result<()> {
 }
 
 /// Write all of `src` into the FIFO or character device at `out`, in order (opened for
-/// writing only: never created, truncated or replaced). Opening a FIFO waits for its reader.
-pub fn write_in_place(src: &Path, out: &Path) -> std::io::Result<u64> {
+/// writing only: never created, truncated or replaced). A FIFO without a reader is waited for,
+/// as long as `still_wanted` says the download is still wanted.
+pub fn write_in_place(
+    src: &Path,
+    out: &Path,
+    still_wanted: &dyn Fn() -> bool,
+) -> std::io::Result<u64> {
+    use std::os::unix::fs::OpenOptionsExt;
     let input = File::open(src)?;
-    let output = std::fs::OpenOptions::new().write(true).open(out)?;
+    let output = loop {
+        // Non-blocking, so a FIFO nobody reads does not hold this thread forever.
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(out)
+        {
+            Ok(f) => break f,
+            Err(e) if e.raw_os_error() == Some(Errno::NXIO.raw_os_error()) && still_wanted() => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let ft = output.metadata()?.file_type();
     if !(ft.is_fifo() || ft.is_char_device()) {
         // Replaced between the check and the open: writing would edit it without truncating.
@@ -92,6 +111,8 @@ pub fn write_in_place(src: &Path, out: &Path) -> std::io::Result<u64> {
             "it is no longer a FIFO or character device",
         ));
     }
+    let flags = rustix::fs::fcntl_getfl(&output)?;
+    rustix::fs::fcntl_setfl(&output, flags - rustix::fs::OFlags::NONBLOCK)?;
     let (mut reader, mut writer) = (&input, &output);
     std::io::copy(&mut reader, &mut writer)
 }
@@ -199,6 +220,29 @@ mod tests {
         let _sock = std::os::unix::net::UnixListener::bind(p("sock")).unwrap();
         let e = inspect(&p("sock"), true).unwrap_err();
         assert!(e.to_string().contains("is a socket"), "{e}");
+    }
+
+    #[test]
+    fn a_fifo_without_reader_is_waited_for_only_while_wanted() {
+        use rustix::fs::{CWD, FileType, Mode, mknodat};
+        let dir = tempfile::tempdir().unwrap();
+        let (src, fifo) = (dir.path().join("src"), dir.path().join("fifo"));
+        std::fs::write(&src, b"bytes").unwrap();
+        mknodat(CWD, &fifo, FileType::Fifo, Mode::from(0o600), 0).unwrap();
+        let e = write_in_place(&src, &fifo, &|| false).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(Errno::NXIO.raw_os_error()));
+        let reader = std::thread::spawn({
+            let fifo = fifo.clone();
+            move || {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                std::fs::read(fifo).unwrap()
+            }
+        });
+        assert_eq!(write_in_place(&src, &fifo, &|| true).unwrap(), 5);
+        assert_eq!(reader.join().unwrap(), b"bytes");
+        std::fs::write(dir.path().join("plain"), b"").unwrap();
+        let e = write_in_place(&src, &dir.path().join("plain"), &|| true).unwrap_err();
+        assert!(e.to_string().contains("no longer a FIFO"), "{e}");
     }
 
     #[test]
