@@ -490,6 +490,22 @@ mod tests {
     }
 
     #[test]
+    fn only_an_unsplittable_source_is_marked_for_dfget_to_download_alone() {
+        let e = TaskError::Source(format!(
+            "http://o/x gives {UNSPLITTABLE_SOURCE}; the daemon cannot split it into pieces"
+        ));
+        let s = layout_status(&e);
+        assert_eq!(s.code(), tonic::Code::FailedPrecondition);
+        assert!(s.metadata().contains_key(UNSPLITTABLE_METADATA));
+        let e = TaskError::Source("cannot reach http://o/x: connection refused".into());
+        assert!(
+            !layout_status(&e)
+                .metadata()
+                .contains_key(UNSPLITTABLE_METADATA)
+        );
+    }
+
+    #[test]
     fn resolution_errors_map_to_grpc_codes() {
         let e = OrasError::NeedsCredentials {
             reference: "oras://r/a:b".into(),
