@@ -39,7 +39,8 @@ pub async fn connect(socket: &Path) -> Result<DfdaemonDownloadClient<Channel>, S
 }
 
 /// Download through the daemon: it fetches (P2P or from the source), verifies, and writes
-/// `req.output`; piece events feed `progress`.
+/// `req.output`; piece events feed `progress`. A URL the daemon cannot split into pieces fails
+/// with [`DownloadError::DaemonCannotSplit`] (the caller downloads it alone).
 pub async fn download(
     client: &mut DfdaemonDownloadClient<Channel>,
     req: &DownloadRequest,
@@ -66,16 +67,25 @@ pub async fn download(
             .iter()
             .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
             .collect(),
+        overwrite: req.overwrite,
         ..Default::default()
     };
     // The daemon's messages often start with the URL already.
     let prefix = format!("{}: ", req.url);
-    let daemon_err = |s: tonic::Status| DownloadError::BadResponse {
-        url: req.url.clone(),
-        reason: format!(
-            "the daemon says: {}",
-            s.message().strip_prefix(&prefix).unwrap_or(s.message())
-        ),
+    let daemon_err = |s: tonic::Status| {
+        let message = s.message().strip_prefix(&prefix).unwrap_or(s.message());
+        if s.metadata()
+            .contains_key(crate::daemon::download_service::UNSPLITTABLE_METADATA)
+        {
+            return DownloadError::DaemonCannotSplit {
+                url: req.url.clone(),
+                reason: message.to_string(),
+            };
+        }
+        DownloadError::BadResponse {
+            url: req.url.clone(),
+            reason: format!("the daemon says: {message}"),
+        }
     };
     let work = async {
         let resp = client

@@ -57,6 +57,7 @@ fn download() -> Download {
         filtered_query_params: vec!["X-Amz-Signature".into(), "Expires".into()],
         request_header: [("authorization".to_string(), "Bearer x".to_string())].into(),
         prefetch: true,
+        overwrite: true,
     }
 }
 

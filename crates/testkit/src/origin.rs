@@ -62,6 +62,9 @@ pub struct Behavior {
     /// `ETag: "v2"`. `If-Range` is honoured: a range asked of another version gets the whole
     /// current content with 200.
     pub new_version_after_gets: Option<(u64, Bytes)>,
+    /// Send no `Content-Length` (the body goes chunked): with `ignore_range`, an origin whose
+    /// length is known only at the end of the body.
+    pub no_length: bool,
 }
 
 /// Where a resource's bytes come from.
@@ -484,8 +487,10 @@ async fn handle(origin: &Origin, req: Request<Incoming>) -> Response<Body> {
     let count = if len == 0 { 0 } else { end_incl - start + 1 };
     let mut builder = Response::builder()
         .status(status)
-        .header(header::CONTENT_LENGTH, count)
         .header(header::CONTENT_TYPE, "application/octet-stream");
+    if !b.no_length {
+        builder = builder.header(header::CONTENT_LENGTH, count);
+    }
     if !b.ignore_range {
         builder = builder.header(header::ACCEPT_RANGES, "bytes");
     }
@@ -499,9 +504,15 @@ async fn handle(origin: &Origin, req: Request<Incoming>) -> Response<Body> {
         );
     }
     if is_head {
-        let body = Full::new(Bytes::new())
-            .map_err(|n| match n {})
-            .boxed_unsync();
+        let body = if b.no_length {
+            // A body of unknown size: hyper would announce an empty `Full` as length 0.
+            let none = futures::stream::empty::<Result<Frame<Bytes>, std::io::Error>>();
+            BodyExt::boxed_unsync(StreamBody::new(none))
+        } else {
+            Full::new(Bytes::new())
+                .map_err(|n| match n {})
+                .boxed_unsync()
+        };
         return builder
             .body(body)
             .unwrap_or_else(|e| text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()));

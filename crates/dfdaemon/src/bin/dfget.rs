@@ -17,6 +17,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -257,7 +258,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         &lines
     };
     let result = match daemon_client(&cli.daemon_sock, cli.standalone, cli.quiet).await {
-        Some(mut client) => dfdaemon::client::download(&mut client, &req, progress).await,
+        Some(mut client) => match dfdaemon::client::download(&mut client, &req, progress).await {
+            Err(download::DownloadError::DaemonCannotSplit { reason, .. }) => {
+                if !cli.quiet {
+                    eprintln!(
+                        "dfget: the daemon cannot download it ({reason}); downloading without the daemon"
+                    );
+                }
+                download::download(&req, progress).await
+            }
+            other => other,
+        },
         None => download::download(&req, progress).await,
     };
     if let Some(Bar(pb)) = &bar {
@@ -303,8 +314,31 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    let outcome = runtime.block_on(async {
+        let (mut int, mut term) = match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(i), Ok(t)) => (i, t),
+            (Err(e), _) | (_, Err(e)) => {
+                return Err(anyhow::anyhow!("cannot handle SIGINT/SIGTERM: {e}"));
+            }
+        };
+        // Dropping the download on a signal drops its temporary file (removed) first.
+        tokio::select! {
+            r = run(cli) => r.map(|()| None),
+            _ = int.recv() => Ok(Some(("SIGINT", 130))),
+            _ = term.recv() => Ok(Some(("SIGTERM", 143))),
+        }
+    });
+    // A blocking write (into a FIFO nobody reads) must not keep an interrupted dfget alive.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match outcome {
+        Ok(None) => std::process::ExitCode::SUCCESS,
+        Ok(Some((name, code))) => {
+            eprintln!("dfget: interrupted by {name}; the partial download was removed");
+            std::process::ExitCode::from(code)
+        }
         Err(e) => {
             eprintln!("dfget: error: {e:#}");
             std::process::ExitCode::FAILURE

@@ -50,6 +50,18 @@ fn proto_piece(p: &PieceRecord) -> Piece {
     }
 }
 
+/// The status for a failed write to the output (an output that appeared meanwhile is
+/// "already exists", as when it was there at the start).
+fn write_status(out: Option<&std::path::Path>, e: std::io::Error) -> Status {
+    let out = out.map(std::path::Path::to_path_buf).unwrap_or_default();
+    match e.kind() {
+        std::io::ErrorKind::AlreadyExists => super::download_service::output_status(
+            crate::download::DownloadError::OutputExists(out),
+        ),
+        _ => Status::internal(format!("writing {}: {e}", out.display())),
+    }
+}
+
 fn task_status(e: &TaskError) -> Status {
     match e {
         TaskError::DigestMismatch { .. } => Status::data_loss(e.to_string()),
@@ -125,10 +137,12 @@ impl Delivery {
             }
         }
         if let (Some(w), Some(out)) = (self.writer.take(), self.output.clone()) {
-            let mode = tokio::task::spawn_blocking(move || w.commit())
+            let client = self.tx.clone();
+            // dfget gone: stop waiting for a FIFO's reader.
+            let mode = tokio::task::spawn_blocking(move || w.commit(&|| !client.is_closed()))
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?
-                .map_err(|e| Status::internal(format!("writing the output: {e}")))?;
+                .map_err(|e| write_status(Some(&out), e))?;
             tracing::info!(task = %self.task.id, output = %out.display(), ?mode, "output written");
         }
         Ok(())
@@ -215,7 +229,7 @@ impl Delivery {
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| Status::internal(format!("writing the output: {e}")))?;
+        .map_err(|e| write_status(self.output.as_deref(), e))?;
         self.writer = Some(w);
         Ok(())
     }

@@ -7,12 +7,13 @@
 //! carries dfget's credentials for the token exchange).
 
 use super::deliver::Delivery;
-use super::output::OutputWriter;
+use super::output::{OutputWriter, PARTS_DIR};
 use crate::config::OrasConfig;
-use crate::download::validate_url;
+use crate::download::publish::inspect;
+use crate::download::{DownloadError, validate_url};
 use crate::source::HttpSource;
 use crate::source::oras::{self, OrasClient, OrasError, OrasOptions, OrasReference, RegistryAuth};
-use crate::task::{Parent, TaskManager, TaskRequest};
+use crate::task::{Parent, TaskError, TaskManager, TaskRequest};
 use dragonfly_common::digest::Digest;
 use dragonfly_common::task_id::TaskId;
 use dragonfly_proto::DfdaemonDownload;
@@ -33,6 +34,34 @@ type Msgs<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 /// gRPC metadata on a download's answer naming the digest the content is verified against
 /// (for `oras://` URLs, the blob digest the daemon resolved).
 pub const DIGEST_METADATA: &str = "x-dragonfly-digest";
+
+/// gRPC metadata on a refusal saying the daemon cannot download the URL at all (the origin gives
+/// neither a length nor Range support, so it cannot be split into pieces): dfget downloads it
+/// without the daemon.
+pub const UNSPLITTABLE_METADATA: &str = "x-dragonfly-unsplittable";
+
+/// What the engine's error says for a source it cannot split (`task::driver::probe_source`).
+const UNSPLITTABLE_SOURCE: &str = "neither a content length nor Range support";
+
+/// The status for a task that failed before its layout was known.
+fn layout_status(e: &TaskError) -> Status {
+    let mut status = Status::failed_precondition(e.to_string());
+    if matches!(e, TaskError::Source(m) if m.contains(UNSPLITTABLE_SOURCE)) {
+        status.metadata_mut().insert(
+            UNSPLITTABLE_METADATA,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+    }
+    status
+}
+
+/// The status for an output path that cannot be written as asked.
+pub(super) fn output_status(e: DownloadError) -> Status {
+    match e {
+        DownloadError::OutputExists(_) => Status::already_exists(e.to_string()),
+        e => Status::failed_precondition(e.to_string()),
+    }
+}
 
 /// The local download service.
 pub struct DownloadService {
@@ -203,6 +232,18 @@ impl DfdaemonDownload for DownloadService {
                 out.display()
             )));
         }
+        let overwrite = d.overwrite;
+        let kind = match &output {
+            Some(out) => {
+                let o = out.clone();
+                let kind = tokio::task::spawn_blocking(move || inspect(&o, overwrite))
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?
+                    .map_err(output_status)?;
+                Some(kind)
+            }
+            None => None,
+        };
         let treq = TaskRequest {
             url: d.url.clone(),
             headers: headers(&d.request_header)?,
@@ -228,10 +269,7 @@ impl DfdaemonDownload for DownloadService {
             .download(treq.clone())
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
-        let layout = task
-            .layout()
-            .await
-            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let layout = task.layout().await.map_err(|e| layout_status(&e))?;
         let storage = self.engine.storage().clone();
         let (s, i) = (storage.clone(), task.id.clone());
         let stored = tokio::task::spawn_blocking(move || s.pieces(&i))
@@ -239,18 +277,20 @@ impl DfdaemonDownload for DownloadService {
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::internal(e.to_string()))?;
         let content = storage.content_path(&task.id);
-        let writer = match &output {
-            Some(out) => {
+        let parts = storage.dir().join(PARTS_DIR);
+        let writer = match (&output, kind) {
+            (Some(out), Some(kind)) => {
                 let (c, o, len) = (content.clone(), out.clone(), layout.content_length());
                 let multiplex = self.multiplex;
-                let w =
-                    tokio::task::spawn_blocking(move || OutputWriter::new(&c, &o, multiplex, len))
-                        .await
-                        .map_err(|e| Status::internal(e.to_string()))?
-                        .map_err(|e| Status::internal(format!("writing {}: {e}", out.display())))?;
+                let w = tokio::task::spawn_blocking(move || {
+                    OutputWriter::new(&c, &o, kind, overwrite, multiplex, len, &parts)
+                })
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| Status::internal(format!("writing {}: {e}", out.display())))?;
                 Some(w)
             }
-            None => None,
+            _ => None,
         };
         let (tx, rx) = mpsc::channel(64);
         let delivery = Delivery {
@@ -320,6 +360,22 @@ mod tests {
         assert_eq!(
             blob_task_id(&format!("https://r.test/files/{d}"), Some(&d)),
             None
+        );
+    }
+
+    #[test]
+    fn only_an_unsplittable_source_is_marked_for_dfget_to_download_alone() {
+        let e = TaskError::Source(format!(
+            "http://o/x gives {UNSPLITTABLE_SOURCE}; the daemon cannot split it into pieces"
+        ));
+        let s = layout_status(&e);
+        assert_eq!(s.code(), tonic::Code::FailedPrecondition);
+        assert!(s.metadata().contains_key(UNSPLITTABLE_METADATA));
+        let e = TaskError::Source("cannot reach http://o/x: connection refused".into());
+        assert!(
+            !layout_status(&e)
+                .metadata()
+                .contains_key(UNSPLITTABLE_METADATA)
         );
     }
 

@@ -244,6 +244,14 @@ pub async fn start(
     }
     let report = storage.recovery_report().clone();
     tracing::info!(dir = %dir.display(), ?report, "storage opened");
+    // Storage holds the data dir's lock: no other daemon is writing these parts.
+    let parts = storage.dir().join(output::PARTS_DIR);
+    let removed = tokio::task::spawn_blocking(move || output::remove_recorded_parts(&parts))
+        .await
+        .unwrap_or_default();
+    for path in removed {
+        tracing::info!(path = %path.display(), "removed the temporary output file of a killed daemon");
+    }
     let policy = gc_policy(&cfg);
 
     // Upload server: the first port of the range that binds.

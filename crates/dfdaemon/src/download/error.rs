@@ -32,6 +32,23 @@ pub enum DownloadError {
     /// `-O` names a directory.
     #[error("output path {} is a directory; give a file name", .0.display())]
     OutputIsDir(PathBuf),
+    /// `-O` names something dfget cannot write a download to.
+    #[error("output path {} is {what}; dfget writes regular files, FIFOs and character devices", .path.display())]
+    OutputNotWritable {
+        /// The path.
+        path: PathBuf,
+        /// What is there (`a block device`, `a socket`).
+        what: &'static str,
+    },
+    /// The local daemon cannot download this URL (an origin that gives neither a length nor
+    /// Range support); dfget downloads it alone instead.
+    #[error("{url}: the daemon cannot download it: {reason}")]
+    DaemonCannotSplit {
+        /// The URL.
+        url: String,
+        /// The daemon's message.
+        reason: String,
+    },
     /// The origin could not be reached or the connection broke.
     #[error("cannot reach {url}: {reason}")]
     Connect {

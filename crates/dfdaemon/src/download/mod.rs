@@ -5,6 +5,7 @@
 mod error;
 mod oras;
 mod output;
+pub mod publish;
 mod standalone;
 
 pub use error::{DownloadError, error_chain};

@@ -1,6 +1,7 @@
 //! Checks on the user's URL and output path, and the temporary file the bytes go to first.
 
 use super::DownloadError;
+use super::publish::{OutputKind, inspect, part_name, publish, remove_stale_parts, write_in_place};
 use std::path::{Path, PathBuf};
 
 /// Parse a download URL; it must be absolute and http or https.
@@ -27,22 +28,39 @@ pub fn validate_url(raw: &str) -> Result<url::Url, DownloadError> {
     Ok(url)
 }
 
-/// A temporary output file that is removed unless it was renamed into place.
+/// A temporary output file that is removed unless it was published.
 #[derive(Debug)]
 pub struct TempOutput {
     /// Where the bytes are written.
     pub path: PathBuf,
     /// Where they go when the download is verified.
     pub target: PathBuf,
+    kind: OutputKind,
+    overwrite: bool,
     committed: bool,
 }
 
 impl TempOutput {
-    /// Move the finished file to its final name.
+    /// Put the finished file at its final name: renamed there (without `--overwrite`, failing
+    /// if something appeared there meanwhile), or copied into a FIFO or character device.
     pub fn commit(mut self) -> Result<(), DownloadError> {
-        std::fs::rename(&self.path, &self.target)
-            .map_err(|e| DownloadError::io("renaming the download to", &self.target, e))?;
-        self.committed = true;
+        match self.kind {
+            OutputKind::Replace => {
+                publish(&self.path, &self.target, self.overwrite).map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::AlreadyExists {
+                        DownloadError::OutputExists(self.target.clone())
+                    } else {
+                        DownloadError::io("renaming the download to", &self.target, e)
+                    }
+                })?;
+                self.committed = true;
+            }
+            // The temporary file is removed on drop once its bytes are in the target.
+            OutputKind::InPlace => {
+                write_in_place(&self.path, &self.target, &|| true)
+                    .map_err(|e| DownloadError::io("writing the download into", &self.target, e))?;
+            }
+        }
         Ok(())
     }
 }
@@ -55,17 +73,14 @@ impl Drop for TempOutput {
     }
 }
 
-/// Check `output` can be written and pick a hidden temporary name beside it.
+/// Check `output` can be written and pick a hidden temporary name for it (beside it, or in the
+/// temp dir for a FIFO or character device), removing the stale temporary files of dfget runs
+/// to the same output that were killed.
 ///
-/// Fails when the directory is missing, `output` is a directory, or it exists and
-/// `overwrite` is false. Nothing is created yet.
+/// Fails when the directory is missing, `output` is a directory, or something is there and
+/// `overwrite` is false (see [`inspect`]). Nothing is created yet.
 pub fn prepare_output(output: &Path, overwrite: bool) -> Result<TempOutput, DownloadError> {
-    if output.is_dir() {
-        return Err(DownloadError::OutputIsDir(output.to_path_buf()));
-    }
-    if output.exists() && !overwrite {
-        return Err(DownloadError::OutputExists(output.to_path_buf()));
-    }
+    let kind = inspect(output, overwrite)?;
     let dir = match output.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -77,10 +92,19 @@ pub fn prepare_output(output: &Path, overwrite: bool) -> Result<TempOutput, Down
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .ok_or_else(|| DownloadError::OutputIsDir(output.to_path_buf()))?;
-    let tmp = dir.join(format!(".{name}.dfget-{:016x}.part", rand::random::<u64>()));
+    // Not beside a device: that is often /dev.
+    let tmp_dir = match kind {
+        OutputKind::Replace => dir,
+        OutputKind::InPlace => std::env::temp_dir(),
+    };
+    for stale in remove_stale_parts(&tmp_dir, &name, "dfget") {
+        tracing::info!(dir = %tmp_dir.display(), file = %stale, "removed the temporary file of a killed dfget");
+    }
     Ok(TempOutput {
-        path: tmp,
+        path: tmp_dir.join(part_name(&name, "dfget")),
         target: output.to_path_buf(),
+        kind,
+        overwrite,
         committed: false,
     })
 }
@@ -127,10 +151,29 @@ mod tests {
         ));
         let t = prepare_output(&existing, true).unwrap();
         assert_eq!(t.path.parent(), Some(dir.path()));
+        let pid = format!("dfget-{}-", std::process::id());
+        assert!(
+            t.path.to_string_lossy().contains(&pid),
+            "{}",
+            t.path.display()
+        );
         std::fs::write(&t.path, b"new").unwrap();
         let tmp = t.path.clone();
         drop(t);
         assert!(!tmp.exists(), "an uncommitted temp file is removed");
         assert_eq!(std::fs::read(&existing).unwrap(), b"x");
+    }
+
+    #[test]
+    fn commit_without_overwrite_fails_when_the_output_appeared_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("f");
+        let t = prepare_output(&out, false).unwrap();
+        std::fs::write(&t.path, b"mine").unwrap();
+        std::fs::write(&out, b"theirs").unwrap();
+        let tmp = t.path.clone();
+        assert!(matches!(t.commit(), Err(DownloadError::OutputExists(p)) if p == out));
+        assert_eq!(std::fs::read(&out).unwrap(), b"theirs");
+        assert!(!tmp.exists(), "the loser's temporary file is removed");
     }
 }

@@ -104,8 +104,9 @@ impl Progress for () {
 
 /// Download `req.url` to `req.output`.
 ///
-/// The bytes go to a hidden temporary file beside the output, which is renamed into place
-/// only after every piece arrived and the digest (if any) matched; on any error it is removed.
+/// The bytes go to a hidden temporary file beside the output, which is published (see
+/// [`super::publish`]) only after every piece arrived and the digest (if any) matched; on any
+/// error it is removed.
 /// An `oras://` URL is resolved to its artifact's blob first (docs/oras.md).
 pub async fn download(
     req: &DownloadRequest,
@@ -146,7 +147,11 @@ pub(crate) async fn download_url(
             actual: actual.to_string(),
         });
     }
-    tmp.commit()?;
+    // Off the runtime: writing into a FIFO waits for its reader, and a signal must still stop dfget.
+    let target = tmp.target.clone();
+    tokio::task::spawn_blocking(move || tmp.commit())
+        .await
+        .map_err(|e| DownloadError::io("writing", target, std::io::Error::other(e)))??;
     summary.elapsed = started.elapsed();
     Ok(summary)
 }

@@ -1,0 +1,219 @@
+//! Where `-O` lands, as real processes: another file system than the daemon's data dir, FIFOs,
+//! character devices and dangling symlinks at the output, and two runs racing for one output.
+
+#[path = "support/procs.rs"]
+mod procs;
+
+use procs::{dfget, ok, parts_in, start_daemon, stderr};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use testkit::data::random_bytes;
+use testkit::origin::{Behavior, Origin, Resource};
+
+const MIB: usize = 1 << 20;
+
+/// A tmpfs mounted on a directory; unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256m", "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "this test needs a tmpfs (root): mount -t tmpfs on {} failed: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_on_another_file_system_than_the_data_dir_is_copied() {
+    let data = random_bytes(61, 9 * MIB + 5);
+    let origin = Origin::new();
+    origin.route("/file", Resource::bytes(data.clone()));
+    let o = origin.spawn().await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let mnt = Tmpfs::mount(&work.path().join("mnt"));
+    let dev = |p: &Path| std::fs::metadata(p).unwrap().dev();
+    for multiplex in [true, false] {
+        let d = start_daemon(&work.path().join(format!("d-{multiplex}")), multiplex);
+        assert_ne!(
+            dev(&d.data_dir()),
+            dev(&mnt.0),
+            "the output is on another fs"
+        );
+        let out = mnt.0.join(format!("out-{multiplex}"));
+        let r = dfget(&d.socket(), &[&o.url("/file"), "-O", out.to_str().unwrap()]).await;
+        ok(&r);
+        assert!(
+            std::fs::read(&out).unwrap() == data,
+            "multiplex {multiplex}"
+        );
+        assert_eq!(std::fs::metadata(&out).unwrap().nlink(), 1);
+    }
+    assert!(parts_in(&mnt.0).is_empty(), "{:?}", parts_in(&mnt.0));
+}
+
+/// The daemon's socket, or a missing one for a standalone run.
+fn modes(work: &Path) -> Vec<(&'static str, PathBuf, Option<procs::Daemon>)> {
+    let d = start_daemon(&work.join("daemon"), true);
+    vec![
+        ("standalone", work.join("no-daemon.sock"), None),
+        ("daemon", d.socket(), Some(d)),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overwrite_writes_into_a_fifo_or_character_device_instead_of_replacing_it() {
+    use rustix::fs::{CWD, FileType, Mode, makedev, mknodat};
+    let data = random_bytes(62, 3 * MIB + 1);
+    let origin = Origin::new();
+    origin.route("/file", Resource::bytes(data.clone()));
+    let o = origin.spawn().await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    for (mode, socket, _daemon) in modes(work.path()) {
+        // A /dev/null of our own: character device 1:3.
+        let null = work.path().join(format!("null-{mode}"));
+        mknodat(
+            CWD,
+            &null,
+            FileType::CharacterDevice,
+            Mode::from(0o666),
+            makedev(1, 3),
+        )
+        .unwrap();
+        let r = dfget(&socket, &[&o.url("/file"), "-O", null.to_str().unwrap()]).await;
+        assert!(!r.status.success(), "{mode}: no --overwrite: exists");
+        assert!(
+            stderr(&r).contains("already exists"),
+            "{mode}: {}",
+            stderr(&r)
+        );
+        let r = dfget(
+            &socket,
+            &[&o.url("/file"), "-O", null.to_str().unwrap(), "--overwrite"],
+        )
+        .await;
+        ok(&r);
+        let m = std::fs::symlink_metadata(&null).unwrap();
+        assert!(m.file_type().is_char_device(), "{mode}: still a device");
+        assert_eq!(m.rdev(), makedev(1, 3), "{mode}");
+
+        let fifo = work.path().join(format!("fifo-{mode}"));
+        mknodat(CWD, &fifo, FileType::Fifo, Mode::from(0o600), 0).unwrap();
+        let reader = std::thread::spawn({
+            let fifo = fifo.clone();
+            move || std::fs::read(fifo).unwrap()
+        });
+        let r = dfget(
+            &socket,
+            &[&o.url("/file"), "-O", fifo.to_str().unwrap(), "--overwrite"],
+        )
+        .await;
+        ok(&r);
+        let m = std::fs::symlink_metadata(&fifo).unwrap();
+        assert!(m.file_type().is_fifo(), "{mode}: still a FIFO");
+        assert!(
+            reader.join().unwrap() == data,
+            "{mode}: the reader got the bytes"
+        );
+        assert!(
+            parts_in(work.path()).is_empty(),
+            "{:?}",
+            parts_in(work.path())
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dangling_symlink_at_the_output_needs_overwrite_which_replaces_the_link() {
+    let data = random_bytes(63, MIB);
+    let origin = Origin::new();
+    origin.route("/file", Resource::bytes(data.clone()));
+    let o = origin.spawn().await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    for (mode, socket, _daemon) in modes(work.path()) {
+        let target = work.path().join(format!("nowhere-{mode}"));
+        let link = work.path().join(format!("link-{mode}"));
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let r = dfget(&socket, &[&o.url("/file"), "-O", link.to_str().unwrap()]).await;
+        assert!(!r.status.success(), "{mode}: a dangling link exists");
+        assert!(
+            stderr(&r).contains("already exists"),
+            "{mode}: {}",
+            stderr(&r)
+        );
+        assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+        let r = dfget(
+            &socket,
+            &[&o.url("/file"), "-O", link.to_str().unwrap(), "--overwrite"],
+        )
+        .await;
+        ok(&r);
+        assert!(
+            std::fs::symlink_metadata(&link).unwrap().is_file(),
+            "{mode}"
+        );
+        assert!(std::fs::read(&link).unwrap() == data, "{mode}");
+        assert!(!target.exists(), "{mode}: the link's target is not created");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_runs_to_one_output_without_overwrite_one_fails() {
+    let data = random_bytes(64, 4 * MIB);
+    let origin = Origin::new();
+    let slow = Behavior {
+        frame_delay: Duration::from_millis(10),
+        ..Behavior::default()
+    };
+    origin.route("/file", Resource::bytes(data.clone()).with(slow));
+    let o = origin.spawn().await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    for (mode, socket, _daemon) in modes(work.path()) {
+        let out = work.path().join(format!("out-{mode}"));
+        let run = || {
+            let (s, url, out) = (socket.clone(), o.url("/file"), out.clone());
+            tokio::spawn(async move { dfget(&s, &[&url, "-O", out.to_str().unwrap()]).await })
+        };
+        let (a, b) = (run(), run());
+        let (a, b) = (a.await.unwrap(), b.await.unwrap());
+        let wins = [&a, &b].iter().filter(|r| r.status.success()).count();
+        assert_eq!(
+            wins,
+            1,
+            "{mode}: exactly one run wins: {} / {}",
+            stderr(&a),
+            stderr(&b)
+        );
+        let lost = if a.status.success() { &b } else { &a };
+        assert!(
+            stderr(lost).contains("already exists"),
+            "{mode}: {}",
+            stderr(lost)
+        );
+        assert!(std::fs::read(&out).unwrap() == data, "{mode}");
+        assert!(
+            parts_in(work.path()).is_empty(),
+            "{:?}",
+            parts_in(work.path())
+        );
+    }
+}
