@@ -299,3 +299,83 @@ async fn a_restarted_scheduler_asks_for_finished_tasks_and_offers_their_holders(
     let holders = state.resources.tasks.get("other").map(|t| t.peers.len());
     assert_eq!(holders, Some(1));
 }
+
+/// Resident memory of this process, from /proc (0 where there is none).
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// The numbers in docs/scheduler.md: bytes of a batch, time to announce 10,000 tasks from one
+/// host over gRPC, memory per recorded finished peer. Run with
+/// `cargo test --release -p scheduler --test holders -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn measure_finished_task_announces() {
+    use prost::Message;
+    const TASKS: usize = 10_000;
+    const HOSTS: usize = 16;
+    let mut config = SchedulerConfig::default();
+    config.seed_peer.enable = false;
+    let listener = bind().await;
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let state = Arc::new(SchedulerState::new(config));
+    let (_stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(serve(listener, state.clone(), async move {
+        let _ = stopped.await;
+    }));
+    let mut client = match SchedulerClient::connect(format!("http://{addr}")).await {
+        Ok(c) => c,
+        Err(e) => panic!("connect: {e}"),
+    };
+    let tasks: Vec<sch::FinishedTask> = (0..TASKS)
+        .map(|i| sch::FinishedTask {
+            task_id: format!("{i:064x}"),
+            content_length: 96 << 20,
+            piece_length: PIECE,
+            piece_count: 24,
+        })
+        .collect();
+    let host_id = |h: usize| format!("host-{h:04}-10.0.{}.{}", h / 256, h % 256);
+    let batch = sch::AnnounceFinishedTasksRequest {
+        host_id: host_id(0),
+        tasks: tasks[..1000].to_vec(),
+    };
+    println!("one batch of 1,000 tasks: {} bytes", batch.encoded_len());
+    let rss_before = rss_bytes();
+    for h in 0..HOSTS {
+        let host = Host {
+            id: host_id(h),
+            ip: "10.0.0.1".into(),
+            ..Default::default()
+        };
+        announce(&mut client, host).await;
+        let started = tokio::time::Instant::now();
+        for chunk in tasks.chunks(1000) {
+            let req = sch::AnnounceFinishedTasksRequest {
+                host_id: host_id(h),
+                tasks: chunk.to_vec(),
+            };
+            assert!(client.announce_finished_tasks(req).await.is_ok());
+        }
+        if h == 0 || h == HOSTS - 1 {
+            println!(
+                "host {h}: {TASKS} tasks announced in {:?}",
+                started.elapsed()
+            );
+        }
+    }
+    let records = state.resources.peer_count();
+    assert_eq!(records, TASKS * HOSTS);
+    let grown = rss_bytes().saturating_sub(rss_before);
+    println!(
+        "{records} finished peers over {TASKS} tasks: resident memory +{} MiB, {} bytes a record (task included)",
+        grown >> 20,
+        grown / records as u64
+    );
+}
