@@ -6,6 +6,10 @@
 //! that scheduler sees the whole swarm of the task. A scheduler that does not answer is marked
 //! down for a while and the task goes to the next one in its ranking; when none answers, the
 //! caller downloads from the source (no download fails because the scheduler is gone).
+//!
+//! What this host holds survives a scheduler restart or a move on the ring: see [`finished`].
+
+pub mod finished;
 
 use crate::task::Parent;
 use dragonfly_common::hashring;
@@ -14,7 +18,8 @@ use dragonfly_proto::SchedulerClient;
 use dragonfly_proto::common::v1::{Download, Host, Piece};
 use dragonfly_proto::scheduler::v1::{
     AnnounceHostRequest, AnnouncePeerRequest, AnnouncePeerResponse, DeleteTaskRequest,
-    LeaveHostRequest, RegisterPeerRequest, announce_peer_request, announce_peer_response,
+    HOST_UNKNOWN_HEADER, LeaveHostRequest, RegisterPeerRequest, announce_peer_request,
+    announce_peer_response,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,7 +33,7 @@ use tonic::transport::{Channel, Endpoint};
 /// How long a scheduler that failed is skipped before it is tried again.
 const DOWN_FOR: Duration = Duration::from_secs(10);
 /// Connect timeout to a scheduler.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Reports queued per task before new ones are dropped (the scheduler is too slow to read them).
 const REPORT_QUEUE: usize = 4096;
 
@@ -62,6 +67,15 @@ struct Node {
     /// The scheduler has this host's last announce. Cleared when a call or stream to it fails
     /// (it may have restarted and forgotten the host); the next registration re-announces first.
     announced: Arc<AtomicBool>,
+    /// The last call to it succeeded (unlike `down_until`, this does not expire by itself): the
+    /// ring the finished-task sync hashes tasks over.
+    reachable: AtomicBool,
+    /// The scheduler did not know this host: it wants every finished task that hashes to it.
+    wants_finished: AtomicBool,
+    /// It answered UNIMPLEMENTED to AnnounceFinishedTasks (an older scheduler).
+    no_finished_sync: AtomicBool,
+    /// Wakes the finished-task sync (a scheduler became reachable or unreachable, or wants tasks).
+    changed: Arc<tokio::sync::Notify>,
 }
 
 impl Node {
@@ -74,6 +88,9 @@ impl Node {
         let mut g = self.down_until.lock().unwrap_or_else(|e| e.into_inner());
         let was_down = g.is_some();
         *g = (!up).then(|| Instant::now() + DOWN_FOR);
+        if self.reachable.swap(up, Ordering::Relaxed) != up {
+            self.changed.notify_one();
+        }
         if up && was_down {
             tracing::info!(scheduler = %self.addr, "scheduler is back");
         } else if !up && !was_down {
@@ -91,12 +108,14 @@ pub struct Schedulers {
 struct Inner {
     opts: SchedulerOptions,
     nodes: Vec<Node>,
+    changed: Arc<tokio::sync::Notify>,
 }
 
 impl Schedulers {
     /// Clients for `opts.addrs` (connections are made on first use).
     pub fn new(opts: SchedulerOptions) -> Result<Self, String> {
         let mut nodes = Vec::with_capacity(opts.addrs.len());
+        let changed = Arc::new(tokio::sync::Notify::new());
         for addr in &opts.addrs {
             let endpoint = Endpoint::from_shared(format!("http://{addr}"))
                 .map_err(|e| format!("scheduler address {addr:?}: {e}"))?
@@ -110,10 +129,18 @@ impl Schedulers {
                 client: SchedulerClient::new(endpoint.connect_lazy()),
                 down_until: Mutex::new(None),
                 announced: Arc::new(AtomicBool::new(false)),
+                reachable: AtomicBool::new(false),
+                wants_finished: AtomicBool::new(false),
+                no_finished_sync: AtomicBool::new(false),
+                changed: changed.clone(),
             });
         }
         Ok(Self {
-            inner: Arc::new(Inner { opts, nodes }),
+            inner: Arc::new(Inner {
+                opts,
+                nodes,
+                changed,
+            }),
         })
     }
 
@@ -168,7 +195,14 @@ impl Schedulers {
         )
         .await;
         let ok = match r {
-            Ok(Ok(_)) => true,
+            Ok(Ok(resp)) => {
+                if resp.metadata().get(HOST_UNKNOWN_HEADER).is_some() {
+                    tracing::info!(scheduler = %node.addr, "scheduler did not know this host; sending it the finished tasks it owns");
+                    node.wants_finished.store(true, Ordering::Relaxed);
+                    node.changed.notify_one();
+                }
+                true
+            }
             Ok(Err(status)) => {
                 tracing::debug!(scheduler = %node.addr, error = %status.message(), "announce host failed");
                 false

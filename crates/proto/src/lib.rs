@@ -31,6 +31,14 @@ pub mod scheduler {
     /// Version 1 of the scheduler API.
     pub mod v1 {
         tonic::include_proto!("dragonfly.scheduler.v1");
+
+        /// Response header of `AnnounceHost`, value `1`: the scheduler did not know the host
+        /// before this announce (it restarted, expired the host, or never saw it), so it holds no
+        /// peer of it; the daemon answers with `AnnounceFinishedTasks`. Older schedulers never set it.
+        pub const HOST_UNKNOWN_HEADER: &str = "x-dragonfly-host-unknown";
+
+        /// Most tasks one `AnnounceFinishedTasksRequest` may carry.
+        pub const MAX_FINISHED_TASKS_PER_REQUEST: usize = 4096;
     }
 }
 

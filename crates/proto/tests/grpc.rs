@@ -329,6 +329,14 @@ impl Scheduler for MiniScheduler {
     ) -> Result<TonicResponse<()>, Status> {
         Ok(TonicResponse::new(()))
     }
+
+    async fn announce_finished_tasks(
+        &self,
+        _: TonicRequest<sch::AnnounceFinishedTasksRequest>,
+    ) -> Result<TonicResponse<sch::AnnounceFinishedTasksResponse>, Status> {
+        // A scheduler older than the RPC, as a daemon may meet one.
+        Err(Status::unimplemented("AnnounceFinishedTasks"))
+    }
 }
 
 #[tokio::test]

@@ -122,6 +122,9 @@ pub struct SchedulingConfig {
     pub child_limit: u32,
     /// Peers of the task sampled and filtered before scoring (at least `candidateParentLimit`).
     pub filter_parent_limit: u32,
+    /// Finished peers of one task recorded from hosts' `AnnounceFinishedTasks` at most (peers that
+    /// finish a download here count too), so memory is tasks x this, not hosts x tasks (0: none).
+    pub held_peer_limit: u32,
     /// Garbage collection of peers, tasks and hosts.
     pub gc: GcConfig,
 }
@@ -137,6 +140,7 @@ impl Default for SchedulingConfig {
             candidate_parent_limit: 4,
             child_limit: 8,
             filter_parent_limit: 15,
+            held_peer_limit: 16,
             gc: GcConfig::default(),
         }
     }

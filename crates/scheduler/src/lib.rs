@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod evaluator;
+pub mod finished;
 pub mod gc;
 pub mod grpc;
 pub mod resource;

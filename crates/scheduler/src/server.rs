@@ -14,8 +14,8 @@ use tonic::transport::server::TcpIncoming;
 pub struct SchedulerState {
     /// The effective config.
     pub config: SchedulerConfig,
-    /// Hosts, tasks, peers.
-    pub resources: Resources,
+    /// Hosts, tasks, peers (shared with the seed trigger, which records what a seed holds).
+    pub resources: Arc<Resources>,
     /// How seed peers are asked to fetch a task.
     pub seed_trigger: Arc<dyn SeedTrigger>,
 }
@@ -35,7 +35,7 @@ impl SchedulerState {
     pub fn with_seed_trigger(config: SchedulerConfig, seed_trigger: Arc<dyn SeedTrigger>) -> Self {
         SchedulerState {
             config,
-            resources: Resources::default(),
+            resources: Arc::new(Resources::default()),
             seed_trigger,
         }
     }

@@ -61,13 +61,29 @@ impl dragonfly_proto::Scheduler for SchedulerService {
             .host
             .filter(|h| !h.id.is_empty())
             .ok_or_else(|| Status::invalid_argument("AnnounceHostRequest.host.id is empty"))?;
-        if !self.state.resources.hosts.contains_key(&host.id) {
+        let unknown = !self.state.resources.hosts.contains_key(&host.id);
+        if unknown {
             tracing::info!(host = %host.id, ip = %host.ip, seed = host.is_seed(), "host announced");
         }
         self.state
             .resources
             .announce_host_every(host, Instant::now(), interval);
-        Ok(Response::new(()))
+        let mut response = Response::new(());
+        if unknown {
+            // This instance holds no peer of the host: it answers with its finished tasks.
+            response.metadata_mut().insert(
+                sch::HOST_UNKNOWN_HEADER,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+        }
+        Ok(response)
+    }
+
+    async fn announce_finished_tasks(
+        &self,
+        request: Request<sch::AnnounceFinishedTasksRequest>,
+    ) -> Result<Response<sch::AnnounceFinishedTasksResponse>, Status> {
+        crate::finished::announce(&self.state, request.into_inner()).map(Response::new)
     }
 
     async fn leave_host(
@@ -387,6 +403,10 @@ fn register_peer(
     if task.piece_length.is_none() {
         task.piece_length = download.piece_length;
     }
+    if task.url.is_empty() {
+        // Created from a host's finished-task announce, which carries no URL.
+        task.url.clone_from(&download.url);
+    }
     if task.state == TaskState::Failed {
         // A new attempt may succeed (the origin may be back).
         task.state = TaskState::Pending;
@@ -526,7 +546,9 @@ fn decide(state: &SchedulerState, c: &StreamCtx, last_attempt: bool) -> Result<D
             .map(|h| h.info.clone())
             .collect();
         if let Some(seed) = pick_seed(&c.task_id, &seeds)
-            && state.seed_trigger.trigger(seed, &c.task_id, &c.download)
+            && state
+                .seed_trigger
+                .trigger(seed, &c.task_id, &c.download, res)
         {
             tracing::info!(seed = %seed.id, "seed peer asked to fetch the task");
             task.seed_triggered = true;

@@ -4,6 +4,7 @@ use dragonfly_proto::scheduler::v1 as sch;
 use dragonfly_proto::scheduler::v1::announce_peer_response::Response as Resp;
 use dragonfly_proto::{Download, Host, HostType, Piece, SchedulerClient, TaskState};
 use scheduler::config::SchedulerConfig;
+use scheduler::resource::Resources;
 use scheduler::seed::SeedTrigger;
 use scheduler::{SchedulerState, serve};
 use std::sync::Arc;
@@ -415,7 +416,7 @@ async fn leaves_and_unknown_messages() {
 struct RecordingTrigger(Mutex<Vec<(String, String)>>);
 
 impl SeedTrigger for RecordingTrigger {
-    fn trigger(&self, seed: &Host, task_id: &str, _: &Download) -> bool {
+    fn trigger(&self, seed: &Host, task_id: &str, _: &Download, _: &Arc<Resources>) -> bool {
         if let Ok(mut calls) = self.0.lock() {
             calls.push((seed.id.clone(), task_id.to_owned()));
         }

@@ -420,6 +420,10 @@ pub async fn start(
         let announcer = schedulers
             .clone()
             .map(|s| tokio::spawn(s.run_announcer(stopped(stop_rx.clone()))));
+        // Tells the schedulers what this host holds after a restart or a move on the ring.
+        let finished_sync = schedulers.clone().map(|s| {
+            tokio::spawn(s.run_finished_sync(engine.storage().clone(), stopped(stop_rx.clone())))
+        });
         let grpc = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(DfdaemonDownloadServer::new(service))
@@ -456,6 +460,9 @@ pub async fn start(
         let _ = grpc.await;
         if let Some(p) = proxy_task {
             let _ = p.await;
+        }
+        if let Some(f) = finished_sync {
+            let _ = f.await;
         }
         if let Some(a) = announcer {
             let _ = a.await; // leaves every scheduler

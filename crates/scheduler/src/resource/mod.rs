@@ -5,12 +5,14 @@
 //! across an `.await`.
 
 pub mod dag;
+pub mod finished;
 pub mod host;
 pub mod peer;
 pub mod peer_map;
 pub mod task;
 
 pub use dag::{Dag, DagError};
+pub use finished::{FinishedCopy, Recorded};
 pub use host::Host;
 pub use peer::{InvalidTransition, Peer, PeerState};
 pub use peer_map::PeerMap;
