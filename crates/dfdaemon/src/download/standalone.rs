@@ -202,6 +202,15 @@ async fn fetch(
             validator,
         } => (content_length, validator),
     };
+    // A blob named by the digest it is checked against cannot change, and its ranges may be
+    // redirected to storage with other ETags than the registry's: no version pinning.
+    let by_digest = req.digest.is_some()
+        && crate::proxy::route::blob_digest(&req.url).as_ref() == req.digest.as_ref();
+    let version = if by_digest {
+        SourceValidator::default()
+    } else {
+        version
+    };
     progress.set_length(Some(len));
     let layout = match req.piece_length {
         Some(pl) => PieceLayout::new(len, pl).map_err(|e| DownloadError::BadResponse {
@@ -237,7 +246,7 @@ async fn fetch(
             why,
         });
     }
-    let version = match version.is_empty() {
+    let version = match version.is_empty() && !by_digest {
         true => validator_of(resp.headers()),
         false => version,
     };

@@ -528,7 +528,17 @@ async fn run(
     let (s, lookup) = (storage.clone(), id.clone());
     let existing = blocking(move || s.task(&lookup)).await?;
     let mut pending_stream = None;
-    let version: Version = Arc::default();
+    // Content named by its digest (an OCI blob) cannot change and is checked against that
+    // digest anyway; its ranges may be redirected to storage with other ETags than the
+    // registry's, so only a URL's content is pinned to a version.
+    let by_digest = req
+        .digest
+        .as_ref()
+        .is_some_and(|d| TaskId::for_blob_digest(d) == id);
+    let version: Version = Arc::new(VersionState {
+        pinned: !by_digest,
+        known: std::sync::Mutex::new(None),
+    });
     let stored_version = existing.as_ref().and_then(|r| r.validator.clone());
     set_version(&version, stored_version.clone());
     let layout = match existing {
@@ -1039,15 +1049,21 @@ fn wanted_algorithms(claims: &[Digest]) -> Vec<Algorithm> {
 }
 
 /// The source version a task's bytes are from, once known; shared with its source lanes.
-type Version = Arc<std::sync::Mutex<Option<SourceValidator>>>;
+type Version = Arc<VersionState>;
+
+/// The version a task's bytes are pinned to (`pinned: false`: none, its digest decides).
+struct VersionState {
+    pinned: bool,
+    known: std::sync::Mutex<Option<SourceValidator>>,
+}
 
 fn current_version(v: &Version) -> Option<SourceValidator> {
-    v.lock().ok().and_then(|g| g.clone())
+    v.known.lock().ok().and_then(|g| g.clone())
 }
 
 /// Adopt `new` as the task's version unless one is known already.
 fn set_version(v: &Version, new: Option<SourceValidator>) {
-    if let (Ok(mut g), Some(new)) = (v.lock(), new.filter(|n| !n.is_empty()))
+    if let (true, Ok(mut g), Some(new)) = (v.pinned, v.known.lock(), new.filter(|n| !n.is_empty()))
         && g.is_none()
     {
         *g = Some(new);
