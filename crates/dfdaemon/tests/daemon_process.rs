@@ -379,7 +379,15 @@ async fn a_parent_serving_corrupted_pieces_is_detected_and_the_piece_refetched()
         &[&url, "-O", work.path().join("out-a").to_str().unwrap()],
     )
     .await);
-    // Flip bytes inside piece 3 of the parent's stored content; its metadata still has the old crc32.
+    // Once the parent recorded its content's sha256 (which re-reads the stored pieces), flip
+    // bytes inside piece 3 of its stored content; its metadata still has the old crc32.
+    for _ in 0..200 {
+        if a.log().contains("content digest recorded") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(a.log().contains("content digest recorded"), "{}", a.log());
     let content = find_content_file(&work.path().join("a/data"));
     {
         use std::os::unix::fs::FileExt;

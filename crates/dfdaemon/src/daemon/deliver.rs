@@ -4,7 +4,7 @@
 //! (a piece damaged on disk is dropped, fetched again and copied again).
 
 use super::output::OutputWriter;
-use crate::storage::PieceRecord;
+use crate::storage::{PieceRecord, StorageError};
 use crate::task::{Phase, Task, TaskError, TaskManager, TaskRequest};
 use dragonfly_common::digest::Digest;
 use dragonfly_common::piece::PieceLayout;
@@ -94,12 +94,6 @@ impl Delivery {
         if self.task.rewrites() != rewrites {
             copied.clear();
         }
-        if let Some(d) = self.digest.clone() {
-            self.task
-                .verify_digest(&d)
-                .await
-                .map_err(|e| task_status(&e))?;
-        }
         let mut round = 0;
         loop {
             let rest: Vec<_> = self
@@ -108,9 +102,18 @@ impl Delivery {
                 .filter(|p| !copied.contains(&p.number))
                 .map(|p| (p.number, p.offset, p.length))
                 .collect();
-            self.copy(rest.clone()).await?;
+            let mut damaged = self.copy(rest.clone()).await?;
             copied.extend(rest.iter().map(|p| p.0));
-            let damaged = self.check_pieces().await?;
+            // This caller's digest, once every piece it got passed its crc32.
+            if damaged.is_empty()
+                && let Some(d) = self.digest.clone()
+            {
+                match self.task.verify_digest(&d).await {
+                    Ok(()) => {}
+                    Err(TaskError::DamagedPiece { piece, .. }) => damaged.push(piece),
+                    Err(e) => return Err(task_status(&e)),
+                }
+            }
             if damaged.is_empty() {
                 break;
             }
@@ -128,9 +131,6 @@ impl Delivery {
                 .await
                 .map_err(|e| task_status(&e))?;
             task.wait_finished().await.map_err(|e| task_status(&e))?;
-            if let Some(d) = self.digest.clone() {
-                task.verify_digest(&d).await.map_err(|e| task_status(&e))?;
-            }
             self.task = task;
             for n in damaged {
                 copied.remove(&n);
@@ -172,8 +172,10 @@ impl Delivery {
         loop {
             if !pending.is_empty() {
                 let batch = std::mem::take(&mut pending);
-                self.copy(batch.clone()).await?;
-                copied.extend(batch.iter().map(|b| b.0));
+                // A piece found damaged is not marked copied: the end copies (and checks) it
+                // again once the task has it again.
+                let damaged = self.copy(batch.clone()).await?;
+                copied.extend(batch.iter().map(|b| b.0).filter(|n| !damaged.contains(n)));
             }
             let phase = watch.borrow().phase.clone();
             match phase {
@@ -212,50 +214,44 @@ impl Delivery {
         Ok(copied)
     }
 
-    /// Copy pieces `(number, offset, length)` into the output (nothing without one).
-    async fn copy(&mut self, batch: Vec<(u32, u64, u64)>) -> Result<(), Status> {
+    /// Check pieces `(number, offset, length)` against their stored crc32 and copy the good
+    /// ones into the output (nothing without one). Damaged pieces are dropped from storage
+    /// (the task is no longer finished) and returned.
+    async fn copy(&mut self, batch: Vec<(u32, u64, u64)>) -> Result<Vec<u32>, Status> {
         let Some(mut w) = self.writer.take() else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         if batch.is_empty() {
             self.writer = Some(w);
-            return Ok(());
+            return Ok(Vec::new());
         }
-        let w = tokio::task::spawn_blocking(move || {
-            for (_, off, len) in &batch {
-                w.piece(*off, *len)?;
+        let (storage, id) = (self.engine.storage().clone(), self.task.id.clone());
+        let (w, damaged) = tokio::task::spawn_blocking(move || {
+            let mut damaged = Vec::new();
+            for (n, off, len) in &batch {
+                match storage.verify_piece(&id, *n) {
+                    Ok(None) => w.piece(*off, *len)?,
+                    // Damaged now, or found damaged and dropped earlier: fetch it again.
+                    // Gone since (a failed task is deleted; its phase says why).
+                    Ok(Some(_))
+                    | Err(
+                        StorageError::PieceNotFound { .. }
+                        | StorageError::TaskNotFound(_)
+                        | StorageError::TaskChanged { .. },
+                    ) => damaged.push(*n),
+                    Err(e) => {
+                        return Err(std::io::Error::other(format!(
+                            "checking stored piece {n}: {e}"
+                        )));
+                    }
+                }
             }
-            Ok::<_, std::io::Error>(w)
+            Ok::<_, std::io::Error>((w, damaged))
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(|e| write_status(self.output.as_deref(), e))?;
         self.writer = Some(w);
-        Ok(())
-    }
-
-    /// Re-read every stored piece of the task against its crc32 (the output holds what was
-    /// stored); damaged ones are dropped from storage and returned.
-    async fn check_pieces(&self) -> Result<Vec<u32>, Status> {
-        if self.output.is_none() {
-            return Ok(Vec::new());
-        }
-        let (storage, id, count) = (
-            self.engine.storage().clone(),
-            self.task.id.clone(),
-            self.layout.piece_count(),
-        );
-        tokio::task::spawn_blocking(move || {
-            let mut damaged = Vec::new();
-            for n in 0..count {
-                if storage.verify_piece(&id, n)?.is_some() {
-                    damaged.push(n);
-                }
-            }
-            Ok::<_, crate::storage::StorageError>(damaged)
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| Status::internal(format!("checking the stored pieces: {e}")))
+        Ok(damaged)
     }
 }

@@ -286,9 +286,26 @@ impl DfdaemonDownload for DownloadService {
                     OutputWriter::new(&c, &o, kind, overwrite, multiplex, len, &parts)
                 })
                 .await
-                .map_err(|e| Status::internal(e.to_string()))?
-                .map_err(|e| Status::internal(format!("writing {}: {e}", out.display())))?;
-                Some(w)
+                .map_err(|e| Status::internal(e.to_string()))?;
+                match w {
+                    Ok(w) => Some(w),
+                    // The content is gone: a task that failed at once is deleted (digest
+                    // mismatch, the source changed); say why it failed.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        let failed = tokio::time::timeout(
+                            std::time::Duration::from_secs(5),
+                            task.wait_finished(),
+                        )
+                        .await;
+                        return Err(match failed {
+                            Ok(Err(t)) => Status::aborted(t.to_string()),
+                            _ => Status::internal(format!("writing {}: {e}", out.display())),
+                        });
+                    }
+                    Err(e) => {
+                        return Err(Status::internal(format!("writing {}: {e}", out.display())));
+                    }
+                }
             }
             _ => None,
         };

@@ -122,3 +122,59 @@ impl Storage {
         self.drop_piece(id, number, crc32)
     }
 }
+
+impl Storage {
+    /// Feed the task's content from byte `from` (a piece boundary) to its end into `hashers`,
+    /// checking every piece's crc32 on the way, so a digest is never taken of bytes damaged
+    /// since they were stored. `Ok(Err(piece))`: that piece is damaged and was dropped.
+    pub fn hash_content(
+        &self,
+        id: &TaskId,
+        from: u64,
+        mut hashers: Vec<dragonfly_common::digest::Hasher>,
+    ) -> Result<std::result::Result<Vec<dragonfly_common::digest::Digest>, DamagedPiece>> {
+        let task = self
+            .task(id)?
+            .ok_or_else(|| StorageError::TaskNotFound(id.clone()))?;
+        let layout = task.layout()?;
+        let path = self.content_path(id);
+        let file = std::fs::File::open(&path).map_err(|e| StorageError::io(&path, e))?;
+        let mut buf = vec![0u8; VERIFY_CHUNK];
+        for piece in layout.pieces().filter(|p| p.end() > from) {
+            // Only a piece read whole can be checked; `from` is a piece boundary in practice.
+            let whole = piece.offset >= from;
+            let mut crc = crc32fast::Hasher::new();
+            let mut off = piece.offset.max(from);
+            while off < piece.end() {
+                let n = buf.len().min((piece.end() - off) as usize);
+                file.read_exact_at(&mut buf[..n], off)
+                    .map_err(|e| StorageError::io(&path, e))?;
+                crc.update(&buf[..n]);
+                for h in &mut hashers {
+                    h.update(&buf[..n]);
+                }
+                off += n as u64;
+            }
+            if !whole {
+                continue;
+            }
+            let record = self.piece_record(id, piece.number)?.ok_or_else(|| {
+                StorageError::PieceNotFound {
+                    task: id.clone(),
+                    piece: piece.number,
+                }
+            })?;
+            let actual = crc.finalize();
+            if actual != record.crc32 {
+                tracing::warn!(task_id = %id, piece = piece.number, expected = record.crc32, actual, "stored piece is corrupt; dropping it");
+                self.drop_piece(id, piece.number, record.crc32)?;
+                return Ok(Err(DamagedPiece {
+                    number: piece.number,
+                    expected: record.crc32,
+                    actual,
+                }));
+            }
+        }
+        Ok(Ok(hashers.into_iter().map(|h| h.finish()).collect()))
+    }
+}

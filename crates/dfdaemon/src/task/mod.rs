@@ -17,7 +17,7 @@ pub use reader::TaskReader;
 use crate::source::{HttpSource, SourceOptions};
 use crate::storage::{PieceRecord, Storage, StorageError};
 use dashmap::DashMap;
-use dragonfly_common::digest::Digest;
+use dragonfly_common::digest::{Algorithm, Digest};
 use dragonfly_common::piece::PieceLayout;
 use dragonfly_common::task_id::TaskId;
 use http::HeaderMap;
@@ -131,6 +131,15 @@ pub enum TaskError {
         url: String,
         /// What changed, e.g. `ETag "v1" -> "v2"`.
         why: String,
+    },
+    /// A stored piece's bytes no longer match its crc32 (damaged on disk); it was dropped, so
+    /// the next download fetches it again.
+    #[error("piece {piece} of task {task} is damaged on disk; it was dropped and is fetched again")]
+    DamagedPiece {
+        /// The task id.
+        task: String,
+        /// The piece number.
+        piece: u32,
     },
     /// The content does not match the expected digest.
     #[error("digest mismatch for {url}: expected {expected}, got {actual}")]
@@ -275,32 +284,42 @@ impl Task {
         self.rewrites.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Check a caller's expected digest against the finished content: the digest recorded at
-    /// finish, or (another algorithm) computed once from the stored file and remembered.
-    pub async fn verify_digest(&self, expected: &Digest) -> Result<(), TaskError> {
+    /// The finished content's digest for `algorithm`: the one recorded at finish, or computed
+    /// once from the stored file and remembered (in the task record too).
+    pub async fn content_digest(&self, algorithm: Algorithm) -> Result<Digest, TaskError> {
         self.wait_finished().await?;
-        let algo = expected.algorithm();
-        let known = self.digests().into_iter().find(|d| d.algorithm() == algo);
-        let actual = match known {
-            Some(d) => d,
-            None => {
-                let (storage, id) = (self.storage.clone(), self.id.clone());
-                let d = tokio::task::spawn_blocking(move || -> Result<Digest, TaskError> {
-                    let d = driver::hash_file(&storage.content_path(&id), 0, vec![algo.hasher()])
-                        .map_err(|e| TaskError::Storage(format!("hashing task {id}: {e}")))?
-                        .pop()
-                        .ok_or_else(|| TaskError::Storage("no digest computed".into()))?;
-                    storage.add_content_digest(&id, &d.to_string())?;
-                    Ok(d)
-                })
-                .await
-                .map_err(|e| TaskError::Storage(e.to_string()))??;
-                if let Ok(mut all) = self.digests.lock() {
-                    all.push(d.clone());
-                }
-                d
-            }
-        };
+        if let Some(d) = self
+            .digests()
+            .into_iter()
+            .find(|d| d.algorithm() == algorithm)
+        {
+            return Ok(d);
+        }
+        let (storage, id) = (self.storage.clone(), self.id.clone());
+        let d = tokio::task::spawn_blocking(move || -> Result<Digest, TaskError> {
+            let d = storage
+                .hash_content(&id, 0, vec![algorithm.hasher()])?
+                .map_err(|damaged| TaskError::DamagedPiece {
+                    task: id.to_string(),
+                    piece: damaged.number,
+                })?
+                .pop()
+                .ok_or_else(|| TaskError::Storage("no digest computed".into()))?;
+            storage.add_content_digest(&id, &d.to_string())?;
+            Ok(d)
+        })
+        .await
+        .map_err(|e| TaskError::Storage(e.to_string()))??;
+        if let Ok(mut all) = self.digests.lock() {
+            all.push(d.clone());
+        }
+        Ok(d)
+    }
+
+    /// Check a caller's expected digest against the finished content
+    /// ([`Task::content_digest`] of its algorithm).
+    pub async fn verify_digest(&self, expected: &Digest) -> Result<(), TaskError> {
+        let actual = self.content_digest(expected.algorithm()).await?;
         if &actual == expected {
             Ok(())
         } else {
