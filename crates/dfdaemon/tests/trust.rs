@@ -291,3 +291,42 @@ async fn standalone_dfget_starts_over_when_the_origin_changes_mid_download() {
     ok(&run);
     assert!(read(&out) == v2, "v2, whole");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_resumed_after_a_restart_never_mixes_two_versions() {
+    let v1 = random_bytes(309, 24 * MIB);
+    let v2 = random_bytes(310, 24 * MIB);
+    let origin = Origin::new();
+    // One range at a time (one GET for all six pieces, about 1.3 s a piece); v2 from the
+    // second GET on.
+    let changing = Behavior {
+        frame_delay: Duration::from_millis(20),
+        new_version_after_gets: Some((1, v2.clone().into())),
+        ..Behavior::default()
+    };
+    origin.route("/r", Resource::bytes(v1.clone()).with(changing));
+    let o = origin.spawn().await.unwrap();
+    let url = o.url("/r");
+    let work = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let one_lane = "  concurrentPieceCount: 1\n";
+    let mut d = Daemon::start_full(&work.path().join("d"), &[], port, one_lane, "");
+    let out = work.path().join("out");
+    let first = tokio::spawn(d.dfget(&[&url, "-O", out.to_str().unwrap()]));
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    d.stop(); // killed mid-download, the first pieces of v1 stored
+    let _ = first.await;
+    assert!(!out.exists());
+    let d = Daemon::start_full(&work.path().join("d"), &[], port, one_lane, "");
+    // The resumed task asks for ranges of v1 (If-Range); the origin now serves v2.
+    assert!(
+        d.log().contains("resumed: [TaskId("),
+        "the task was resumed: {}",
+        d.log()
+    );
+    let err = failed(&d.dfget(&[&url, "-O", out.to_str().unwrap()]).await);
+    assert!(err.contains("changed during the download"), "{err}");
+    assert!(!out.exists());
+    ok(&d.dfget(&[&url, "-O", out.to_str().unwrap()]).await);
+    assert!(read(&out) == v2, "v2 whole");
+}

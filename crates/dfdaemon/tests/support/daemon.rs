@@ -30,6 +30,18 @@ impl Daemon {
 
     /// [`Daemon::start`] with more YAML appended to its config (top-level sections).
     pub fn start_with(dir: &Path, parents: &[u16], upload_port: u16, extra: &str) -> Daemon {
+        Self::start_full(dir, parents, upload_port, "", extra)
+    }
+
+    /// [`Daemon::start_with`], with `download` lines (indented two spaces) added to the
+    /// `download:` section.
+    pub fn start_full(
+        dir: &Path,
+        parents: &[u16],
+        upload_port: u16,
+        download: &str,
+        extra: &str,
+    ) -> Daemon {
         std::fs::create_dir_all(dir).unwrap();
         let parents: Vec<String> = parents
             .iter()
@@ -37,7 +49,7 @@ impl Daemon {
             .collect();
         let cfg = format!(
             "dataDir: {d}/data\nlogDir: {d}/log\ngcInterval: 1m\n\
-             download:\n  unixListen:\n    socket: {d}/dfdaemon.sock\n  parents: [{p}]\n\
+             download:\n  unixListen:\n    socket: {d}/dfdaemon.sock\n  parents: [{p}]\n{download}\
              upload:\n  tcpListen:\n    listen: 127.0.0.1\n    port: {upload_port}\n{extra}",
             d = dir.display(),
             p = parents.join(", ")
