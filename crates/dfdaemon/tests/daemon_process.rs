@@ -1,103 +1,26 @@
 //! Real daemon processes (`dfget daemon`) and dfget talking to them over the unix socket.
 
+#[path = "support/daemon.rs"]
+mod daemon;
+
+use daemon::{Daemon, content_file as find_content_file, dfget_at as dfget, free_port, ok};
 use dragonfly_common::digest::{Algorithm, Digest};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
 use std::time::Duration;
 use testkit::data::random_bytes;
 use testkit::origin::{Behavior, Origin, Resource};
 
 const MIB: usize = 1 << 20;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Daemon {
-    child: Child,
-    dir: PathBuf,
-    upload_port: u16,
-}
-
-impl Daemon {
-    fn socket(&self) -> PathBuf {
-        self.dir.join("dfdaemon.sock")
-    }
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("log/core.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+/// A daemon with static `parents` (upload ports); `multiplex` hardlinks outputs.
 fn start_daemon(dir: &Path, parents: &[u16], upload_port: u16, multiplex: bool) -> Daemon {
-    std::fs::create_dir_all(dir).unwrap();
-    let parents: Vec<String> = parents
-        .iter()
-        .map(|p| format!("\"127.0.0.1:{p}\""))
-        .collect();
-    let cfg = format!(
-        "dataDir: {d}/data\nlogDir: {d}/log\ngcInterval: 1m\n\
-         download:\n  unixListen:\n    socket: {d}/dfdaemon.sock\n  parents: [{p}]\n\
-         upload:\n  tcpListen:\n    listen: 127.0.0.1\n    port: {upload_port}\n\
-         storage:\n  multiplex: {multiplex}\n",
-        d = dir.display(),
-        p = parents.join(", ")
-    );
-    std::fs::write(dir.join("dfget.yaml"), cfg).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_dfget"))
-        .args(["daemon", "--config"])
-        .arg(dir.join("dfget.yaml"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(
-            std::fs::File::create(dir.join("stderr.log")).unwrap(),
-        ))
-        .spawn()
-        .unwrap();
-    let d = Daemon {
-        child,
-        dir: dir.to_path_buf(),
-        upload_port,
+    let extra = if multiplex {
+        "storage:\n  multiplex: true\n"
+    } else {
+        "storage:\n  multiplex: false\n"
     };
-    for _ in 0..200 {
-        if std::os::unix::net::UnixStream::connect(d.socket()).is_ok() {
-            return d;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!(
-        "daemon in {} did not start: {}",
-        dir.display(),
-        std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default()
-    );
-}
-
-async fn dfget(socket: &Path, args: &[&str]) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_dfget"))
-        .args(args)
-        .env("DFGET_DAEMON_SOCK", socket)
-        .output()
-        .await
-        .unwrap()
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "dfget failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    Daemon::start_with(dir, parents, upload_port, extra)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -418,19 +341,4 @@ async fn a_parent_serving_corrupted_pieces_is_detected_and_the_piece_refetched()
         o.stats.for_path("/file").1 > data.len() as u64,
         "the bad piece was refetched from the source"
     );
-}
-
-fn find_content_file(data_dir: &Path) -> PathBuf {
-    let mut stack = vec![data_dir.join("content")];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                return p;
-            }
-        }
-    }
-    panic!("no content file under {}", data_dir.display());
 }

@@ -103,9 +103,7 @@ impl Daemon {
     /// Run dfget against this daemon (the arguments are taken at once, so several runs can be
     /// joined).
     pub fn dfget(&self, args: &[&str]) -> impl std::future::Future<Output = Output> + 'static {
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_dfget"));
-        cmd.args(args).env("DFGET_DAEMON_SOCK", self.socket());
-        async move { cmd.output().await.unwrap() }
+        dfget_at(&self.socket(), args)
     }
 }
 
@@ -113,6 +111,13 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Run dfget against the daemon listening on `socket`.
+pub fn dfget_at(socket: &Path, args: &[&str]) -> impl std::future::Future<Output = Output> + use<> {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_dfget"));
+    cmd.args(args).env("DFGET_DAEMON_SOCK", socket);
+    async move { cmd.output().await.unwrap() }
 }
 
 /// dfget's stdout, after asserting it succeeded.
