@@ -2,6 +2,7 @@
 //! source, at most `concurrent_pieces` at a time, verify each, and finish (or fail) the task.
 
 use super::parent::{self, Parent, ParentEvent};
+use super::version::{Version, VersionState, changed, current_version, set_version};
 use super::{Phase, Task, TaskError, TaskManager, TaskRequest};
 use crate::download::DownloadError;
 use crate::rate::TaskRate;
@@ -1086,52 +1087,6 @@ fn wanted_algorithms(claims: &[Digest]) -> Vec<Algorithm> {
         }
     }
     algos
-}
-
-/// The source version a task's bytes are from, once known; shared with its source lanes.
-type Version = Arc<VersionState>;
-
-/// The version a task's bytes are pinned to (`pinned: false`: none, its digest decides).
-struct VersionState {
-    pinned: bool,
-    known: std::sync::Mutex<Option<SourceValidator>>,
-}
-
-fn current_version(v: &Version) -> Option<SourceValidator> {
-    v.known.lock().ok().and_then(|g| g.clone())
-}
-
-/// Adopt `new` as the task's version unless one is known already.
-fn set_version(v: &Version, new: Option<SourceValidator>) {
-    if let (true, Ok(mut g), Some(new)) = (v.pinned, v.known.lock(), new.filter(|n| !n.is_empty()))
-        && g.is_none()
-    {
-        *g = Some(new);
-    }
-}
-
-/// Why a source response is of another version than the task's: another validator, or
-/// another total length. A first response with a validator sets the task's version.
-fn changed(v: &Version, resp: &reqwest::Response, content_length: u64) -> Option<String> {
-    if let Some((_, _, Some(total))) = content_range(resp.headers())
-        && total != content_length
-    {
-        return Some(format!("length {content_length} -> {total}"));
-    }
-    if resp.status() == StatusCode::OK
-        && let Some(len) = crate::source::http::content_length(resp.headers())
-        && len != content_length
-    {
-        return Some(format!("length {content_length} -> {len}"));
-    }
-    let got = validator_of(resp.headers());
-    match current_version(v) {
-        Some(known) => known.differs(&got),
-        None => {
-            set_version(v, Some(got));
-            None
-        }
-    }
 }
 
 fn apply_event(parents: &mut [ParentState], ev: ParentEvent, id: &TaskId, version: &Version) {

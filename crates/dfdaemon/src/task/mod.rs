@@ -10,6 +10,7 @@
 mod driver;
 mod parent;
 mod reader;
+mod version;
 
 pub use parent::Parent;
 pub use reader::TaskReader;
