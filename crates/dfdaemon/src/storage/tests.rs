@@ -309,3 +309,80 @@ fn finished_tasks_are_reverified_only_after_a_reboot() {
         "resumable again, piece 1 to refetch"
     );
 }
+
+#[test]
+fn digests_are_taken_with_every_piece_checked_and_damage_drops_the_piece() {
+    use dragonfly_common::digest::{Algorithm, Digest};
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = open_at(dir.path(), 0);
+    let t = id(7);
+    let data = bytes(10, 3);
+    s.create_task(new_task(&t, 10, 4)).unwrap();
+    for (n, chunk) in data.chunks(4).enumerate() {
+        write(&s, &t, n as u32, chunk).unwrap();
+    }
+    s.finish_task_with(&t, &["sha256:00".into()]).unwrap();
+    let sha = Algorithm::Sha256;
+    let got = s.hash_content(&t, 0, vec![sha.hasher()]).unwrap().unwrap();
+    assert_eq!(got, vec![Digest::of(sha, &data)]);
+    // From a piece boundary: the first piece is left out.
+    let rest = s.hash_content(&t, 4, vec![sha.hasher()]).unwrap().unwrap();
+    assert_eq!(rest, vec![Digest::of(sha, &data[4..])]);
+    assert_eq!(s.verify_piece(&t, 1).unwrap(), None);
+    // One byte of piece 1 changes on disk.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(s.content_path(&t))
+        .unwrap();
+    f.write_all_at(b"x", 5).unwrap();
+    let damaged = s
+        .hash_content(&t, 0, vec![sha.hasher()])
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(damaged.number, 1);
+    let rec = s.task(&t).unwrap().unwrap();
+    assert!(!rec.is_finished(), "a dropped piece unfinishes the task");
+    assert!(s.piece_record(&t, 1).unwrap().is_none());
+    assert!(matches!(
+        s.verify_piece(&t, 1),
+        Err(StorageError::PieceNotFound { .. })
+    ));
+}
+
+#[test]
+fn pieces_from_doubted_sources_are_dropped_and_other_digests_remembered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = open_at(dir.path(), 0);
+    let t = id(8);
+    s.create_task(new_task(&t, 12, 4)).unwrap();
+    write(&s, &t, 0, &bytes(4, 1)).unwrap();
+    for n in 1..3 {
+        let mut w = s.piece_writer(&t, n).unwrap();
+        w.write(&bytes(4, n as u8)).unwrap();
+        w.commit(None, Some("parent-a")).unwrap();
+    }
+    s.finish_task_with(&t, &["sha256:ab".into()]).unwrap();
+    s.add_content_digest(&t, "sha512:cd").unwrap();
+    s.add_content_digest(&t, "sha512:ef").unwrap();
+    let rec = s.task(&t).unwrap().unwrap();
+    assert_eq!(rec.content_digest("sha256"), Some("sha256:ab"));
+    assert_eq!(
+        rec.content_digest("sha512"),
+        Some("sha512:ef"),
+        "one per algorithm"
+    );
+    let dropped = s
+        .drop_pieces_where(&t, |p| p.parent_id.as_deref() != Some(""))
+        .unwrap();
+    assert_eq!(
+        dropped.iter().map(|p| p.number).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    let rec = s.task(&t).unwrap().unwrap();
+    assert!(!rec.is_finished());
+    assert!(
+        rec.content_digests.is_empty(),
+        "digests of the old content are gone"
+    );
+    assert_eq!(s.pieces(&t).unwrap().len(), 1);
+}
