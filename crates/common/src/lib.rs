@@ -6,5 +6,6 @@ pub mod digest;
 pub mod hashring;
 pub mod logging;
 pub mod piece;
+pub mod secret;
 pub mod task_id;
 pub mod validator;

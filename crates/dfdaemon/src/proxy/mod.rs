@@ -324,7 +324,7 @@ impl Proxy {
 
     async fn route(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         peer: SocketAddr,
         via: Via,
     ) -> Response<Body> {
@@ -386,6 +386,19 @@ impl Proxy {
                     Err(e) => return text(StatusCode::BAD_REQUEST, &e.to_string()),
                 }
             }
+        };
+        // Credentials in the target URL (`X-Dragonfly-Registry: https://user:pw@registry`, or
+        // an absolute URL) go upstream as `Authorization`, never into a log or a task id.
+        let url = match dragonfly_common::secret::split_userinfo(&url) {
+            Some((clean, user, password)) => {
+                if !req.headers().contains_key(http::header::AUTHORIZATION) {
+                    let creds = crate::source::oras::Credentials::new(user, password);
+                    req.headers_mut()
+                        .insert(http::header::AUTHORIZATION, creds.basic_header());
+                }
+                clean
+            }
+            None => url,
         };
         let decision = route::decide(&self.cfg.proxies, mirror, &url);
         match (decision, req.method()) {

@@ -111,7 +111,7 @@ pub fn mirror_target(
         Some(Err(_)) => return Err(MirrorError::BadHeader("(not text)".into())),
         None => match ns.filter(|_| mirror.dynamic) {
             Some(ns) => {
-                let host = percent_decode(ns);
+                let host = dragonfly_common::secret::percent_decode(ns);
                 let ok = !host.is_empty()
                     && host
                         .chars()
@@ -138,27 +138,6 @@ pub fn mirror_target(
         target.push_str(&rest.join("&"));
     }
     Ok(target)
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let Some(v) = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The digest of an OCI blob URL (`.../blobs/sha256:<hex>`), the task key of a layer whatever

@@ -91,6 +91,21 @@ pub struct TaskRequest {
 }
 
 impl TaskRequest {
+    /// The request with any `user:password@` taken out of its URL and sent as an
+    /// `Authorization: Basic` header instead (unless it has one), so credentials never reach a
+    /// log, the metadata, a scheduler's view of the URL or the task id.
+    pub fn without_userinfo(mut self) -> Self {
+        if let Some((url, user, password)) = dragonfly_common::secret::split_userinfo(&self.url) {
+            if !self.headers.contains_key(http::header::AUTHORIZATION) {
+                let creds = crate::source::oras::Credentials::new(user, password);
+                self.headers
+                    .insert(http::header::AUTHORIZATION, creds.basic_header());
+            }
+            self.url = url;
+        }
+        self
+    }
+
     /// The task id this request maps to.
     pub fn task_id(&self) -> TaskId {
         self.task_id.clone().unwrap_or_else(|| {
@@ -564,6 +579,7 @@ impl TaskManager {
 
     /// Start or join the download of `req`; a finished task in storage is served as is.
     pub async fn download(&self, req: TaskRequest) -> Result<Arc<Task>, TaskError> {
+        let req = req.without_userinfo();
         let id = req.task_id();
         if let Some(t) = self.running(&id) {
             t.claim(req.digest.as_ref());
