@@ -5,6 +5,7 @@
 //! `serve(listener, Arc::new(SchedulerState::new(config)), shutdown)`.
 #![forbid(unsafe_code)]
 
+pub mod bounds;
 pub mod config;
 pub mod evaluator;
 pub mod finished;

@@ -298,6 +298,21 @@ async fn handle(
             c
         }
     };
+    let known = state
+        .resources
+        .tasks
+        .get(&c.task_id)
+        .map(|t| crate::bounds::Known {
+            piece_count: t.piece_count,
+        })
+        .unwrap_or_default();
+    if let Err(why) = crate::bounds::check(known, &request) {
+        tracing::warn!(task = %c.task_id, peer = %c.peer_id, host = %c.host_id, error = %why, "peer sent numbers out of bounds; closing its stream");
+        return Err(Status::invalid_argument(format!(
+            "peer {} of task {}: {why}",
+            c.peer_id, c.task_id
+        )));
+    }
     match request {
         Req::RegisterPeerRequest(_) => Ok(None),
         Req::MoreParentsRequest(_) => {
@@ -311,7 +326,10 @@ async fn handle(
             update_peer(state, &c, |task, peer_id| {
                 task.dag.remove_parents_of(peer_id);
                 if let Some(p) = task.peers.get_mut(peer_id) {
-                    p.blocklist.extend(r.candidate_parents_blocklist);
+                    // Bounded: a peer cannot grow its state without limit.
+                    let room = crate::bounds::MAX_BLOCKLIST.saturating_sub(p.blocklist.len());
+                    p.blocklist
+                        .extend(r.candidate_parents_blocklist.into_iter().take(room));
                     p.reschedule_count += 1;
                 }
             });
@@ -345,7 +363,9 @@ async fn handle(
             if !r.temporary && !r.parent_id.is_empty() {
                 update_peer(state, &c, |task, id| {
                     task.dag.remove_edge(&r.parent_id, id);
-                    if let Some(p) = task.peers.get_mut(id) {
+                    if let Some(p) = task.peers.get_mut(id)
+                        && p.blocklist.len() < crate::bounds::MAX_BLOCKLIST
+                    {
                         p.blocklist.insert(r.parent_id.clone());
                     }
                 });

@@ -20,6 +20,9 @@ pub struct FinishedCopy {
 impl FinishedCopy {
     /// Whether the numbers agree with each other (a copy that does not is not recorded).
     pub fn is_consistent(&self) -> bool {
+        if self.piece_count > crate::bounds::MAX_PIECES {
+            return false;
+        }
         if self.content_length == 0 {
             return self.piece_count == 0;
         }
@@ -138,6 +141,17 @@ mod tests {
         piece_length: 4,
         piece_count: 3,
     };
+
+    #[test]
+    fn a_copy_with_more_pieces_than_a_task_may_have_is_refused() {
+        let huge = FinishedCopy {
+            content_length: u64::from(u32::MAX),
+            piece_length: 1,
+            piece_count: u32::MAX,
+        };
+        assert!(!huge.is_consistent(), "a 512 MiB bitmap is never allocated");
+        assert!(COPY.is_consistent());
+    }
 
     fn with_hosts(n: usize) -> Resources {
         let res = Resources::default();
