@@ -1,6 +1,7 @@
-//! A peer sending numbers the task cannot have (piece 4294967295, a piece count of 2^32-1, a
-//! blocklist of thousands) gets its stream closed; the scheduler stores none of it. Each message
-//! kind is sent with extreme values against a scheduler on 127.0.0.1:0.
+//! What one peer can cost the scheduler is bounded: a peer sending numbers the task cannot have
+//! (piece 4294967295, a piece count of 2^32-1, a blocklist of thousands) gets its stream closed
+//! and the scheduler stores none of it (each message kind sent with extreme values), and a peer
+//! whose stream stays open does not hold a stopping scheduler for longer than its grace period.
 
 use dragonfly_proto::scheduler::v1 as sch;
 use dragonfly_proto::scheduler::v1::announce_peer_request::Request as Req;
@@ -159,4 +160,47 @@ async fn extreme_numbers_close_the_stream_and_are_not_stored() {
             p.blocklist.len()
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_scheduler_closes_open_peer_streams_after_the_grace_period() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = Arc::new(SchedulerState::new(SchedulerConfig::default()));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, state, async move {
+        let _ = stopped.await;
+    }));
+    let mut client = SchedulerClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    // A peer in the middle of a download: registered, its stream open, sending nothing more.
+    let (tx, rx) = mpsc::channel(4);
+    let register = sch::RegisterPeerRequest {
+        download: Some(Download {
+            url: "http://origin/file".into(),
+            ..Default::default()
+        }),
+    };
+    tx.send(sch::AnnouncePeerRequest::new("h", TASK, "p", register))
+        .await
+        .unwrap();
+    let mut stream = client
+        .announce_peer(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(matches!(stream.message().await, Ok(Some(_))));
+    stop.send(()).unwrap();
+    // Before, the stop waited for this stream for as long as it stayed open.
+    let ended = tokio::time::timeout(
+        scheduler::server::SHUTDOWN_GRACE + Duration::from_secs(10),
+        server,
+    )
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the scheduler stopped although a peer stream stayed open"
+    );
+    drop(tx);
 }
