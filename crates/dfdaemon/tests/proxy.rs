@@ -489,6 +489,13 @@ async fn bad_requests_get_clear_errors() {
     let d = daemon("").await;
     let out = raw(d.proxy, b"THIS IS NOT HTTP\r\n\r\n").await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    // Bare-LF heads are answered (they used to wait forever for a CRLF blank line).
+    let out = raw(
+        d.proxy,
+        b"GET /index.html HTTP/1.1\nHost: x\nConnection: close\n\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 404"), "{out:?}");
     let big = format!(
         "GET http://127.0.0.1:1/ HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
         "a".repeat(100 * 1024)

@@ -111,9 +111,15 @@ fn could_be_http(buf: &[u8]) -> bool {
     httparse::Request::new(&mut headers).parse(buf).is_ok()
 }
 
-/// Where the request head ends (after its blank line).
+/// Where the request head ends (after its blank line), as the HTTP parser sees it: a head
+/// ended by bare LFs (`\n\n`) is complete too, and must not wait for a `\r\n\r\n` that never
+/// comes.
 fn find_head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match httparse::Request::new(&mut headers).parse(buf) {
+        Ok(httparse::Status::Complete(n)) => Some(n),
+        _ => None,
+    }
 }
 
 /// A request this path may answer.
