@@ -238,3 +238,65 @@ async fn download_task_on_the_upload_port_is_for_seed_peers_only() {
         .expect("the seed stored the task");
     assert!(stored.is_finished());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_that_stops_reading_frees_its_slot_after_the_stall_timeout() {
+    let data = random_bytes(41, 64 * MIB);
+    let origin = Origin::new();
+    origin.route("/big", Resource::bytes(data.clone()));
+    let o = origin.spawn().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let engine =
+        TaskManager::new(Storage::open(dir.path()).unwrap(), EngineOptions::default()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
+    // One upload slot in all, held by whoever is being sent a piece.
+    let limits = UploadLimits {
+        concurrent_total: 1,
+        stall_timeout: Duration::from_secs(1),
+        ..UploadLimits::default()
+    };
+    tokio::spawn(upload::serve(listener, engine.clone(), limits, async {
+        let _ = rx.await;
+    }));
+    let task = engine
+        .download(TaskRequest {
+            url: o.url("/big"),
+            piece_length: Some(32 * MIB as u64),
+            ..TaskRequest::default()
+        })
+        .await
+        .unwrap();
+    task.wait_finished().await.unwrap();
+    let id = task.id.to_string();
+    // A child asks for a 32 MiB piece and never reads it (a tiny receive window).
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stuck = socket.connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut stuck,
+        format!("GET /pieces/{id}/0 HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Another child still gets its piece: the stuck transfer is dropped and frees the slot.
+    let req = format!("GET /pieces/{id}/1 HTTP/1.1\r\nconnection: close\r\n\r\n");
+    let resp = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        s.write_all(req.as_bytes()).unwrap();
+        let mut head = [0u8; 64];
+        let n = s.read(&mut head).unwrap_or(0);
+        head[..n].to_vec()
+    })
+    .await
+    .unwrap();
+    assert!(
+        status_line(&resp).starts_with("HTTP/1.1 200"),
+        "the second child was served: {:?}",
+        status_line(&resp)
+    );
+    drop(stuck);
+}

@@ -366,6 +366,7 @@ pub async fn start(
         rate_limit: (!cfg.upload.rate_limit.is_zero()).then(|| cfg.upload.rate_limit.as_u64()),
         per_peer_rate_limit: (!cfg.upload.per_peer_rate_limit.is_zero())
             .then(|| cfg.upload.per_peer_rate_limit.as_u64()),
+        ..UploadLimits::default()
     };
     let parents = static_parents(&cfg)?;
     let proxy =

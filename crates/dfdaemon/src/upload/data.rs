@@ -196,7 +196,19 @@ async fn send_body(
         "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {}\r\n{PIECE_CRC_HEADER}: {:08x}\r\n\r\n",
         record.length, record.crc32
     );
-    stream.write_all(head.as_bytes()).await.map_err(Err)?;
+    let stall = shared.limits.stall_timeout;
+    let stalled = |what: &str| {
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "{remote} read nothing of piece {number} of task {task} for {stall:?} ({what})"
+            ),
+        ))
+    };
+    match tokio::time::timeout(stall, stream.write_all(head.as_bytes())).await {
+        Ok(r) => r.map_err(Err)?,
+        Err(_) => return Err(stalled("head")),
+    }
     let rates = shared.limits.rates(remote.ip());
     let mut offset = record.offset;
     let end = record.offset + record.length;
@@ -205,21 +217,24 @@ async fn send_body(
         for r in &rates {
             r.take(n).await;
         }
-        sendfile(stream, &file, offset, offset + n)
-            .await
-            .map_err(|e| {
-                if e.kind() == io::ErrorKind::UnexpectedEof {
-                    // The file is shorter than its record says: drop the connection, the
-                    // child sees a short body and tries elsewhere.
-                    io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!("task {task}: content ends inside piece {number}"),
-                    )
-                } else {
-                    e
-                }
-            })
-            .map_err(Err)?;
+        let Ok(sent) =
+            tokio::time::timeout(stall, sendfile(stream, &file, offset, offset + n)).await
+        else {
+            return Err(stalled("body"));
+        };
+        sent.map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                // The file is shorter than its record says: drop the connection, the
+                // child sees a short body and tries elsewhere.
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("task {task}: content ends inside piece {number}"),
+                )
+            } else {
+                e
+            }
+        })
+        .map_err(Err)?;
         offset += n;
     }
     Ok(())

@@ -17,6 +17,9 @@ pub struct UploadLimits {
     pub rate_limit: Option<u64>,
     /// Bytes per second to one remote address (`None`: unlimited).
     pub per_peer_rate_limit: Option<u64>,
+    /// A transfer that makes no progress this long (a child that stopped reading) is dropped,
+    /// so it frees its slot for others.
+    pub stall_timeout: std::time::Duration,
 }
 
 impl Default for UploadLimits {
@@ -26,6 +29,8 @@ impl Default for UploadLimits {
             concurrent_per_peer: 16,
             rate_limit: None,
             per_peer_rate_limit: None,
+            // The children's own piece timeout (`download.pieceDownloadTimeout`) is 30 s.
+            stall_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -43,6 +48,7 @@ pub(crate) struct Limiter {
     rate: Option<Arc<RateLimiter>>,
     per_peer_rate: Option<u64>,
     peer_rates: DashMap<IpAddr, Arc<RateLimiter>>,
+    pub(crate) stall_timeout: std::time::Duration,
 }
 
 impl Limiter {
@@ -57,6 +63,7 @@ impl Limiter {
                 .map(|r| Arc::new(RateLimiter::new(r))),
             per_peer_rate: limits.per_peer_rate_limit.filter(|r| *r > 0),
             peer_rates: DashMap::new(),
+            stall_timeout: limits.stall_timeout,
         }
     }
 
@@ -100,6 +107,7 @@ mod tests {
             concurrent_per_peer: 1,
             rate_limit: None,
             per_peer_rate_limit: None,
+            ..UploadLimits::default()
         });
         let ip: IpAddr = "127.0.0.2".parse().unwrap();
         let first = l.acquire(ip).await;
