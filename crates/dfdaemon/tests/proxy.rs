@@ -489,6 +489,10 @@ async fn bad_requests_get_clear_errors() {
     let d = daemon("").await;
     let out = raw(d.proxy, b"THIS IS NOT HTTP\r\n\r\n").await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert!(
+        out.contains("not an HTTP/1.1 request"),
+        "a one-line body: {out}"
+    );
     // Bare-LF heads are answered (they used to wait forever for a CRLF blank line).
     let out = raw(
         d.proxy,
@@ -502,6 +506,14 @@ async fn bad_requests_get_clear_errors() {
     );
     let out = raw(d.proxy, big.as_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+    assert!(out.contains("is over the limit"), "a one-line body: {out}");
+    // A head that never ends, past the limit: the same answer from the fast path.
+    let endless = format!("GET /v2/x HTTP/1.1\r\nX-Big: {}", "a".repeat(70 * 1024));
+    let out = raw(d.proxy, endless.as_bytes()).await;
+    assert!(
+        out.starts_with("HTTP/1.1 431") && out.contains("is over the limit"),
+        "{out}"
+    );
     let out = raw(
         d.proxy,
         b"GET ftp://example.com/x HTTP/1.1\r\nHost: example.com\r\n\r\n",

@@ -38,12 +38,20 @@ pub(super) async fn serve(proxy: Arc<Proxy>, mut stream: TcpStream, peer: Socket
                 break Some(end);
             }
             if buf.len() > MAX_HEAD {
-                break None; // hyper answers 431
+                let msg = format!(
+                    "request head of more than {MAX_HEAD} bytes is over the limit of {MAX_HEAD}\n"
+                );
+                return refuse(stream, "431 Request Header Fields Too Large", &msg).await;
             }
-            if !buf.is_empty() && !could_be_http(&buf) {
+            match head_error(&buf) {
                 // Not HTTP (a client trying TLS first, as skopeo does with an `insecure`
-                // mirror): hyper refuses it at once instead of both sides waiting for more.
-                break None;
+                // mirror): refused at once instead of both sides waiting for more.
+                Some(httparse::Error::TooManyHeaders) => break None, // hyper takes more
+                Some(e) => {
+                    let msg = format!("not an HTTP/1.1 request: {e}\n");
+                    return refuse(stream, "400 Bad Request", &msg).await;
+                }
+                None => {}
             }
             match stream.read_buf(&mut buf).await {
                 Ok(0) if buf.is_empty() => return, // closed between requests
@@ -105,10 +113,31 @@ pub(super) async fn serve(proxy: Arc<Proxy>, mut stream: TcpStream, peer: Socket
     }
 }
 
-/// Whether these first bytes of a request head may still become a valid one.
-fn could_be_http(buf: &[u8]) -> bool {
+/// Why these first bytes of a request head cannot become a valid one (`None`: they may).
+fn head_error(buf: &[u8]) -> Option<httparse::Error> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    httparse::Request::new(&mut headers).parse(buf).is_ok()
+    httparse::Request::new(&mut headers).parse(buf).err()
+}
+
+/// Answer a request head that cannot be served with `status` and a one-line text, and close.
+async fn refuse(mut stream: TcpStream, status: &str, msg: &str) {
+    let resp = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{msg}",
+        msg.len()
+    );
+    let _ = stream.write_all(resp.as_bytes()).await;
+    let _ = stream.shutdown().await;
+    // Read what the client still sends (briefly): closing with unread input resets the
+    // connection, and the client would lose the answer.
+    let drain = async {
+        let mut sink = [0u8; 8192];
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
 }
 
 /// Where the request head ends (after its blank line), as the HTTP parser sees it: a head
@@ -355,11 +384,11 @@ mod tests {
 
     #[test]
     fn partial_heads_are_told_from_other_protocols() {
-        assert!(could_be_http(b"GE"));
-        assert!(could_be_http(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n"));
+        assert!(head_error(b"GE").is_none());
+        assert!(head_error(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n").is_none());
         // The start of a TLS ClientHello.
-        assert!(!could_be_http(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]));
-        assert!(!could_be_http(b"GET /v2/ HTTP/1.1\r\nBad Header\r\n"));
+        assert!(head_error(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).is_some());
+        assert!(head_error(b"GET /v2/ HTTP/1.1\r\nBad Header\r\n").is_some());
     }
 
     #[tokio::test]
