@@ -878,3 +878,26 @@ async fn a_stored_blob_damaged_on_disk_is_never_served_whole() {
         "only the damaged piece came from the origin again ({served})"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_paths_that_would_leave_v2_or_the_prefix_are_refused() {
+    let (origin, running) = origin_with(vec![
+        ("/not-v2/x".to_string(), Resource::bytes(vec![1u8; 10])),
+        ("/some/admin".to_string(), Resource::bytes(vec![2u8; 10])),
+    ])
+    .await;
+    let d = daemon(&format!(
+        "  registryMirror:\n    url: {}\n",
+        running.url("/some/prefix")
+    ))
+    .await;
+    for path in ["/v2/../not-v2/x", "/v2/%2e%2e/%2e%2e/admin"] {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let out = raw(d.proxy, req.as_bytes()).await;
+        assert!(
+            out.starts_with("HTTP/1.1 400") && out.contains(path),
+            "{path}: {out}"
+        );
+    }
+    assert_eq!(origin.stats().requests(), 0, "nothing reached the origin");
+}

@@ -77,6 +77,18 @@ pub enum MirrorError {
         "registryMirror.url {0:?} is not an http(s) URL; set it, or use registryMirror.dynamic with X-Dragonfly-Registry"
     )]
     NoUpstream(String),
+    /// The path would leave `/v2/` once its dot segments are resolved.
+    #[error("mirror path {0:?} has a `.`, `..` or encoded `/` segment; only /v2/... is mirrored")]
+    BadPath(String),
+}
+
+/// Whether a mirror path stays under `/v2/` as written: no `.` or `..` segment, plain or
+/// percent-encoded, and no encoded `/` or `\` (an upstream URL prefix could be left otherwise).
+fn path_stays_in_v2(path: &str) -> bool {
+    path.split('/').all(|seg| {
+        let d = dragonfly_common::secret::percent_decode(seg);
+        d != "." && d != ".." && !d.contains('/') && !d.contains('\\')
+    })
 }
 
 /// The absolute URL a mirror request (`/v2/...` without a host) goes to: the registry named by
@@ -88,6 +100,9 @@ pub fn mirror_target(
     path: &str,
     query: Option<&str>,
 ) -> Result<String, MirrorError> {
+    if !path_stays_in_v2(path) {
+        return Err(MirrorError::BadPath(path.to_string()));
+    }
     let mut ns: Option<&str> = None;
     let mut rest: Vec<&str> = Vec::new();
     for p in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
@@ -359,6 +374,28 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("registryMirror.url"), "{e}");
+    }
+
+    #[test]
+    fn mirror_paths_never_leave_v2_or_the_url_prefix() {
+        let m = mirror(false, "https://r.test/some/prefix");
+        for bad in [
+            "/v2/../not-v2/x",
+            "/v2/%2e%2e/%2e%2e/admin",
+            "/v2/%2E%2e/x",
+            "/v2/./x",
+            "/v2/a%2f..%2f..%2fadmin",
+            "/v2/a%5c..",
+        ] {
+            let e = mirror_target(&m, &HeaderMap::new(), bad, None).unwrap_err();
+            assert!(matches!(e, MirrorError::BadPath(_)), "{bad}: {e}");
+            assert!(e.to_string().contains(bad), "{e}");
+        }
+        let ok = mirror_target(&m, &HeaderMap::new(), "/v2/lib/a..b/manifests/v1.0", None);
+        assert_eq!(
+            ok.unwrap(),
+            "https://r.test/some/prefix/v2/lib/a..b/manifests/v1.0"
+        );
     }
 
     #[test]
