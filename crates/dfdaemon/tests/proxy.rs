@@ -901,3 +901,51 @@ async fn mirror_paths_that_would_leave_v2_or_the_prefix_are_refused() {
     }
     assert_eq!(origin.stats().requests(), 0, "nothing reached the origin");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_requests_need_the_proxy_credentials_and_a_whitelisted_registry() {
+    let data = random_bytes(43, 3 * MIB);
+    let (path, _) = blob_path(&data);
+    let (origin, running) = origin_with(vec![(path.clone(), Resource::bytes(data.clone()))]).await;
+    let mirror = format!("  registryMirror:\n    url: {}\n", running.url(""));
+    let d = daemon(&format!(
+        "  basicAuth:\n    username: alice\n    password: s3cret\n{mirror}"
+    ))
+    .await;
+    let url = format!("{}{path}", d.url());
+    let client = reqwest::Client::new();
+    let alice = format!(
+        "Basic {}",
+        dfdaemon::source::oras::base64_encode(b"alice:s3cret")
+    );
+    let r = client
+        .get(&url)
+        .header("proxy-authorization", &alice)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.expect("body") == data);
+    // Stored now (the sendfile path would serve it): still not without credentials.
+    for _ in 0..2 {
+        let r = client.get(&url).send().await.expect("get");
+        assert_eq!(r.status(), 407, "a mirror GET without credentials");
+        let r = client.head(&url).send().await.expect("head");
+        assert_eq!(r.status(), 407, "a mirror HEAD without credentials");
+    }
+    assert_eq!(origin.stats().gets(), 1);
+
+    // whiteList applies to the registry a mirror request goes to.
+    let d = daemon(&format!(
+        "  whiteList:\n  - host: registry.example\n{mirror}"
+    ))
+    .await;
+    let r = client
+        .get(format!("{}{path}", d.url()))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.expect("text").contains("proxy.whiteList"));
+    assert_eq!(origin.stats().gets(), 1, "nothing more reached the origin");
+}

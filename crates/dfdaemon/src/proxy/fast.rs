@@ -30,6 +30,10 @@ const MAX_HEADERS: usize = 64;
 
 /// Serve one plain connection of the proxy listener.
 pub(super) async fn serve(proxy: Arc<Proxy>, mut stream: TcpStream, peer: SocketAddr) {
+    if proxy.cfg.basic_auth.is_some() || !proxy.cfg.white_list.is_empty() {
+        // Every request must pass basicAuth / whiteList: hyper's path checks them.
+        return hand_to_hyper(proxy, stream, bytes::Bytes::new(), peer).await;
+    }
     let mut buf = BytesMut::with_capacity(4096);
     loop {
         // The head of the next request, or hyper for anything this path does not know.

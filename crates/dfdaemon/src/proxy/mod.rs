@@ -380,11 +380,28 @@ impl Proxy {
                         ),
                     );
                 }
-                let m = &self.cfg.registry_mirror;
-                match route::mirror_target(m, req.headers(), path, uri.query()) {
-                    Ok(url) => (url, self.mirror_upstream.clone(), Some(m)),
-                    Err(e) => return text(StatusCode::BAD_REQUEST, &e.to_string()),
+                // Mirror requests pass basicAuth and whiteList like proxied ones (only
+                // /ca.crt answers without credentials).
+                if let Some(resp) = self.check_auth(&req) {
+                    return resp;
                 }
+                let m = &self.cfg.registry_mirror;
+                let url = match route::mirror_target(m, req.headers(), path, uri.query()) {
+                    Ok(url) => url,
+                    Err(e) => return text(StatusCode::BAD_REQUEST, &e.to_string()),
+                };
+                if !self.cfg.white_list.is_empty() {
+                    let target = url::Url::parse(&url).ok();
+                    let host = target.as_ref().and_then(|u| u.host_str()).unwrap_or("");
+                    let port = target
+                        .as_ref()
+                        .and_then(url::Url::port_or_known_default)
+                        .unwrap_or(443);
+                    if let Some(resp) = self.check_target(host, port) {
+                        return resp;
+                    }
+                }
+                (url, self.mirror_upstream.clone(), Some(m))
             }
         };
         // Credentials in the target URL (`X-Dragonfly-Registry: https://user:pw@registry`, or
@@ -417,6 +434,26 @@ impl Proxy {
 
     /// Proxy authentication and the host white list, for forward-proxy requests.
     fn check_client<B>(&self, req: &Request<B>) -> Option<Response<Body>> {
+        if let Some(r) = self.check_auth(req) {
+            return Some(r);
+        }
+        if !self.cfg.white_list.is_empty() {
+            let (host, port) = match req.uri().authority() {
+                Some(a) => (a.host().to_string(), a.port_u16()),
+                None => return Some(text(StatusCode::BAD_REQUEST, "the request names no host")),
+            };
+            let port = port.unwrap_or(if req.uri().scheme_str() == Some("http") {
+                80
+            } else {
+                443
+            });
+            return self.check_target(&host, port);
+        }
+        None
+    }
+
+    /// `proxy.basicAuth`: the client's `Proxy-Authorization` must carry its credentials.
+    fn check_auth<B>(&self, req: &Request<B>) -> Option<Response<Body>> {
         if let Some(auth) = &self.cfg.basic_auth {
             let expected = format!(
                 "Basic {}",
@@ -440,19 +477,15 @@ impl Proxy {
                 return Some(r);
             }
         }
+        None
+    }
+
+    /// `proxy.whiteList`: the target `host:port` must be listed (when the list is not empty).
+    fn check_target(&self, host: &str, port: u16) -> Option<Response<Body>> {
         if !self.cfg.white_list.is_empty() {
-            let (host, port) = match req.uri().authority() {
-                Some(a) => (a.host().to_string(), a.port_u16()),
-                None => return Some(text(StatusCode::BAD_REQUEST, "the request names no host")),
-            };
-            let port = port.unwrap_or(if req.uri().scheme_str() == Some("http") {
-                80
-            } else {
-                443
-            });
             let allowed = self.cfg.white_list.iter().any(|w| {
                 let host_ok = (!w.host.is_empty() && w.host == host)
-                    || w.regx.as_ref().is_some_and(|r| r.is_match(&host));
+                    || w.regx.as_ref().is_some_and(|r| r.is_match(host));
                 host_ok && (w.ports.is_empty() || w.ports.iter().any(|p| p.get() == port))
             });
             if !allowed {
