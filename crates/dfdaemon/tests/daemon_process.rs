@@ -342,3 +342,38 @@ async fn a_parent_serving_corrupted_pieces_is_detected_and_the_piece_refetched()
         "the bad piece was refetched from the source"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_raises_its_open_files_limit_to_the_hard_limit() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("d");
+    // Start an ordinary daemon for its config, then the same config under a low soft limit.
+    let mut probe = start_daemon(&dir, &[], free_port(), false);
+    probe.stop();
+    let _ = std::fs::remove_file(dir.join("dfdaemon.sock"));
+    let mut child = std::process::Command::new("prlimit")
+        .arg("--nofile=256:4096")
+        .arg(env!("CARGO_BIN_EXE_dfget"))
+        .args(["daemon", "--config"])
+        .arg(dir.join("dfget.yaml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prlimit (util-linux) runs");
+    let mut limits = String::new();
+    for _ in 0..200 {
+        if dir.join("dfdaemon.sock").exists() {
+            limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_else(|| panic!("no limits read: {limits}"));
+    let numbers: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(numbers, ["4096", "4096"], "{line}");
+}
