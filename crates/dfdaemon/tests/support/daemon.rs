@@ -94,6 +94,21 @@ impl Daemon {
         std::fs::read_to_string(self.dir.join("log/core.log")).unwrap_or_default()
     }
 
+    /// SIGTERM, then wait for a clean exit (the graceful shutdown).
+    pub fn terminate(mut self) {
+        let pid = self.child.id().to_string();
+        let st = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(st.success(), "kill -TERM {pid}");
+        for _ in 0..200 {
+            if let Some(code) = self.child.try_wait().unwrap() {
+                assert!(code.success(), "daemon exited with {code}");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("daemon did not exit within 10 s of SIGTERM");
+    }
+
     /// Kill the process and wait for it.
     pub fn stop(&mut self) {
         let _ = self.child.kill();
