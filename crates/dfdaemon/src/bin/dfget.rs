@@ -209,18 +209,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .context("no output file given (-O FILE)")?;
     // Credentials in the URL become an Authorization header, so the URL dfget prints, sends to
     // the daemon and keys the task by carries none.
-    let (url, url_creds) = match dragonfly_common::secret::split_userinfo(&url) {
-        Some((clean, user, password)) => (clean, Some(Credentials::new(user, password))),
-        None => (url, None),
-    };
+    let mut headers = parse_headers(&cli.headers)?;
+    let url = oras::userinfo_to_authorization(url, &mut headers);
     let mut req = DownloadRequest::new(url.clone(), output.clone());
-    req.headers = parse_headers(&cli.headers)?;
-    if let Some(creds) = url_creds
-        && !req.headers.contains_key(http::header::AUTHORIZATION)
-    {
-        req.headers
-            .insert(http::header::AUTHORIZATION, creds.basic_header());
-    }
+    req.headers = headers;
     if oras::is_oras_url(&url) {
         let reference = OrasReference::parse(&url)?;
         if !req.headers.contains_key(http::header::AUTHORIZATION)

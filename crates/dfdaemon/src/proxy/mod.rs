@@ -406,17 +406,7 @@ impl Proxy {
         };
         // Credentials in the target URL (`X-Dragonfly-Registry: https://user:pw@registry`, or
         // an absolute URL) go upstream as `Authorization`, never into a log or a task id.
-        let url = match dragonfly_common::secret::split_userinfo(&url) {
-            Some((clean, user, password)) => {
-                if !req.headers().contains_key(http::header::AUTHORIZATION) {
-                    let creds = crate::source::oras::Credentials::new(user, password);
-                    req.headers_mut()
-                        .insert(http::header::AUTHORIZATION, creds.basic_header());
-                }
-                clean
-            }
-            None => url,
-        };
+        let url = crate::source::oras::userinfo_to_authorization(url, req.headers_mut());
         let decision = route::decide(&self.cfg.proxies, mirror, &url);
         match (decision, req.method()) {
             (route::Decision::P2p(target), &Method::GET) => {

@@ -13,7 +13,7 @@ mod reference;
 
 pub use auth::{
     Challenge, Credentials, base64_decode, base64_encode, docker_config_credentials,
-    docker_config_path, parse_challenge,
+    docker_config_path, parse_challenge, userinfo_to_authorization,
 };
 pub use client::OrasClient;
 pub use manifest::{Descriptor, SIF_LAYER};

@@ -95,14 +95,8 @@ impl TaskRequest {
     /// `Authorization: Basic` header instead (unless it has one), so credentials never reach a
     /// log, the metadata, a scheduler's view of the URL or the task id.
     pub fn without_userinfo(mut self) -> Self {
-        if let Some((url, user, password)) = dragonfly_common::secret::split_userinfo(&self.url) {
-            if !self.headers.contains_key(http::header::AUTHORIZATION) {
-                let creds = crate::source::oras::Credentials::new(user, password);
-                self.headers
-                    .insert(http::header::AUTHORIZATION, creds.basic_header());
-            }
-            self.url = url;
-        }
+        let url = std::mem::take(&mut self.url);
+        self.url = crate::source::oras::userinfo_to_authorization(url, &mut self.headers);
         self
     }
 

@@ -20,6 +20,20 @@ impl fmt::Debug for Credentials {
     }
 }
 
+/// Take `user:password@` out of `url`, sending it as `Authorization: Basic` in `headers`
+/// instead (unless they carry an `Authorization` already). Returns the URL without it, or the
+/// URL unchanged when it has none.
+pub fn userinfo_to_authorization(url: String, headers: &mut http::HeaderMap) -> String {
+    let Some((clean, user, password)) = dragonfly_common::secret::split_userinfo(&url) else {
+        return url;
+    };
+    if !headers.contains_key(http::header::AUTHORIZATION) {
+        let creds = Credentials::new(user, password);
+        headers.insert(http::header::AUTHORIZATION, creds.basic_header());
+    }
+    clean
+}
+
 impl Credentials {
     /// Credentials for Basic auth and the token exchange.
     pub fn new(username: impl Into<String>, password: impl Into<String>) -> Self {
