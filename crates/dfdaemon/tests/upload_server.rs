@@ -36,26 +36,34 @@ fn status_line(resp: &[u8]) -> String {
         .to_string()
 }
 
+/// An engine over a temporary storage and its upload server on 127.0.0.1:0 with `limits`;
+/// both stop when the returned guard is dropped.
+async fn upload_node(
+    limits: UploadLimits,
+) -> (
+    TaskManager,
+    SocketAddr,
+    (tempfile::TempDir, tokio::sync::oneshot::Sender<()>),
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let engine =
+        TaskManager::new(Storage::open(dir.path()).unwrap(), EngineOptions::default()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(upload::serve(listener, engine.clone(), limits, async {
+        let _ = rx.await;
+    }));
+    (engine, addr, (dir, stop))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn piece_requests_over_raw_http() {
     let data = random_bytes(40, 9 * MIB);
     let origin = Origin::new();
     origin.route("/blob", Resource::bytes(data.clone()));
     let o = origin.spawn().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let engine =
-        TaskManager::new(Storage::open(dir.path()).unwrap(), EngineOptions::default()).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(upload::serve(
-        listener,
-        engine.clone(),
-        UploadLimits::default(),
-        async {
-            let _ = rx.await;
-        },
-    ));
+    let (engine, addr, _node) = upload_node(UploadLimits::default()).await;
     let task = engine
         .download(TaskRequest {
             url: o.url("/blob"),
@@ -245,21 +253,13 @@ async fn a_child_that_stops_reading_frees_its_slot_after_the_stall_timeout() {
     let origin = Origin::new();
     origin.route("/big", Resource::bytes(data.clone()));
     let o = origin.spawn().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let engine =
-        TaskManager::new(Storage::open(dir.path()).unwrap(), EngineOptions::default()).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
     // One upload slot in all, held by whoever is being sent a piece.
     let limits = UploadLimits {
         concurrent_total: 1,
         stall_timeout: Duration::from_secs(1),
         ..UploadLimits::default()
     };
-    tokio::spawn(upload::serve(listener, engine.clone(), limits, async {
-        let _ = rx.await;
-    }));
+    let (engine, addr, _node) = upload_node(limits).await;
     let task = engine
         .download(TaskRequest {
             url: o.url("/big"),
