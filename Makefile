@@ -1,7 +1,7 @@
 # Developer entry points. `make demo` shows the system working; `make test` runs every test.
 CARGO ?= cargo
 # Debian packages the test suite needs (installed by `make test` when missing).
-TEST_PACKAGES := ca-certificates curl gcc libc6-dev docker-registry skopeo containerd podman apache2-utils runc python3-venv
+TEST_PACKAGES := ca-certificates curl gcc libc6-dev docker-registry skopeo containerd podman apache2-utils runc python3-venv procps util-linux
 BENCH_PACKAGES := nginx curl bc docker-registry skopeo
 
 .PHONY: all build release demo test lint fmt bench clean
