@@ -16,7 +16,7 @@ pub const TASK_ID_LEN: usize = 64;
 /// Domain tag hashed first for ids derived from URLs, so they can never equal a blob id.
 const URL_DOMAIN: &[u8] = b"dragonfly-task-url-v1";
 /// Domain tag hashed first for ids derived from OCI blob digests.
-const BLOB_DOMAIN: &[u8] = b"dragonfly-task-blob-v1";
+const BLOB_DOMAIN: &[u8] = b"dragonfly-task-blob-v2";
 
 /// The id of a task: 64 lowercase hex characters (a sha256).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -59,12 +59,19 @@ impl TaskId {
         TaskId(hex::encode(h.finalize()))
     }
 
-    /// The id of the task for an OCI blob (`/v2/<name>/blobs/sha256:<d>`): derived from the
-    /// digest alone, so the same layer pulled through two mirrors is one task.
-    pub fn for_blob_digest(digest: &Digest) -> TaskId {
+    /// The id of the task for an OCI blob (`/v2/<name>/blobs/sha256:<d>`) fetched from the origin
+    /// of `url` (scheme, host and port): the same layer pulled from one registry through any
+    /// repository, mirror setting or node is one task.
+    ///
+    /// The origin is part of the id so that a download in progress, whose length and bytes are
+    /// not verified yet, is never shared with a requester who asked another origin: a client
+    /// pointing the daemon at an origin it controls cannot capture the layer for everyone else.
+    /// Finished content, checked against the digest, is shared across origins by the daemon.
+    pub fn for_blob(digest: &Digest, url: &str) -> TaskId {
         let mut h = sha2::Sha256::new();
         field(&mut h, BLOB_DOMAIN);
         field(&mut h, digest.to_string().as_bytes());
+        field(&mut h, blob_origin(url).as_bytes());
         TaskId(hex::encode(h.finalize()))
     }
 
@@ -83,6 +90,20 @@ impl TaskId {
 fn field(h: &mut sha2::Sha256, bytes: &[u8]) {
     h.update((bytes.len() as u64).to_be_bytes());
     h.update(bytes);
+}
+
+/// The origin of a blob URL as hashed: `scheme://host:port`, lowercase, the port always
+/// written; a URL that does not parse is its own origin.
+pub fn blob_origin(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(u) => format!(
+            "{}://{}:{}",
+            u.scheme(),
+            u.host_str().unwrap_or_default().to_ascii_lowercase(),
+            u.port_or_known_default().unwrap_or(0)
+        ),
+        Err(_) => raw.to_string(),
+    }
 }
 
 /// The URL as hashed: parsed and normalized, fragment dropped, filtered query params removed.
@@ -260,16 +281,23 @@ mod tests {
     }
 
     #[test]
-    fn blob_ids_depend_on_the_digest_only() {
+    fn blob_ids_depend_on_the_digest_and_the_origin_only() {
         let d1: Digest = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
         let d2: Digest = format!("sha256:{}", "cd".repeat(32)).parse().unwrap();
+        let at = |d: &Digest, origin: &str| TaskId::for_blob(d, &format!("{origin}/v2/x/blobs/{d}"));
+        // Any repository on one registry, default port written or not, any case: one task.
         assert_eq!(
-            TaskId::for_blob_digest(&d1),
-            TaskId::for_blob_digest(&d1.clone())
+            at(&d1, "https://r.test"),
+            TaskId::for_blob(&d1, &format!("https://R.test:443/v2/other/repo/blobs/{d1}"))
         );
-        assert_ne!(TaskId::for_blob_digest(&d1), TaskId::for_blob_digest(&d2));
+        assert_ne!(at(&d1, "https://r.test"), at(&d2, "https://r.test"));
+        // Another host, port or scheme is another origin.
+        assert_ne!(at(&d1, "https://r.test"), at(&d1, "https://evil.test"));
+        assert_ne!(at(&d1, "https://r.test"), at(&d1, "https://r.test:5000"));
+        assert_ne!(at(&d1, "https://r.test"), at(&d1, "http://r.test"));
         // A blob id never equals the id of a URL spelling the digest.
-        assert_ne!(TaskId::for_blob_digest(&d1), id(&d1.to_string()));
+        assert_ne!(at(&d1, "https://r.test"), id(&d1.to_string()));
+        assert_eq!(blob_origin("HTTP://Reg.Test/v2/"), "http://reg.test:80");
     }
 
     proptest! {

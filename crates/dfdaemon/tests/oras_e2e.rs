@@ -412,7 +412,7 @@ async fn oras_pull_through_the_daemon_and_again_from_local_storage_by_hardlink()
     let a = s_.push("sif/app:v1", 24 * MIB + 5, 61).await;
     let d = Daemon::start(&s_.out("daemon"), "", Some(&s_.bundle));
     let dfget = Dfget::via(&s_, Some(&d));
-    let task = TaskId::for_blob_digest(&a.blob);
+    let task = TaskId::for_blob(&a.blob, &format!("https://{}/", s_.registry.host_port()));
 
     let out1 = s_.out("app.sif");
     let url = s_.url(&s_.registry, "sif/app:v1");
@@ -825,7 +825,7 @@ async fn missing_tags_ambiguous_indexes_and_corrupt_blobs_fail_clearly() {
         );
         assert!(!out.exists());
     }
-    let task = TaskId::for_blob_digest(&bad.blob);
+    let task = TaskId::for_blob(&bad.blob, &format!("https://{}/", s_.registry.host_port()));
     assert!(
         d.task_lines("peer task done", &task).is_empty(),
         "a corrupt blob never finishes"
@@ -850,7 +850,7 @@ async fn a_second_node_takes_the_oras_blob_from_the_first() {
     let node_a = Daemon::start(&s_.out("a"), &sched, Some(&s_.bundle));
     let node_b = Daemon::start(&s_.out("b"), &sched, Some(&s_.bundle));
     let url = s_.url(&s_.registry, "sif/shared:v1");
-    let task = TaskId::for_blob_digest(&a.blob);
+    let task = TaskId::for_blob(&a.blob, &format!("https://{}/", s_.registry.host_port()));
 
     let (out_a, out_b) = (s_.out("a.sif"), s_.out("b.sif"));
     ok(&Dfget::via(&s_, Some(&node_a))

@@ -128,7 +128,7 @@ async fn p2p_blob_is_fetched_once_and_served_with_ranges_and_head() {
         );
         assert_eq!(
             r.headers()["x-dragonfly-task"],
-            TaskId::for_blob_digest(&digest).as_str()
+            TaskId::for_blob(&digest, &url).as_str()
         );
         assert_eq!(r.bytes().await.expect("body"), data[..]);
     }
@@ -334,7 +334,7 @@ async fn wrong_bytes_for_a_digest_fail_the_client_and_are_not_kept() {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
-        !d.stored(&TaskId::for_blob_digest(&digest)),
+        !d.stored(&TaskId::for_blob(&digest, &url)),
         "nothing of a wrong content is kept"
     );
     assert_eq!(
@@ -411,8 +411,8 @@ async fn redirect_to_blob_storage_is_followed_without_the_token() {
     assert_eq!(r.status(), 200);
     assert_eq!(
         r.headers()["x-dragonfly-task"],
-        TaskId::for_blob_digest(&digest).as_str(),
-        "the task is keyed by the digest, not the signed URL"
+        TaskId::for_blob(&digest, &running.url(&path)).as_str(),
+        "the task is keyed by the digest and the origin, not the signed URL"
     );
     assert_eq!(r.bytes().await.expect("body"), data[..]);
     assert_eq!(
@@ -573,7 +573,7 @@ async fn a_client_that_leaves_mid_blob_does_not_stop_the_task() {
         assert!(!first.is_empty());
         // Dropped here, mid-blob.
     }
-    let id = TaskId::for_blob_digest(&digest);
+    let id = TaskId::for_blob(&digest, &url);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let r = loop {
         let r = d.client().head(&url).send().await.expect("head");
@@ -722,7 +722,7 @@ async fn stored_blobs_go_out_with_sendfile_and_other_requests_share_the_connecti
     assert!(!head.to_ascii_lowercase().contains(SERVED_HEADER), "{head}");
     assert!(body == data, "first answer's bytes differ");
     for _ in 0..100 {
-        if d.stored(&TaskId::for_blob_digest(&digest)) {
+        if d.stored(&TaskId::for_blob(&digest, &registry)) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -840,7 +840,7 @@ async fn a_stored_blob_damaged_on_disk_is_never_served_whole() {
         .expect("body");
     assert!(body == data);
     // 8 bytes overwritten inside piece 1 (4 MiB pieces) of the stored content.
-    let id = TaskId::for_blob_digest(&digest);
+    let id = TaskId::for_blob(&digest, &url);
     let file = d
         .cfg
         .data_dir

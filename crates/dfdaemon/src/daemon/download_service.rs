@@ -150,7 +150,7 @@ impl DownloadService {
             url: artifact.blob_url.clone(),
             headers: artifact.headers,
             digest: Some(artifact.digest.clone()),
-            task_id: Some(TaskId::for_blob_digest(&artifact.digest)),
+            task_id: Some(TaskId::for_blob(&artifact.digest, &artifact.blob_url)),
             source: Some(backend.blob_source.clone()),
             ..base
         };
@@ -179,7 +179,7 @@ fn oras_status(e: &OrasError) -> Status {
 /// scheduler asking this seed peer for an ORAS or proxy blob): the digest, as the proxy keys it.
 fn blob_task_id(url: &str, digest: Option<&Digest>) -> Option<TaskId> {
     let d = crate::proxy::route::blob_digest(url)?;
-    (Some(&d) == digest).then(|| TaskId::for_blob_digest(&d))
+    (Some(&d) == digest).then(|| TaskId::for_blob(&d, url))
 }
 
 fn headers(raw: &std::collections::HashMap<String, String>) -> Result<HeaderMap, Status> {
@@ -370,7 +370,7 @@ mod tests {
         let url = format!("https://r.test/v2/sif/app/blobs/{d}");
         assert_eq!(
             blob_task_id(&url, Some(&d)),
-            Some(TaskId::for_blob_digest(&d))
+            Some(TaskId::for_blob(&d, &url))
         );
         assert_eq!(blob_task_id(&url, None), None, "no digest: keyed by URL");
         assert_eq!(blob_task_id(&url, Some(&other)), None, "another digest");

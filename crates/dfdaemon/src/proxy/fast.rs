@@ -233,19 +233,8 @@ async fn stored_blob(proxy: &Proxy, ask: &Ask) -> Option<(TaskRecord, TaskId, Di
         return None;
     };
     let digest = route::blob_digest(&target)?;
-    let id = TaskId::for_blob_digest(&digest);
-    let (storage, lookup) = (proxy.engine.storage().clone(), id.clone());
-    let record = tokio::task::spawn_blocking(move || storage.task(&lookup))
-        .await
-        .ok()?
-        .ok()??;
-    // Finished means every piece is stored and the whole content matched the digest; the
-    // sha256 recorded at finish must be it too (records from before it was kept have none).
-    let want = digest.to_string();
-    (record.is_finished()
-        && record.digest.as_deref() == Some(want.as_str())
-        && record.content_digest("sha256").is_none_or(|d| d == want))
-    .then_some((record, id, digest))
+    let (id, record) = proxy.engine.stored_blob(&digest, &target).await?;
+    Some((record, id, digest))
 }
 
 /// The status line and headers: those of [`super::p2p`]'s answer for the same blob

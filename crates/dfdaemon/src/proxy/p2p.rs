@@ -37,7 +37,7 @@ pub(crate) async fn get(
         piece_length: None,
         digest: digest.clone(),
         filtered_query_params: proxy.filtered.clone(),
-        task_id: digest.as_ref().map(TaskId::for_blob_digest),
+        task_id: digest.as_ref().map(|d| TaskId::for_blob(d, &url)),
         parents: proxy.parents.clone(),
         source: Some(upstream.fetch.clone()),
         streaming: true,
@@ -90,7 +90,7 @@ pub(crate) async fn get(
 /// download); `None` when the origin should answer.
 pub(crate) async fn head_from_storage(proxy: &Proxy, url: &str) -> Option<Response<Body>> {
     let digest = blob_digest(url)?;
-    let id = TaskId::for_blob_digest(&digest);
+    let id = TaskId::for_blob(&digest, url);
     let storage = proxy.engine.storage().clone();
     let lookup = id.clone();
     let record = tokio::task::spawn_blocking(move || storage.task(&lookup))

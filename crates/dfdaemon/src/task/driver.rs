@@ -72,6 +72,9 @@ pub(super) async fn drive(engine: TaskManager, task: Arc<Task>, req: TaskRequest
         Err(e) => Err(e),
     };
     sched.finish(&task, &result);
+    if let (Ok(()), Some(d)) = (&result, req.blob_digest()) {
+        engine.blob_finished(d, &task.id);
+    }
     if result.is_ok()
         && !task
             .digests()
@@ -551,10 +554,7 @@ async fn run(
     // Content named by its digest (an OCI blob) cannot change and is checked against that
     // digest anyway; its ranges may be redirected to storage with other ETags than the
     // registry's, so only a URL's content is pinned to a version.
-    let by_digest = req
-        .digest
-        .as_ref()
-        .is_some_and(|d| TaskId::for_blob_digest(d) == id);
+    let by_digest = req.blob_digest().is_some();
     let version: Version = Arc::new(VersionState {
         pinned: !by_digest,
         known: std::sync::Mutex::new(None),
@@ -1008,7 +1008,7 @@ async fn run(
         // A digest-keyed task (an OCI blob) must have that digest; otherwise one caller's digest
         // matching is enough (each caller's own is checked against the result before it is
         // served, so a typo fails only its caller).
-        let intrinsic = claims.iter().find(|d| TaskId::for_blob_digest(d) == id);
+        let intrinsic = claims.iter().find(|d| TaskId::for_blob(d, &req.url) == id);
         let verified = match intrinsic {
             Some(d) => digests.contains(d),
             None => claims.is_empty() || claims.iter().any(|c| digests.contains(c)),

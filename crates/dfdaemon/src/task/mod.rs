@@ -16,7 +16,7 @@ pub use parent::Parent;
 pub use reader::TaskReader;
 
 use crate::source::{HttpSource, SourceOptions};
-use crate::storage::{PieceRecord, Storage, StorageError};
+use crate::storage::{PieceRecord, Storage, StorageError, TaskRecord};
 use dashmap::DashMap;
 use dragonfly_common::digest::{Algorithm, Digest};
 use dragonfly_common::piece::PieceLayout;
@@ -111,6 +111,14 @@ impl TaskRequest {
                 &self.filtered_query_params,
             )
         })
+    }
+
+    /// The digest this request's task is keyed by (an OCI blob task: [`TaskId::for_blob`]),
+    /// if it is one.
+    pub fn blob_digest(&self) -> Option<&Digest> {
+        self.digest
+            .as_ref()
+            .filter(|d| self.task_id.as_ref() == Some(&TaskId::for_blob(d, &self.url)))
     }
 }
 
@@ -463,8 +471,18 @@ struct Inner {
     opts: EngineOptions,
     tasks: DashMap<TaskId, Arc<Task>>,
     pins: Arc<DashMap<TaskId, usize>>,
+    /// Finished blob tasks by digest, whatever origin they came from (a hint: the record is
+    /// read again before it is served).
+    blobs: DashMap<String, TaskId>,
     parents: parent::ParentClient,
     schedulers: Option<crate::scheduling::Schedulers>,
+}
+
+/// Finished means every piece is stored and the whole content matched the digest the task was
+/// keyed by; the sha256 recorded at finish must be it too (records from before it was kept
+/// have none).
+fn verified_blob(r: &TaskRecord, digest: &str) -> bool {
+    r.digest.as_deref() == Some(digest) && r.content_digest("sha256").is_none_or(|d| d == digest)
 }
 
 /// Keeps a task from being evicted while it is served; released on drop.
@@ -505,6 +523,14 @@ impl TaskManager {
     ) -> Result<Self, TaskError> {
         let source = HttpSource::new(&opts.source).map_err(|e| TaskError::Source(e.to_string()))?;
         let parents = parent::ParentClient::new(&opts)?;
+        let blobs = DashMap::new();
+        for r in storage.tasks()?.into_iter().filter(|r| r.is_finished()) {
+            if let Some(d) = r.digest.as_deref().and_then(|d| d.parse::<Digest>().ok())
+                && TaskId::for_blob(&d, &r.url) == r.id
+            {
+                blobs.insert(d.to_string(), r.id);
+            }
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 storage,
@@ -512,6 +538,7 @@ impl TaskManager {
                 opts,
                 tasks: DashMap::new(),
                 pins: Arc::new(DashMap::new()),
+                blobs,
                 parents,
                 schedulers,
             }),
@@ -535,6 +562,9 @@ impl TaskManager {
 
     /// Tell the scheduler that GC evicted these tasks here.
     pub fn evicted(&self, evicted: &[crate::storage::Eviction]) {
+        self.inner
+            .blobs
+            .retain(|_, id| !evicted.iter().any(|e| &e.id == id));
         if let Some(s) = &self.inner.schedulers {
             for e in evicted {
                 s.forget_task(&e.id);
@@ -571,6 +601,70 @@ impl TaskManager {
         self.inner.tasks.contains_key(id) || self.inner.pins.contains_key(id)
     }
 
+    /// The finished task holding the blob `digest` fetched from another origin than `own`'s,
+    /// with its pieces: content checked against the digest when it finished.
+    async fn stored_blob_elsewhere(
+        &self,
+        digest: &Digest,
+        own: &TaskId,
+    ) -> Result<Option<(TaskId, TaskRecord, Vec<PieceRecord>)>, TaskError> {
+        let Some(other) = self
+            .inner
+            .blobs
+            .get(&digest.to_string())
+            .map(|e| e.value().clone())
+            .filter(|other| other != own)
+        else {
+            return Ok(None);
+        };
+        let (storage, want) = (self.inner.storage.clone(), digest.to_string());
+        let found = tokio::task::spawn_blocking(move || -> Result<_, StorageError> {
+            match storage.task(&other)? {
+                Some(r) if r.is_finished() && verified_blob(&r, &want) => {
+                    let pieces = storage.pieces(&other)?;
+                    Ok(Some((other, r, pieces)))
+                }
+                _ => Ok(None),
+            }
+        })
+        .await
+        .map_err(|e| TaskError::Storage(e.to_string()))??;
+        if found.is_none() {
+            self.inner.blobs.remove_if(&digest.to_string(), |_, v| v != own);
+        }
+        Ok(found)
+    }
+
+    /// The finished record of the blob `digest` as the proxy would fetch it from `url`: this
+    /// origin's task, else the same blob finished here from another origin.
+    pub async fn stored_blob(&self, digest: &Digest, url: &str) -> Option<(TaskId, TaskRecord)> {
+        let own = TaskId::for_blob(digest, url);
+        let candidates: Vec<TaskId> = std::iter::once(own.clone())
+            .chain(
+                self.inner
+                    .blobs
+                    .get(&digest.to_string())
+                    .map(|e| e.value().clone())
+                    .filter(|o| o != &own),
+            )
+            .collect();
+        let (storage, want) = (self.inner.storage.clone(), digest.to_string());
+        tokio::task::spawn_blocking(move || {
+            candidates.into_iter().find_map(|id| match storage.task(&id) {
+                Ok(Some(r)) if r.is_finished() && verified_blob(&r, &want) => Some((id, r)),
+                _ => None,
+            })
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// Remember a blob task that finished (its content matched its digest).
+    pub(crate) fn blob_finished(&self, digest: &Digest, id: &TaskId) {
+        self.inner.blobs.insert(digest.to_string(), id.clone());
+    }
+
     /// Start or join the download of `req`; a finished task in storage is served as is.
     pub async fn download(&self, req: TaskRequest) -> Result<Arc<Task>, TaskError> {
         let req = req.without_userinfo();
@@ -591,7 +685,15 @@ impl TaskManager {
         })
         .await
         .map_err(|e| TaskError::Storage(e.to_string()))??;
-        if let Some(record) = record.filter(|r| r.is_finished()) {
+        let stored = match record.filter(|r| r.is_finished()) {
+            Some(r) => Some((id.clone(), r, pieces)),
+            // A blob finished here from another origin: its content matched the digest.
+            None => match req.blob_digest() {
+                Some(d) => self.stored_blob_elsewhere(d, &id).await?,
+                None => None,
+            },
+        };
+        if let Some((id, record, pieces)) = stored {
             let task = Task::new(
                 id.clone(),
                 self.peer_id(&id),
