@@ -284,7 +284,8 @@ mod tests {
     fn blob_ids_depend_on_the_digest_and_the_origin_only() {
         let d1: Digest = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
         let d2: Digest = format!("sha256:{}", "cd".repeat(32)).parse().unwrap();
-        let at = |d: &Digest, origin: &str| TaskId::for_blob(d, &format!("{origin}/v2/x/blobs/{d}"));
+        let at =
+            |d: &Digest, origin: &str| TaskId::for_blob(d, &format!("{origin}/v2/x/blobs/{d}"));
         // Any repository on one registry, default port written or not, any case: one task.
         assert_eq!(
             at(&d1, "https://r.test"),

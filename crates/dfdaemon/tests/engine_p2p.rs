@@ -252,8 +252,27 @@ async fn gc_under_a_small_quota_never_evicts_a_task_in_use() {
     assert!(storage.task(&z.id).unwrap().is_some());
     assert!(storage.usage_bytes().unwrap() <= 16 * MIB as u64);
     // A task being downloaded is never evicted, even with a zero quota.
-    let w = n.engine.download(get(3)).await.unwrap();
+    // In 1 MiB pieces, several to a source lane: its first pieces are stored while it runs.
+    let w = n
+        .engine
+        .download(TaskRequest {
+            piece_length: Some(MIB as u64),
+            ..get(3)
+        })
+        .await
+        .unwrap();
     w.layout().await.unwrap();
+    // Once a piece of it is stored, it counts against the quota (stored bytes, not its length).
+    for _ in 0..400 {
+        if storage
+            .task(&w.id)
+            .unwrap()
+            .is_some_and(|r| r.finished_pieces > 0)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let zero = GcPolicy {
         quota_bytes: Some(0),
         ..policy

@@ -134,7 +134,11 @@ async fn a_layer_asked_first_from_a_hostile_origin_is_not_captured_by_it() {
         .await
         .expect("body");
     assert!(again == data, "the stored, verified layer is served");
-    assert_eq!(third.stats().for_path(&path).1, 0, "no body from the third origin");
+    assert_eq!(
+        third.stats().for_path(&path).1,
+        0,
+        "no body from the third origin"
+    );
 
     // A half-done task from the hostile origin survives a restart; it must not decide the
     // length or bytes the next legitimate client gets.
@@ -150,4 +154,186 @@ async fn a_layer_asked_first_from_a_hostile_origin_is_not_captured_by_it() {
     let body = r.bytes().await.expect("the whole body arrives");
     assert!(body == other, "the bytes are the registry's");
     assert_eq!(Digest::of(Algorithm::Sha256, &body), other_digest);
+}
+
+/// A source claiming `len` bytes (a sparse file: zeros), sending 64 KiB every 2 s.
+fn claims(dir: &Path, name: &str, len: u64) -> Resource {
+    let path = dir.join(name);
+    std::fs::File::create(&path)
+        .and_then(|f| f.set_len(len))
+        .expect("sparse file");
+    Resource::file(path).with(Behavior {
+        frame_delay: Duration::from_secs(2),
+        ..Behavior::default()
+    })
+}
+
+/// Store `blobs` through the proxy, then check they are all still stored: asked again, the
+/// registry serves no more bytes.
+struct Layers {
+    blobs: Vec<(String, Vec<u8>)>,
+}
+
+impl Layers {
+    fn new(n: u64, len: usize) -> Self {
+        let blobs = (0..n)
+            .map(|i| {
+                let data = random_bytes(100 + i, len);
+                (blob(&data).0, data)
+            })
+            .collect();
+        Layers { blobs }
+    }
+
+    fn routes(&self) -> Vec<(&str, Resource)> {
+        self.blobs
+            .iter()
+            .map(|(p, d)| (p.as_str(), Resource::bytes(d.clone())))
+            .collect()
+    }
+
+    async fn fetch_all(&self, c: &reqwest::Client, reg: &RunningOrigin) {
+        for (p, data) in &self.blobs {
+            let body = c
+                .get(reg.url(p))
+                .send()
+                .await
+                .expect("get")
+                .bytes()
+                .await
+                .expect("body");
+            assert!(body == data[..], "{p}: wrong bytes");
+        }
+    }
+
+    /// Bytes the registry served for these blobs.
+    fn served(&self, registry: &Origin) -> u64 {
+        self.blobs
+            .iter()
+            .map(|(p, _)| registry.stats().for_path(p).1)
+            .sum()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claimed_length_that_cannot_fit_evicts_nothing_and_is_passed_through() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let layers = Layers::new(3, 8 * MIB);
+    let big = random_bytes(9, 48 * MIB);
+    let (big_path, _) = blob(&big);
+    let mut routes = layers.routes();
+    routes.push((&big_path, Resource::bytes(big.clone())));
+    let (registry, reg) = serve(&routes).await;
+    let fake = format!("/v2/lib/app/blobs/sha256:{}", "ee".repeat(32));
+    let (attacker, evil) = serve(&[(&fake, claims(tmp.path(), "tib", 1 << 40))]).await;
+    let port = free_port();
+    let d = start(
+        &tmp.path().join("node"),
+        port,
+        "storage:\n  diskGCThreshold: 40Mi\n",
+    );
+    let c = client(port);
+    layers.fetch_all(&c, &reg).await;
+    let first = layers.served(&registry);
+    assert_eq!(first, 3 * 8 * MIB as u64);
+
+    // An origin claiming 1 TiB: passed through (the client gets the origin's answer), and not
+    // one stored layer is evicted for it.
+    let r = c.get(evil.url(&fake)).send().await.expect("get");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.content_length(), Some(1 << 40));
+    drop(r);
+    assert!(attacker.stats().for_path(&fake).0 >= 1);
+    // A real layer over the quota is passed through whole, and not stored.
+    let body = c
+        .get(reg.url(&big_path))
+        .send()
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("body");
+    assert!(body == big, "the passed-through layer arrives whole");
+    layers.fetch_all(&c, &reg).await;
+    assert_eq!(
+        layers.served(&registry),
+        first,
+        "every stored layer was served from storage, none evicted: {}",
+        d.log()
+    );
+    assert!(
+        d.log().contains("passed through without storing"),
+        "{}",
+        d.log()
+    );
+
+    // dfget through the daemon downloads what the daemon cannot store without it.
+    let out = tmp.path().join("big.out");
+    let o = d
+        .dfget(&[&reg.url(&big_path), "-O", out.to_str().expect("utf-8")])
+        .await;
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("downloading without the daemon"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("storage.diskGCThreshold"), "{stderr}");
+    assert!(std::fs::read(&out).expect("output") == big);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sources_that_claim_much_and_send_little_do_not_empty_the_cache() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let layers = Layers::new(4, 8 * MIB);
+    let real = random_bytes(11, 16 * MIB);
+    let (real_path, _) = blob(&real);
+    let mut routes = layers.routes();
+    routes.push((&real_path, Resource::bytes(real.clone())));
+    let (registry, reg) = serve(&routes).await;
+    let (a, b) = (
+        format!("/v2/lib/app/blobs/sha256:{}", "aa".repeat(32)),
+        format!("/v2/lib/app/blobs/sha256:{}", "bb".repeat(32)),
+    );
+    let (attacker, evil) = serve(&[
+        (&a, claims(tmp.path(), "a", 30 * MIB as u64)),
+        (&b, claims(tmp.path(), "b", 24 * MIB as u64)),
+    ])
+    .await;
+    let port = free_port();
+    let d = start(
+        &tmp.path().join("node"),
+        port,
+        "storage:\n  diskGCThreshold: 64Mi\n",
+    );
+    let c = client(port);
+    layers.fetch_all(&c, &reg).await;
+    let first = layers.served(&registry);
+
+    // Two downloads that each fit, claiming 54 MiB together and sending 64 KiB every 2 s.
+    let held = [hold(&c, evil.url(&a)), hold(&c, evil.url(&b))];
+    asked(&attacker, &a).await;
+    asked(&attacker, &b).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // A real pull meanwhile gets all its bytes, and the stored layers stay.
+    let body = c
+        .get(reg.url(&real_path))
+        .send()
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("body");
+    assert!(body == real);
+    layers.fetch_all(&c, &reg).await;
+    assert_eq!(
+        layers.served(&registry),
+        first,
+        "the layers stored before are still stored: {}",
+        d.log()
+    );
+    for h in held {
+        h.abort();
+    }
 }

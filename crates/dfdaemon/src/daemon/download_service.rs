@@ -36,7 +36,8 @@ type Msgs<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 pub const DIGEST_METADATA: &str = "x-dragonfly-digest";
 
 /// gRPC metadata on a refusal saying the daemon cannot download the URL at all (the origin gives
-/// neither a length nor Range support, so it cannot be split into pieces): dfget downloads it
+/// neither a length nor Range support, so it cannot be split into pieces; or the content cannot
+/// be stored here, its length being over the storage quota or the disk): dfget downloads it
 /// without the daemon.
 pub const UNSPLITTABLE_METADATA: &str = "x-dragonfly-unsplittable";
 
@@ -46,7 +47,10 @@ const UNSPLITTABLE_SOURCE: &str = "neither a content length nor Range support";
 /// The status for a task that failed before its layout was known.
 fn layout_status(e: &TaskError) -> Status {
     let mut status = Status::failed_precondition(e.to_string());
-    if matches!(e, TaskError::Source(m) if m.contains(UNSPLITTABLE_SOURCE)) {
+    // A source it cannot split, or content it cannot store: dfget downloads it alone.
+    if matches!(e, TaskError::Source(m) if m.contains(UNSPLITTABLE_SOURCE))
+        || matches!(e, TaskError::NoRoom(_))
+    {
         status.metadata_mut().insert(
             UNSPLITTABLE_METADATA,
             tonic::metadata::MetadataValue::from_static("1"),

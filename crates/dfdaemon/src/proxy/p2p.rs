@@ -49,6 +49,11 @@ pub(crate) async fn get(
     };
     let layout = match task.layout().await {
         Ok(l) => l,
+        // Content this node cannot store goes straight from the origin to the client.
+        Err(e @ TaskError::NoRoom(_)) => {
+            tracing::warn!(%url, error = %e, "passed through without storing");
+            return super::forward::forward(req, &url, &upstream.forward).await;
+        }
         Err(e) => return task_error(&url, &e),
     };
     let len = layout.content_length();

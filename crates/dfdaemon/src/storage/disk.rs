@@ -41,8 +41,9 @@ impl DiskUsage {
     }
 }
 
-/// Creates (or truncates) a content file of `len` bytes, allocating its blocks when the
-/// filesystem can, so a full disk fails here rather than halfway through a download.
+/// Creates (or truncates) a sparse content file of `len` bytes. Blocks are allocated piece by
+/// piece ([`allocate`]) as bytes arrive, so a length claimed by a source (which any proxy client
+/// may choose) takes no disk until its bytes do.
 pub(super) fn create_content_file(path: &Path, len: u64) -> Result<()> {
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).map_err(|e| StorageError::io(parent, e))?;
@@ -53,23 +54,26 @@ pub(super) fn create_content_file(path: &Path, len: u64) -> Result<()> {
         .truncate(true)
         .open(path)
         .map_err(|e| StorageError::io(path, e))?;
-    let sized = file.set_len(len).and_then(|()| {
-        if len == 0 {
-            return Ok(());
-        }
-        match rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, len) {
-            Ok(()) => Ok(()),
-            Err(e) if e == rustix::io::Errno::NOSPC => Err(e.into()),
-            // Filesystems without fallocate keep the sparse file from set_len.
-            Err(_) => Ok(()),
-        }
-    });
-    if let Err(e) = sized {
+    if let Err(e) = file.set_len(len) {
         drop(file);
         let _ = fs::remove_file(path);
         return Err(StorageError::io(path, e));
     }
     Ok(())
+}
+
+/// Allocates the blocks of `len` bytes at `offset` when the filesystem can, so a full disk
+/// fails before a piece is fetched rather than halfway through writing it.
+pub(super) fn allocate(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::KEEP_SIZE, offset, len) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::NOSPC => Err(e.into()),
+        // Filesystems without fallocate allocate as the bytes are written.
+        Err(_) => Ok(()),
+    }
 }
 
 /// Whether `path` still names the open `file` (same device and inode).
@@ -122,11 +126,24 @@ mod tests {
     }
 
     #[test]
-    fn content_file_is_preallocated() {
+    fn content_files_are_sparse_and_pieces_allocated_as_they_start() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ab").join("f");
-        create_content_file(&path, 12345).unwrap();
-        assert_eq!(fs::metadata(&path).unwrap().len(), 12345);
+        let len = 64 << 20;
+        create_content_file(&path, len).unwrap();
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!(meta.len(), len);
+        assert!(
+            meta.blocks() * 512 < 1 << 20,
+            "a claimed length takes no disk: {} blocks",
+            meta.blocks()
+        );
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        allocate(&file, 4 << 20, 4 << 20).unwrap();
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!(meta.len(), len, "allocating keeps the size");
+        // tmpfs, ext4 and xfs allocate; a filesystem without fallocate writes sparse.
+        assert!(meta.blocks() * 512 <= 5 << 20, "{} blocks", meta.blocks());
         create_content_file(&path, 0).unwrap();
         assert_eq!(fs::metadata(&path).unwrap().len(), 0);
     }

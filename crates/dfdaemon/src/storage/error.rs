@@ -29,6 +29,23 @@ pub enum StorageError {
         /// Why it does not decode.
         reason: String,
     },
+    /// The content cannot be stored however much is evicted: nothing was evicted for it.
+    #[error(
+        "task {task} needs {} of storage, but at most {} can be made free ({limit}); \
+         nothing stored was evicted for it",
+        bytesize::ByteSize(*needed),
+        bytesize::ByteSize(*room)
+    )]
+    NoRoom {
+        /// The task.
+        task: TaskId,
+        /// Bytes it still needs.
+        needed: u64,
+        /// Bytes that could be made free, evicting every task that may be evicted.
+        room: u64,
+        /// What limits it: the config key (`storage.diskGCThreshold`) or the disk.
+        limit: String,
+    },
     /// No such task.
     #[error("task {0} is not in storage")]
     TaskNotFound(TaskId),

@@ -1,7 +1,7 @@
 //! Garbage collection: expired tasks first, then least recently accessed until the quota and
 //! the disk-used percent are met. Never a task in use, never a `Running` one.
 
-use super::{Deleted, DiskUsage, Result, Storage, TaskRecord, TaskState, lock};
+use super::{Deleted, DiskUsage, Result, Storage, StorageError, TaskRecord, TaskState, lock};
 use dragonfly_common::task_id::TaskId;
 use std::time::Duration;
 
@@ -100,14 +100,14 @@ impl Storage {
         let mut report = GcReport::default();
         let mut usage: u64 = tasks
             .iter()
-            .map(|t| t.content_length)
+            .map(TaskRecord::stored_bytes)
             .fold(0, u64::saturating_add);
         let mut remaining = Vec::with_capacity(tasks.len());
 
         for task in tasks {
             let expired = ttl_ms > 0 && now.saturating_sub(task.last_access) > ttl_ms;
             if expired && self.evict(&task, EvictionReason::Expired, in_use, &mut report)? {
-                usage = usage.saturating_sub(task.content_length);
+                usage = usage.saturating_sub(task.stored_bytes());
             } else {
                 remaining.push(task);
             }
@@ -136,7 +136,7 @@ impl Storage {
                 break;
             };
             if self.evict(task, reason, in_use, &mut report)? {
-                usage = usage.saturating_sub(task.content_length);
+                usage = usage.saturating_sub(task.stored_bytes());
                 percent = disk_percent()?;
             }
         }
@@ -154,6 +154,64 @@ impl Storage {
             );
         }
         Ok(report)
+    }
+
+    /// Whether `needed` more bytes for `task` can be stored at all, were every other stored
+    /// task gone: within `quota_bytes` when one is set, and within the disk's free space plus
+    /// the other tasks' bytes. Tasks running or in use count as room (they finish and become
+    /// evictable); what this refuses cannot fit whatever happens. Evicts nothing; a claim that
+    /// cannot fit is [`StorageError::NoRoom`], so no stored task is lost for a download that
+    /// would fail.
+    pub fn room_for(&self, task: &TaskId, policy: Option<&GcPolicy>, needed: u64) -> Result<()> {
+        let dir = self.inner.dir.clone();
+        self.room_for_with_disk(task, policy, needed, &move || DiskUsage::of(&dir))
+    }
+
+    /// [`Storage::room_for`] with an injected filesystem probe, for tests.
+    #[doc(hidden)]
+    pub fn room_for_with_disk(
+        &self,
+        task: &TaskId,
+        policy: Option<&GcPolicy>,
+        needed: u64,
+        disk: &dyn Fn() -> Result<DiskUsage>,
+    ) -> Result<()> {
+        let no_room = |room: u64, limit: String| StorageError::NoRoom {
+            task: task.clone(),
+            needed,
+            room,
+            limit,
+        };
+        if let Some(quota) = policy.and_then(|p| p.quota_bytes)
+            && needed > quota
+        {
+            return Err(no_room(
+                quota,
+                format!("storage.diskGCThreshold is {}", bytesize::ByteSize(quota)),
+            ));
+        }
+        let free = disk()?.available_bytes;
+        if needed <= free {
+            return Ok(());
+        }
+        let others: u64 = self
+            .tasks()?
+            .iter()
+            .filter(|t| &t.id != task)
+            .map(TaskRecord::stored_bytes)
+            .fold(0, u64::saturating_add);
+        let room = free.saturating_add(others);
+        if needed > room {
+            return Err(no_room(
+                room,
+                format!(
+                    "{} free on the disk of {}",
+                    bytesize::ByteSize(free),
+                    self.inner.dir.display()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Evicts one task unless it is in use or running; whether it went.
@@ -177,7 +235,7 @@ impl Storage {
         {
             Deleted::Removed(record) => {
                 tracing::debug!(task_id = %record.id, ?reason, bytes = record.content_length, "evicted");
-                report.bytes_freed = report.bytes_freed.saturating_add(record.content_length);
+                report.bytes_freed = report.bytes_freed.saturating_add(record.stored_bytes());
                 report.evicted.push(Eviction {
                     id: record.id,
                     bytes: record.content_length,

@@ -211,7 +211,8 @@ impl Storage {
         self.inner.content_path(id)
     }
 
-    /// Creates a task and its preallocated content file.
+    /// Creates a task and its content file (sparse: a piece's blocks are allocated when its
+    /// writer starts, so a length claimed by a source takes no disk before bytes arrive).
     ///
     /// Idempotent: when the task exists with the same content and piece length, the stored
     /// record is returned unchanged. A different layout is [`StorageError::LayoutConflict`].
@@ -331,6 +332,9 @@ impl Storage {
         }
         let path = self.content_path(id);
         let file = self.open_content(id, true)?;
+        // A full disk fails here, before the piece's bytes are fetched.
+        disk::allocate(&file, range.offset, range.length)
+            .map_err(|e| StorageError::io(&path, e))?;
         Ok(PieceWriter::new(
             self.clone(),
             id.clone(),
@@ -479,12 +483,13 @@ impl Storage {
         Ok(())
     }
 
-    /// Bytes the stored tasks take: the sum of their content lengths (files are preallocated).
+    /// Bytes the stored tasks take: finished tasks' content lengths and unfinished tasks'
+    /// stored pieces ([`TaskRecord::stored_bytes`]).
     pub fn usage_bytes(&self) -> Result<u64> {
         Ok(self
             .tasks()?
             .iter()
-            .map(|t| t.content_length)
+            .map(TaskRecord::stored_bytes)
             .fold(0u64, u64::saturating_add))
     }
 

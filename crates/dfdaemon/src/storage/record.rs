@@ -90,6 +90,17 @@ impl TaskRecord {
             })
     }
 
+    /// Bytes of the task on disk: its content length once finished; before, its stored pieces
+    /// (content files are sparse and pieces are allocated as they are written).
+    pub fn stored_bytes(&self) -> u64 {
+        if self.is_finished() {
+            return self.content_length;
+        }
+        u64::from(self.finished_pieces)
+            .saturating_mul(self.piece_length)
+            .min(self.content_length)
+    }
+
     /// Whether every piece is stored and the task was marked finished.
     pub fn is_finished(&self) -> bool {
         self.state == TaskState::Finished

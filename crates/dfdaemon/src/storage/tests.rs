@@ -210,6 +210,11 @@ fn gc_meets_the_disk_percent_in_lru_order() {
     for n in 0..5 {
         now.store(n as u64 * 10, Ordering::SeqCst);
         s.create_task(new_task(&id(n), 100, 50)).unwrap();
+        // Stored bytes count, not claimed lengths: each task gets its two pieces.
+        s.start_task(&id(n)).unwrap();
+        write(&s, &id(n), 0, &[n as u8; 50]).unwrap();
+        write(&s, &id(n), 1, &[n as u8; 50]).unwrap();
+        s.finish_task(&id(n)).unwrap();
     }
     now.store(100, Ordering::SeqCst);
     s.touch(&id(0)).unwrap(); // id(0) is now the most recent

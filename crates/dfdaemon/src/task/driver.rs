@@ -2,6 +2,7 @@
 //! source, at most `concurrent_pieces` at a time, verify each, and finish (or fail) the task.
 
 use super::parent::{self, Parent, ParentEvent};
+use super::room::Room;
 use super::version::{Version, VersionState, changed, current_version, set_version};
 use super::{Phase, Task, TaskError, TaskManager, TaskRequest};
 use crate::download::DownloadError;
@@ -516,7 +517,10 @@ async fn run(
     let inner = &engine.inner;
     let storage = inner.storage.clone();
     let id = task.id.clone();
-    let rate = inner.opts.download_limits.for_task();
+    let gate = Gate {
+        rate: inner.opts.download_limits.for_task(),
+        room: inner.room.clone(),
+    };
 
     let (mut parents, mut prx) = Parents::new(inner.opts.host_id.clone(), id.clone());
     for p in &req.parents {
@@ -560,6 +564,7 @@ async fn run(
         known: std::sync::Mutex::new(None),
     });
     let stored_version = existing.as_ref().and_then(|r| r.validator.clone());
+    let resumed_bytes = existing.as_ref().map_or(0, |r| r.stored_bytes());
     set_version(&version, stored_version.clone());
     let layout = match existing {
         Some(rec) => rec.layout()?,
@@ -598,15 +603,10 @@ async fn run(
             }
         }
     };
-    if let Some(policy) = inner.opts.gc.clone() {
-        // Make room before a new task is stored, if it would cross the quota.
-        let (s, e, incoming) = (storage.clone(), engine.clone(), layout.content_length());
-        let report = blocking(move || s.gc(&policy, &|id| e.in_use(id), incoming)).await?;
-        if !report.evicted.is_empty() {
-            engine.evicted(&report.evicted);
-            tracing::info!(task = %id, evicted = report.evicted.len(), "made room for a new task");
-        }
-    }
+    // Nothing is evicted for the length a source claims: the task is admitted when that length
+    // could fit at all, and room is made as its bytes arrive (`room.rs`).
+    let needed = layout.content_length().saturating_sub(resumed_bytes);
+    inner.room.admit(&id, needed).await?;
     let (s, new) = (
         storage.clone(),
         NewTask {
@@ -656,7 +656,7 @@ async fn run(
                 resp,
                 sched,
                 inline_hash.as_ref(),
-                &rate,
+                &gate,
             )
             .await?;
         }
@@ -747,11 +747,11 @@ async fn run(
                         ps.inflight += 1;
                         let expected = ps.has.get(&n).copied();
                         let p = ps.parent.clone();
-                        let (client, storage, id, rate) = (
+                        let (client, storage, id, gate) = (
                             inner.parents.clone(),
                             storage.clone(),
                             id.clone(),
-                            rate.clone(),
+                            gate.clone(),
                         );
                         set.spawn(async move {
                             let r = match client.fetch(&p, &id, n).await {
@@ -769,7 +769,7 @@ async fn run(
                                         resp,
                                         None,
                                         commit,
-                                        &rate,
+                                        &gate,
                                         |r, _| got = Some(r),
                                     )
                                     .await
@@ -799,7 +799,7 @@ async fn run(
                         }
                         source_jobs += 1;
                         sched.source_started();
-                        let (source, storage, id, url, headers, tx, hash, version, rate) = (
+                        let (source, storage, id, url, headers, tx, hash, version, gate) = (
                             req.source.clone().unwrap_or_else(|| inner.source.clone()),
                             storage.clone(),
                             id.clone(),
@@ -808,7 +808,7 @@ async fn run(
                             lane_tx.clone(),
                             inline_hash.clone(),
                             version.clone(),
-                            rate.clone(),
+                            gate.clone(),
                         );
                         let last = layout.piece(end - 1).unwrap_or(range);
                         let (first_byte, end_byte) = (range.offset, last.end());
@@ -840,7 +840,7 @@ async fn run(
                                             resp,
                                             hash.as_ref(),
                                             Commit::SOURCE,
-                                            &rate,
+                                            &gate,
                                             |p, cost| {
                                                 let _ = tx.send((p, cost));
                                             },
@@ -905,7 +905,7 @@ async fn run(
                             while let Ok((record, cost)) = lane_rx.try_recv() {
                                 lane_piece_stored(task, sched, &mut missing, &mut inflight, record, cost);
                             }
-                            stream_all(&storage, task, layout, resp, sched, inline_hash.as_ref(), &rate).await?;
+                            stream_all(&storage, task, layout, resp, sched, inline_hash.as_ref(), &gate).await?;
                             missing.clear();
                             inflight.clear();
                             source_jobs = 0;
@@ -1198,6 +1198,14 @@ fn piece_write_error(e: StorageError) -> PieceError {
     }
 }
 
+/// What the bytes of a piece being written wait for: the download rate limit, and room on
+/// disk (reserved before each piece).
+#[derive(Clone)]
+struct Gate {
+    rate: TaskRate,
+    room: Room,
+}
+
 /// Store a whole-content response piece by piece (the source ignored Range).
 async fn stream_all(
     storage: &Storage,
@@ -1206,7 +1214,7 @@ async fn stream_all(
     resp: reqwest::Response,
     sched: &mut Sched,
     hash: Option<&InlineHash>,
-    rate: &TaskRate,
+    gate: &Gate,
 ) -> Result<(), TaskError> {
     write_lane(
         storage,
@@ -1216,7 +1224,7 @@ async fn stream_all(
         resp,
         hash,
         Commit::SOURCE,
-        rate,
+        gate,
         |record, cost| {
             sched.piece_stored(&record, None, cost);
             task.piece_stored(record);
@@ -1281,7 +1289,7 @@ async fn write_lane(
     mut resp: reqwest::Response,
     hash: Option<&InlineHash>,
     commit: Commit<'_>,
-    rate: &TaskRate,
+    gate: &Gate,
     mut stored: impl FnMut(PieceRecord, Duration),
 ) -> Result<(), PieceError> {
     let mut buf: Vec<u8> = Vec::with_capacity(WRITE_CHUNK);
@@ -1292,6 +1300,12 @@ async fn write_lane(
             break;
         };
         let t0 = Instant::now();
+        // Held until the piece is stored or abandoned.
+        let _room = gate
+            .room
+            .reserve(range.length)
+            .await
+            .map_err(PieceError::Storage)?;
         let (s, i) = (storage.clone(), id.clone());
         let mut writer = blocking(move || s.piece_writer(&i, n))
             .await
@@ -1311,7 +1325,7 @@ async fn write_lane(
                 if carry.is_empty() {
                     carry = match resp.chunk().await {
                         Ok(Some(c)) => {
-                            rate.acquire(c.len() as u64).await;
+                            gate.rate.acquire(c.len() as u64).await;
                             c
                         }
                         Ok(None) => {

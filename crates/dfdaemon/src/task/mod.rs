@@ -10,6 +10,7 @@
 mod driver;
 mod parent;
 mod reader;
+mod room;
 mod version;
 
 pub use parent::Parent;
@@ -169,6 +170,11 @@ pub enum TaskError {
         /// Computed digest.
         actual: String,
     },
+    /// The content cannot be stored here however much is evicted (its length is over the
+    /// quota or the disk); nothing stored was evicted for it. A proxy passes such a request
+    /// through to its origin instead.
+    #[error("{0}")]
+    NoRoom(String),
     /// The engine shut down.
     #[error("the daemon is shutting down")]
     Shutdown,
@@ -185,7 +191,10 @@ fn status_text(code: u16) -> String {
 
 impl From<StorageError> for TaskError {
     fn from(e: StorageError) -> Self {
-        TaskError::Storage(e.to_string())
+        match e {
+            StorageError::NoRoom { .. } => TaskError::NoRoom(e.to_string()),
+            e => TaskError::Storage(e.to_string()),
+        }
     }
 }
 
@@ -469,11 +478,12 @@ struct Inner {
     storage: Storage,
     source: HttpSource,
     opts: EngineOptions,
-    tasks: DashMap<TaskId, Arc<Task>>,
+    tasks: Arc<DashMap<TaskId, Arc<Task>>>,
     pins: Arc<DashMap<TaskId, usize>>,
+    room: room::Room,
     /// Finished blob tasks by digest, whatever origin they came from (a hint: the record is
     /// read again before it is served).
-    blobs: DashMap<String, TaskId>,
+    blobs: Arc<DashMap<String, TaskId>>,
     parents: parent::ParentClient,
     schedulers: Option<crate::scheduling::Schedulers>,
 }
@@ -523,7 +533,17 @@ impl TaskManager {
     ) -> Result<Self, TaskError> {
         let source = HttpSource::new(&opts.source).map_err(|e| TaskError::Source(e.to_string()))?;
         let parents = parent::ParentClient::new(&opts)?;
-        let blobs = DashMap::new();
+        let in_use = room::InUse {
+            tasks: Arc::new(DashMap::new()),
+            pins: Arc::new(DashMap::new()),
+        };
+        let room = room::Room::new(
+            storage.clone(),
+            opts.gc.clone(),
+            in_use.clone(),
+            schedulers.clone(),
+        );
+        let blobs = room.blobs().clone();
         for r in storage.tasks()?.into_iter().filter(|r| r.is_finished()) {
             if let Some(d) = r.digest.as_deref().and_then(|d| d.parse::<Digest>().ok())
                 && TaskId::for_blob(&d, &r.url) == r.id
@@ -536,8 +556,9 @@ impl TaskManager {
                 storage,
                 source,
                 opts,
-                tasks: DashMap::new(),
-                pins: Arc::new(DashMap::new()),
+                tasks: in_use.tasks,
+                pins: in_use.pins,
+                room,
                 blobs,
                 parents,
                 schedulers,
@@ -562,14 +583,7 @@ impl TaskManager {
 
     /// Tell the scheduler that GC evicted these tasks here.
     pub fn evicted(&self, evicted: &[crate::storage::Eviction]) {
-        self.inner
-            .blobs
-            .retain(|_, id| !evicted.iter().any(|e| &e.id == id));
-        if let Some(s) = &self.inner.schedulers {
-            for e in evicted {
-                s.forget_task(&e.id);
-            }
-        }
+        self.inner.room.forget(evicted);
     }
 
     /// This node's host id.
@@ -630,7 +644,9 @@ impl TaskManager {
         .await
         .map_err(|e| TaskError::Storage(e.to_string()))??;
         if found.is_none() {
-            self.inner.blobs.remove_if(&digest.to_string(), |_, v| v != own);
+            self.inner
+                .blobs
+                .remove_if(&digest.to_string(), |_, v| v != own);
         }
         Ok(found)
     }
@@ -650,10 +666,12 @@ impl TaskManager {
             .collect();
         let (storage, want) = (self.inner.storage.clone(), digest.to_string());
         tokio::task::spawn_blocking(move || {
-            candidates.into_iter().find_map(|id| match storage.task(&id) {
-                Ok(Some(r)) if r.is_finished() && verified_blob(&r, &want) => Some((id, r)),
-                _ => None,
-            })
+            candidates
+                .into_iter()
+                .find_map(|id| match storage.task(&id) {
+                    Ok(Some(r)) if r.is_finished() && verified_blob(&r, &want) => Some((id, r)),
+                    _ => None,
+                })
         })
         .await
         .ok()
