@@ -4,6 +4,8 @@
 
 #[path = "support/daemon.rs"]
 mod daemon;
+#[path = "support/tmpfs.rs"]
+mod tmpfs;
 
 use daemon::{Daemon, free_port};
 use dragonfly_common::digest::{Algorithm, Digest};
@@ -11,6 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 use testkit::data::random_bytes;
 use testkit::origin::{Behavior, Origin, Resource, RunningOrigin};
+use tmpfs::Tmpfs;
 
 const MIB: usize = 1 << 20;
 
@@ -335,5 +338,80 @@ async fn sources_that_claim_much_and_send_little_do_not_empty_the_cache() {
     );
     for h in held {
         h.abort();
+    }
+}
+
+/// Fill the file system of `dir` with a file of zeros until it is full (or `limit` is written).
+fn fill(path: &Path, limit: usize) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("filler");
+    let chunk = vec![0u8; 1 << 20];
+    for _ in 0..limit.div_ceil(chunk.len()) {
+        if f.write_all(&chunk).and_then(|()| f.flush()).is_err() {
+            break;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_gives_clients_every_byte_or_an_error_and_keeps_the_stored_layers() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let node = tmp.path().join("node");
+    let _fs = Tmpfs::mount(&node.join("data"), "64m");
+    let layers = Layers::new(2, 8 * MIB);
+    let big = random_bytes(21, 40 * MIB);
+    let (big_path, _) = blob(&big);
+    let slow = random_bytes(22, 24 * MIB);
+    let (slow_path, _) = blob(&slow);
+    let mut routes = layers.routes();
+    routes.push((&big_path, Resource::bytes(big.clone())));
+    routes.push((
+        &slow_path,
+        Resource::bytes(slow.clone()).with(Behavior {
+            frame_delay: Duration::from_millis(40),
+            ..Behavior::default()
+        }),
+    ));
+    let (registry, reg) = serve(&routes).await;
+    let port = free_port();
+    let d = start(&node, port, "");
+    let c = client(port);
+    layers.fetch_all(&c, &reg).await;
+    let first = layers.served(&registry);
+    // Another program takes most of the disk: 16 MiB of layers stored, a few MiB free.
+    fill(&node.join("data/filler"), 36 * MIB);
+
+    // 40 MiB cannot fit even with every layer gone: passed through whole, nothing evicted.
+    let body = c
+        .get(reg.url(&big_path))
+        .send()
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("the whole body arrives");
+    assert!(body == big);
+    layers.fetch_all(&c, &reg).await;
+    assert_eq!(
+        layers.served(&registry),
+        first,
+        "the stored layers stay: {}",
+        d.log()
+    );
+
+    // The disk fills up during a download: the client gets an error, never a short 200.
+    std::fs::remove_file(node.join("data/filler")).expect("remove filler");
+    let r = c.get(reg.url(&slow_path)).send().await.expect("get");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.content_length(), Some(slow.len() as u64));
+    asked(&registry, &slow_path).await;
+    fill(&node.join("data/filler"), 64 * MIB);
+    match r.bytes().await {
+        Ok(body) => assert!(body == slow, "a complete answer has the right bytes"),
+        Err(e) => assert!(e.is_body() || e.is_decode(), "{e}"),
     }
 }

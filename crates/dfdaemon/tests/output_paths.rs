@@ -3,6 +3,8 @@
 
 #[path = "support/procs.rs"]
 mod procs;
+#[path = "support/tmpfs.rs"]
+mod tmpfs;
 
 use procs::{dfget, ok, parts_in, start_daemon, stderr};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -10,38 +12,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use testkit::data::random_bytes;
 use testkit::origin::{Behavior, Origin, Resource};
+use tmpfs::Tmpfs;
 
 const MIB: usize = 1 << 20;
-
-/// A tmpfs mounted on a directory; unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path) -> Self {
-        std::fs::create_dir_all(dir).unwrap();
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=256m", "tmpfs"])
-            .arg(dir)
-            .output()
-            .expect("run mount");
-        assert!(
-            out.status.success(),
-            "this test needs a tmpfs (root): mount -t tmpfs on {} failed: {}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Self(dir.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_on_another_file_system_than_the_data_dir_is_copied() {
@@ -50,7 +23,7 @@ async fn output_on_another_file_system_than_the_data_dir_is_copied() {
     origin.route("/file", Resource::bytes(data.clone()));
     let o = origin.spawn().await.unwrap();
     let work = tempfile::tempdir().unwrap();
-    let mnt = Tmpfs::mount(&work.path().join("mnt"));
+    let mnt = Tmpfs::mount(&work.path().join("mnt"), "256m");
     let dev = |p: &Path| std::fs::metadata(p).unwrap().dev();
     for multiplex in [true, false] {
         let d = start_daemon(&work.path().join(format!("d-{multiplex}")), multiplex);
