@@ -5,6 +5,7 @@ pub mod config;
 pub mod digest;
 pub mod hashring;
 pub mod logging;
+pub mod open_files;
 pub mod piece;
 pub mod secret;
 pub mod task_id;

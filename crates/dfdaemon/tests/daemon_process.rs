@@ -360,20 +360,15 @@ async fn the_daemon_raises_its_open_files_limit_to_the_hard_limit() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("prlimit (util-linux) runs");
-    let mut limits = String::new();
+    let mut limits = None;
     for _ in 0..200 {
         if dir.join("dfdaemon.sock").exists() {
-            limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+            limits = testkit::process::open_files_limits(child.id());
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let _ = child.kill();
     let _ = child.wait();
-    let line = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .unwrap_or_else(|| panic!("no limits read: {limits}"));
-    let numbers: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
-    assert_eq!(numbers, ["4096", "4096"], "{line}");
+    assert_eq!(limits, Some(("4096".into(), "4096".into())), "soft, hard");
 }

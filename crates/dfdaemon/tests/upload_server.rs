@@ -300,3 +300,110 @@ async fn a_child_that_stops_reading_frees_its_slot_after_the_stall_timeout() {
     );
     drop(stuck);
 }
+
+/// A connection from `source` that asks for `path` and never reads it (a 4 KiB receive window),
+/// so once its transfer starts it holds an upload slot until the server gives up on it.
+async fn request_never_read(
+    source: std::net::Ipv4Addr,
+    server: SocketAddr,
+    path: &str,
+) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind(SocketAddr::new(source.into(), 0)).unwrap();
+    let mut s = socket.connect(server).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut s,
+        format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    s
+}
+
+/// Issue 13 §5: 200 requests from 20 addresses that never read hold every slot and queue behind
+/// them; a child at another address is still served long before the stall timeout frees a slot
+/// (with a FIFO queue it waited behind all 192 queued requests, minutes with a 300 s timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_held_by_many_addresses_that_never_read_do_not_lock_out_another_address() {
+    use std::net::Ipv4Addr;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    let data = random_bytes(42, 64 * MIB);
+    let origin = Origin::new();
+    origin.route("/big", Resource::bytes(data.clone()));
+    let o = origin.spawn().await.unwrap();
+    let limits = UploadLimits {
+        concurrent_total: 8,
+        stall_timeout: Duration::from_secs(300),
+        ..UploadLimits::default()
+    };
+    let (engine, addr, _node) = upload_node(limits).await;
+    let task = engine
+        .download(TaskRequest {
+            url: o.url("/big"),
+            piece_length: Some(32 * MIB as u64),
+            ..TaskRequest::default()
+        })
+        .await
+        .unwrap();
+    task.wait_finished().await.unwrap();
+    let id = task.id.to_string();
+
+    // 127.0.0.2 ..= 127.0.0.21, ten requests each (under the per-address limit of 16), in turn.
+    let mut stuck = Vec::new();
+    for _round in 0..10 {
+        for host in 2..=21u8 {
+            let source = Ipv4Addr::new(127, 0, 0, host);
+            stuck.push(request_never_read(source, addr, &format!("/pieces/{id}/0")).await);
+        }
+    }
+    // Eight transfers hold the eight slots; let the server read the other 192 requests too.
+    let stats = engine.upload_stats();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while stats.in_flight.load(Relaxed) < 8 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stuck requests did not take the slots: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Another daemon (127.0.0.50) asks for a piece and reads it.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(Ipv4Addr::new(127, 0, 0, 50).into(), 0))
+        .unwrap();
+    let mut child = socket.connect(addr).await.unwrap();
+    let req = format!("GET /pieces/{id}/1 HTTP/1.1\r\nconnection: close\r\n\r\n");
+    tokio::io::AsyncWriteExt::write_all(&mut child, req.as_bytes())
+        .await
+        .unwrap();
+    let mut resp = Vec::new();
+    let read = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::io::AsyncReadExt::read_to_end(&mut child, &mut resp),
+    )
+    .await;
+    assert!(
+        read.is_ok(),
+        "127.0.0.50 was not served within 60 s (stall timeout 300 s); got {} bytes so far",
+        resp.len()
+    );
+    assert!(
+        status_line(&resp).starts_with("HTTP/1.1 200"),
+        "{:?}",
+        status_line(&resp)
+    );
+    let body_start = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head")
+        + 4;
+    assert!(
+        resp[body_start..] == data[32 * MIB..],
+        "piece 1 arrived whole"
+    );
+    drop(stuck);
+}

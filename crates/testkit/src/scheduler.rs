@@ -15,6 +15,12 @@ impl SchedulerProcess {
     ///
     /// Panics with a message naming the binary or the port when it cannot (test helper).
     pub async fn start(bin: &Path, dir: &Path) -> Self {
+        Self::start_wrapped(bin, dir, &[]).await
+    }
+
+    /// [`Self::start`] through `wrapper`, a command that runs the rest of its command line in
+    /// its own process (`["prlimit", "--nofile=256:4096"]`), so [`Self::pid`] is the scheduler's.
+    pub async fn start_wrapped(bin: &Path, dir: &Path, wrapper: &[&str]) -> Self {
         assert!(
             bin.exists(),
             "{} is missing: build the workspace (`cargo test --workspace` or `make test`)",
@@ -34,13 +40,21 @@ impl SchedulerProcess {
             ),
         )
         .expect("scheduler config");
-        let child = Command::new(bin)
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let child = command
             .arg("--config")
             .arg(&cfg)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+            .unwrap_or_else(|e| panic!("starting {} ({wrapper:?}): {e}", bin.display()));
         let me = Self { child, port };
         let deadline = Instant::now() + Duration::from_secs(15);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -51,6 +65,11 @@ impl SchedulerProcess {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         me
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The port it serves gRPC on.

@@ -37,7 +37,7 @@ pub fn run(args: &DaemonArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    raise_open_files_limit();
+    dragonfly_common::open_files::raise_to_hard_limit();
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -76,29 +76,6 @@ async fn shutdown_signal() {
         }
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
-/// Raise the soft limit on open files to the hard one: every proxied connection, tunnel and
-/// piece transfer holds descriptors, and the usual soft limit of 1,024 ran out with about a
-/// thousand idle clients.
-fn raise_open_files_limit() {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let limit = getrlimit(Resource::Nofile);
-    if limit.current < limit.maximum {
-        let before = limit.current;
-        let raised = rustix::process::Rlimit {
-            current: limit.maximum,
-            maximum: limit.maximum,
-        };
-        match setrlimit(Resource::Nofile, raised) {
-            Ok(()) => tracing::info!(
-                from = ?before,
-                to = ?limit.maximum,
-                "open files limit raised to the hard limit"
-            ),
-            Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
         }
     }
 }

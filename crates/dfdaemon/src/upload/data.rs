@@ -4,14 +4,17 @@
 //!
 //! Only a validated task id and a piece number recorded in storage reach the file system.
 
+use super::slots::Slot;
 use super::{PIECE_CRC_HEADER, Shared};
 use dragonfly_common::task_id::TaskId;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 /// Largest request head accepted.
 const MAX_HEAD: usize = 16 * 1024;
@@ -153,13 +156,16 @@ async fn send_piece(
         Ok(Err(e)) => return Err(Ok(refuse("500 Internal Server Error", format!("{e}\n")))),
         Err(e) => return Err(Ok(refuse("500 Internal Server Error", format!("{e}\n")))),
     };
-    let _permit = (
-        shared.limits.acquire(remote.ip()).await,
-        shared.engine.pin(&task),
-    );
+    let slot = shared.limits.acquire(remote.ip()).await;
+    let _pin = shared.engine.pin(&task);
     let stats = shared.engine.upload_stats();
     stats.in_flight.fetch_add(1, Ordering::Relaxed);
-    let result = send_body(stream, &storage, &task, number, &record, shared, remote).await;
+    let piece = Piece {
+        task: &task,
+        number,
+        record: &record,
+    };
+    let result = send_body(stream, &storage, &piece, shared, &slot, remote).await;
     stats.in_flight.fetch_sub(1, Ordering::Relaxed);
     match &result {
         Ok(()) => {
@@ -174,15 +180,26 @@ async fn send_piece(
     result
 }
 
+/// The piece being sent.
+struct Piece<'a> {
+    task: &'a TaskId,
+    number: u32,
+    record: &'a crate::storage::PieceRecord,
+}
+
 async fn send_body(
     stream: &mut TcpStream,
     storage: &crate::storage::Storage,
-    task: &TaskId,
-    number: u32,
-    record: &crate::storage::PieceRecord,
+    piece: &Piece<'_>,
     shared: &Shared,
+    slot: &Slot,
     remote: SocketAddr,
 ) -> Result<(), Result<Refusal, io::Error>> {
+    let Piece {
+        task,
+        number,
+        record,
+    } = *piece;
     let content = storage.content_path(task);
     let file = match std::fs::File::open(&content) {
         Ok(f) => f,
@@ -196,19 +213,29 @@ async fn send_body(
         "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {}\r\n{PIECE_CRC_HEADER}: {:08x}\r\n\r\n",
         record.length, record.crc32
     );
-    let stall = shared.limits.stall_timeout;
-    let stalled = |what: &str| {
-        Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!(
-                "{remote} read nothing of piece {number} of task {task} for {stall:?} ({what})"
-            ),
-        ))
+    let mut watch = Watch {
+        slot,
+        stall: shared.limits.stall_timeout,
+        contended: shared.limits.contended_stall_timeout,
+        last_progress: Instant::now(),
     };
-    match tokio::time::timeout(stall, stream.write_all(head.as_bytes())).await {
-        Ok(r) => r.map_err(Err)?,
-        Err(_) => return Err(stalled("head")),
-    }
+    let explain = |e: io::Error| match e.kind() {
+        io::ErrorKind::TimedOut => io::Error::new(
+            e.kind(),
+            format!("{remote}, piece {number} of task {task}: {e}"),
+        ),
+        // The file is shorter than its record says: drop the connection, the child sees a
+        // short body and tries elsewhere.
+        io::ErrorKind::UnexpectedEof => io::Error::new(
+            e.kind(),
+            format!("task {task}: content ends inside piece {number}"),
+        ),
+        _ => e,
+    };
+    watch
+        .write_all(stream, head.as_bytes())
+        .await
+        .map_err(|e| Err(explain(e)))?;
     let rates = shared.limits.rates(remote.ip());
     let mut offset = record.offset;
     let end = record.offset + record.length;
@@ -217,27 +244,85 @@ async fn send_body(
         for r in &rates {
             r.take(n).await;
         }
-        let Ok(sent) =
-            tokio::time::timeout(stall, sendfile(stream, &file, offset, offset + n)).await
-        else {
-            return Err(stalled("body"));
-        };
-        sent.map_err(|e| {
-            if e.kind() == io::ErrorKind::UnexpectedEof {
-                // The file is shorter than its record says: drop the connection, the
-                // child sees a short body and tries elsewhere.
-                io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("task {task}: content ends inside piece {number}"),
-                )
-            } else {
-                e
-            }
-        })
-        .map_err(Err)?;
-        offset += n;
+        // Waiting for the rate budget is this node's doing, not the child's.
+        watch.last_progress = Instant::now();
+        let to = offset + n;
+        watch
+            .sendfile(stream, &file, &mut offset, to)
+            .await
+            .map_err(|e| Err(explain(e)))?;
     }
     Ok(())
+}
+
+/// Watches one transfer for a child that stopped reading.
+struct Watch<'a> {
+    slot: &'a Slot,
+    /// No byte taken this long: the transfer is dropped.
+    stall: Duration,
+    /// No byte taken this long while another request waits for the slot: dropped too.
+    contended: Duration,
+    /// When the socket last took bytes.
+    last_progress: Instant,
+}
+
+impl Watch<'_> {
+    /// Wait until `stream` takes bytes again, or fail with `TimedOut` when the child has read
+    /// nothing for `stall`, or for `contended` while somebody waits for this slot.
+    async fn writable(&self, stream: &TcpStream) -> io::Result<()> {
+        let check_every = self.contended.min(self.stall);
+        loop {
+            if let Ok(ready) = tokio::time::timeout(check_every, stream.writable()).await {
+                return ready;
+            }
+            let idle = self.last_progress.elapsed();
+            let why = if idle >= self.stall {
+                "stall timeout"
+            } else if idle >= self.contended && self.slot.wanted() {
+                "another request waits for the slot"
+            } else {
+                continue;
+            };
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the child read nothing for {idle:?} ({why})"),
+            ));
+        }
+    }
+
+    async fn write_all(&mut self, stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            self.writable(stream).await?;
+            match stream.try_write(bytes) {
+                Ok(n) => {
+                    bytes = &bytes[n..];
+                    self.last_progress = Instant::now();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// [`sendfile`] of `[*offset, to)`, advancing `offset`, watched.
+    async fn sendfile(
+        &mut self,
+        stream: &TcpStream,
+        file: &std::fs::File,
+        offset: &mut u64,
+        to: u64,
+    ) -> io::Result<()> {
+        while *offset < to {
+            self.writable(stream).await?;
+            match sendfile_some(stream, file, offset, to) {
+                Ok(_) => self.last_progress = Instant::now(),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Send bytes `[from, to)` of `file` on `stream` with `sendfile(2)` (page cache to socket, no
@@ -251,22 +336,33 @@ pub(crate) async fn sendfile(
     let mut offset = from;
     while offset < to {
         stream.writable().await?;
-        let want = usize::try_from(to - offset).unwrap_or(usize::MAX);
-        let sent = stream.try_io(Interest::WRITABLE, || {
-            rustix::fs::sendfile(stream.as_fd(), file, Some(&mut offset), want)
-                .map_err(io::Error::from)
-        });
-        match sent {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("the file ends at {offset}, before {to}"),
-                ));
-            }
+        match sendfile_some(stream, file, &mut offset, to) {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }
     }
     Ok(())
+}
+
+/// One `sendfile(2)` of bytes `[*offset, to)` as far as the socket takes them, advancing
+/// `offset`; `WouldBlock` when it takes none, `UnexpectedEof` when the file ends first.
+fn sendfile_some(
+    stream: &TcpStream,
+    file: &std::fs::File,
+    offset: &mut u64,
+    to: u64,
+) -> io::Result<usize> {
+    let want = usize::try_from(to - *offset).unwrap_or(usize::MAX);
+    let sent = stream.try_io(Interest::WRITABLE, || {
+        rustix::fs::sendfile(stream.as_fd(), file, Some(&mut *offset), want)
+            .map_err(io::Error::from)
+    })?;
+    if sent == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("the file ends at {offset}, before {to}"),
+        ));
+    }
+    Ok(sent)
 }

@@ -1,10 +1,12 @@
-//! Upload limits: pieces served at once (in total and per remote address) and bytes per second.
+//! Upload limits: pieces served at once (in total and per remote address, shared fairly across
+//! addresses: see `slots`) and bytes per second.
 
+use super::slots::{FairSlots, Slot};
 use crate::rate::RateLimiter;
 use dashmap::DashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use std::time::Duration;
 
 /// How much this node uploads at most.
 #[derive(Debug, Clone)]
@@ -19,7 +21,10 @@ pub struct UploadLimits {
     pub per_peer_rate_limit: Option<u64>,
     /// A transfer that makes no progress this long (a child that stopped reading) is dropped,
     /// so it frees its slot for others.
-    pub stall_timeout: std::time::Duration,
+    pub stall_timeout: Duration,
+    /// The same, shorter, while another request waits for the slot: a child that reads nothing
+    /// must not keep one that somebody else would use.
+    pub contended_stall_timeout: Duration,
 }
 
 impl Default for UploadLimits {
@@ -30,33 +35,28 @@ impl Default for UploadLimits {
             rate_limit: None,
             per_peer_rate_limit: None,
             // The children's own piece timeout (`download.pieceDownloadTimeout`) is 30 s.
-            stall_timeout: std::time::Duration::from_secs(30),
+            stall_timeout: Duration::from_secs(30),
+            // A reading child's socket takes bytes again within TCP's retransmission backoff
+            // (0.2 + 0.4 + 0.8 + 1.6 s after four segments lost in a row); reasoned, not measured.
+            // Progress is seen when the kernel frees send-buffer space, in chunks.
+            contended_stall_timeout: Duration::from_secs(5),
         }
     }
 }
 
-/// Permits held while a piece is sent.
-pub(crate) struct Permit {
-    _total: Option<OwnedSemaphorePermit>,
-    _peer: Option<OwnedSemaphorePermit>,
-}
-
 pub(crate) struct Limiter {
-    total: Arc<Semaphore>,
-    per_peer: DashMap<IpAddr, Arc<Semaphore>>,
-    per_peer_limit: usize,
+    slots: FairSlots,
     rate: Option<Arc<RateLimiter>>,
     per_peer_rate: Option<u64>,
     peer_rates: DashMap<IpAddr, Arc<RateLimiter>>,
-    pub(crate) stall_timeout: std::time::Duration,
+    pub(crate) stall_timeout: Duration,
+    pub(crate) contended_stall_timeout: Duration,
 }
 
 impl Limiter {
     pub(crate) fn new(limits: UploadLimits) -> Self {
         Self {
-            total: Arc::new(Semaphore::new(limits.concurrent_total.max(1))),
-            per_peer: DashMap::new(),
-            per_peer_limit: limits.concurrent_per_peer.max(1),
+            slots: FairSlots::new(limits.concurrent_total, limits.concurrent_per_peer),
             rate: limits
                 .rate_limit
                 .filter(|r| *r > 0)
@@ -64,22 +64,13 @@ impl Limiter {
             per_peer_rate: limits.per_peer_rate_limit.filter(|r| *r > 0),
             peer_rates: DashMap::new(),
             stall_timeout: limits.stall_timeout,
+            contended_stall_timeout: limits.contended_stall_timeout,
         }
     }
 
-    /// Wait for a slot for `ip` (its own slot first, then a global one).
-    pub(crate) async fn acquire(&self, ip: IpAddr) -> Permit {
-        let peer = self
-            .per_peer
-            .entry(ip)
-            .or_insert_with(|| Arc::new(Semaphore::new(self.per_peer_limit)))
-            .clone();
-        let peer = peer.acquire_owned().await.ok();
-        let total = self.total.clone().acquire_owned().await.ok();
-        Permit {
-            _total: total,
-            _peer: peer,
-        }
+    /// Wait for a slot for `ip` (within its own limit and the total, fairly across addresses).
+    pub(crate) async fn acquire(&self, ip: IpAddr) -> Slot {
+        self.slots.acquire(ip).await
     }
 
     /// The byte budgets a transfer to `ip` draws from: the total one and `ip`'s own.

@@ -9,10 +9,13 @@
 //!   served; no path from the network ever reaches the file system.
 //!
 //! Limits: pieces served at once in total and per remote address, and bytes per second in
-//! total, so one node cannot be drained by its children.
+//! total, so one node cannot be drained by its children. When every slot is taken, a freed one
+//! goes to the waiting address holding the fewest (`slots`), and a transfer whose child stopped
+//! reading gives its slot up after 5 s while somebody waits (30 s otherwise).
 
 mod data;
 mod limit;
+mod slots;
 mod sync;
 
 pub(crate) use data::sendfile;

@@ -59,6 +59,7 @@ fn run(config: SchedulerConfig) -> anyhow::Result<()> {
             log_dir.display()
         )
     })?;
+    dragonfly_common::open_files::raise_to_hard_limit();
     if config.metrics.enable {
         tracing::warn!(
             addr = %config.metrics.addr,
