@@ -75,6 +75,16 @@ impl TaskId {
         TaskId(hex::encode(h.finalize()))
     }
 
+    /// The id blob tasks had before the origin was part of it (the digest alone). Tasks stored
+    /// under it by an older daemon finished only when their content matched the digest, so the
+    /// daemon still serves them by digest after an upgrade.
+    pub fn legacy_blob_v1(digest: &Digest) -> TaskId {
+        let mut h = sha2::Sha256::new();
+        field(&mut h, b"dragonfly-task-blob-v1");
+        field(&mut h, digest.to_string().as_bytes());
+        TaskId(hex::encode(h.finalize()))
+    }
+
     /// The id as 64 lowercase hex characters.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -299,6 +309,12 @@ mod tests {
         // A blob id never equals the id of a URL spelling the digest.
         assert_ne!(at(&d1, "https://r.test"), id(&d1.to_string()));
         assert_eq!(blob_origin("HTTP://Reg.Test/v2/"), "http://reg.test:80");
+        // The id older daemons stored blobs under: the digest alone, as hashed then (value
+        // computed apart from this code: sha256 of the length-prefixed domain and digest).
+        assert_eq!(
+            TaskId::legacy_blob_v1(&d1).as_str(),
+            "f9c93c4027c7ccaf04eb52e73c189c448f1c6dc6166f990e1402ab72cd312e91"
+        );
     }
 
     proptest! {

@@ -415,3 +415,52 @@ async fn a_full_disk_gives_clients_every_byte_or_an_error_and_keeps_the_stored_l
         Err(e) => assert!(e.is_body() || e.is_decode(), "{e}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layers_stored_by_an_older_daemon_under_the_digest_alone_are_still_served() {
+    use dfdaemon::storage::{NewTask, Storage};
+    use dragonfly_common::task_id::TaskId;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let node = tmp.path().join("node");
+    let data = random_bytes(31, 5 * MIB + 3);
+    let (path, digest) = blob(&data);
+    let (registry, reg) = serve(&[(&path, Resource::bytes(data.clone()))]).await;
+    {
+        // What an older daemon left: the layer finished under its digest-only id.
+        let s = Storage::open(node.join("data")).expect("storage");
+        let id = TaskId::legacy_blob_v1(&digest);
+        s.create_task(NewTask {
+            id: id.clone(),
+            url: reg.url(&path),
+            content_length: data.len() as u64,
+            piece_length: 4 * MIB as u64,
+            digest: Some(digest.to_string()),
+            validator: None,
+        })
+        .expect("create");
+        s.start_task(&id).expect("start");
+        for (n, chunk) in data.chunks(4 * MIB).enumerate() {
+            let mut w = s.piece_writer(&id, n as u32).expect("writer");
+            w.write(chunk).expect("write");
+            w.commit(None, None).expect("commit");
+        }
+        s.finish_task_with(&id, &[digest.to_string()])
+            .expect("finish");
+    }
+    let port = free_port();
+    let _d = start(&node, port, "");
+    let body = client(port)
+        .get(reg.url(&path))
+        .send()
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("body");
+    assert!(body == data);
+    assert_eq!(
+        registry.stats().for_path(&path).1,
+        0,
+        "served from the stored layer, not the registry"
+    );
+}

@@ -545,8 +545,9 @@ impl TaskManager {
         );
         let blobs = room.blobs().clone();
         for r in storage.tasks()?.into_iter().filter(|r| r.is_finished()) {
+            // Blob tasks, and those an older daemon keyed by the digest alone.
             if let Some(d) = r.digest.as_deref().and_then(|d| d.parse::<Digest>().ok())
-                && TaskId::for_blob(&d, &r.url) == r.id
+                && (TaskId::for_blob(&d, &r.url) == r.id || TaskId::legacy_blob_v1(&d) == r.id)
             {
                 blobs.insert(d.to_string(), r.id);
             }
