@@ -16,6 +16,9 @@ use testkit::scheduler::SchedulerProcess;
 
 const MIB: u64 = 1 << 20;
 const WAIT: Duration = Duration::from_secs(15);
+/// `proxy.whiteList` of the hosts these tests use (all on loopback here).
+const TEST_HOSTS: &str =
+    "  whiteList:\n    - host: registry.test\n    - host: other.test\n    - host: 127.0.0.1\n";
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -77,10 +80,12 @@ impl Setup {
     }
 
     /// Extra YAML under `proxy:` that hijacks registry.test and trusts its real CA upstream.
+    /// The test hosts are on loopback, so they are listed (registry.test as the mirror's
+    /// upstream, other.test for a tunnel, 127.0.0.1 for a plain origin).
     fn hijack_yaml(&self) -> String {
         format!(
             "  hijackHTTPS:\n    cert: {}\n    key: {}\n    hosts:\n      - regx: registry.test\n        certs: [{}]\n\
-             \x20 registryMirror:\n    dynamic: true\n    url: {}\n    certs: [{}]\n",
+             \x20 registryMirror:\n    dynamic: true\n    url: {}\n    certs: [{}]\n{TEST_HOSTS}",
             self.proxy_pki.ca_cert().display(),
             self.proxy_pki.ca_key().display(),
             self.origin_pki.ca_cert().display(),
@@ -534,7 +539,7 @@ async fn upstream_tls_is_verified_unless_the_host_is_insecure() {
     let ca = s.proxy_pki.ca_cert().display().to_string();
     let hijack = |extra: &str| {
         format!(
-            "  hijackHTTPS:\n    cert: {}\n    key: {}\n    hosts:\n      - regx: registry.test\n{extra}",
+            "{TEST_HOSTS}  hijackHTTPS:\n    cert: {}\n    key: {}\n    hosts:\n      - regx: registry.test\n{extra}",
             s.proxy_pki.ca_cert().display(),
             s.proxy_pki.ca_key().display(),
         )
