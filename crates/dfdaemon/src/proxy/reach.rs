@@ -209,7 +209,6 @@ impl Reach {
         let Some(ip) = literal_ip(host) else {
             return Ok(());
         };
-        let addrs = [SocketAddr::new(ip, port)];
         if let Some(own) = self.own.iter().find(|o| o.port == port)
             && is_this_host(ip)
         {
@@ -221,7 +220,7 @@ impl Reach {
         if self.name_may_be_internal(host) {
             return Ok(());
         }
-        match internal_kind(addrs[0].ip()) {
+        match internal_kind(ip) {
             Some(kind) => Err(Refusal::Internal {
                 target: target(host, port),
                 addr: ip,

@@ -1,7 +1,8 @@
 //! The byte copy of a CONNECT tunnel, with bounded memory.
 //!
 //! Each direction copies through a buffer of [`MIN_BUFFER`] that doubles while reads fill it,
-//! up to [`MAX_BUFFER`], and falls back when the flow slows down. What buffers hold above
+//! up to [`MAX_BUFFER`], and falls back once nothing came for [`SHRINK_AFTER`]. What buffers
+//! hold above
 //! [`MIN_BUFFER`] comes from one budget shared by every tunnel ([`GROWTH_BUDGET`]), so a crowd
 //! of tunnels whose clients do not read (a full buffer waits on each) holds at most that much
 //! more; a tunnel that gets no budget still works, with small buffers. A big buffer is what
@@ -10,6 +11,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -20,6 +22,8 @@ pub(crate) const MAX_BUFFER: usize = 256 * 1024;
 /// Bytes above [`MIN_BUFFER`] all tunnels' buffers may hold together: 256 directions at
 /// [`MAX_BUFFER`], far more bulk transfers than a node runs at once.
 pub(crate) const GROWTH_BUDGET: usize = 64 << 20;
+/// A direction that waited this long for bytes gives its big buffer back.
+const SHRINK_AFTER: Duration = Duration::from_secs(1);
 
 /// The budget of buffer growth, in KiB permits.
 #[derive(Debug, Clone)]
@@ -57,7 +61,19 @@ where
     let mut total = 0u64;
     loop {
         buf.clear();
-        let n = r.read_buf(&mut buf).await?;
+        let n = if buf.capacity() > MIN_BUFFER {
+            // Reading into the big buffer is cancel-safe: bytes only land when the read is done.
+            match tokio::time::timeout(SHRINK_AFTER, r.read_buf(&mut buf)).await {
+                Ok(n) => n?,
+                Err(_idle) => {
+                    buf = Vec::with_capacity(MIN_BUFFER);
+                    grant = None;
+                    r.read_buf(&mut buf).await?
+                }
+            }
+        } else {
+            r.read_buf(&mut buf).await?
+        };
         if n == 0 {
             w.shutdown().await?;
             return Ok(total);
@@ -76,9 +92,6 @@ where
                 }
                 buf = Vec::with_capacity(next);
             }
-        } else if n <= MIN_BUFFER / 2 && cap > MIN_BUFFER {
-            buf = Vec::with_capacity(MIN_BUFFER);
-            grant = None;
         }
     }
 }
@@ -129,6 +142,24 @@ mod tests {
         );
         roundtrip(&Budget::new(0), 3 << 20).await;
         roundtrip(&budget, 0).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_direction_gives_its_big_buffer_back() {
+        let budget = Budget::new(GROWTH_BUDGET);
+        let (mut client, proxy_side) = tokio::io::duplex(1 << 20);
+        let (upstream_side, mut server) = tokio::io::duplex(1 << 20);
+        let b = budget.clone();
+        let _tunnel = tokio::spawn(async move { copy(proxy_side, upstream_side, &b).await });
+        // A burst: the direction grows.
+        server.write_all(&vec![1u8; 1 << 20]).await.unwrap();
+        let mut got = vec![0u8; 1 << 20];
+        client.read_exact(&mut got).await.unwrap();
+        let full = GROWTH_BUDGET / 1024;
+        assert!(budget.0.available_permits() < full, "grew during the burst");
+        // Then nothing: the budget comes back.
+        tokio::time::sleep(SHRINK_AFTER * 2).await;
+        assert_eq!(budget.0.available_permits(), full);
     }
 
     #[tokio::test]
