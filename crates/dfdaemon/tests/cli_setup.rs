@@ -131,6 +131,67 @@ fn containerd_hosts_writes_one_file_per_registry() {
 }
 
 #[test]
+fn containerd_hosts_takes_the_mirror_credentials_from_the_daemon_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs_d = dir.path().join("certs.d");
+    let (certs_d_arg, cfg) = (certs_d.to_str().unwrap(), dir.path().join("dfget.yaml"));
+    let cfg_arg = cfg.to_str().unwrap();
+    std::fs::write(
+        &cfg,
+        "proxy:\n  basicAuth:\n    username: alice\n    password: s3cret\n",
+    )
+    .unwrap();
+    let run = dfdaemon(&[
+        "containerd-hosts",
+        "--dir",
+        certs_d_arg,
+        "--config",
+        cfg_arg,
+        "registry.test:5443",
+    ]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let file = certs_d.join("registry.test:5443/hosts.toml");
+    let written = std::fs::read_to_string(&file).unwrap();
+    // base64("alice:s3cret")
+    let line = "    Proxy-Authorization = [\"Basic YWxpY2U6czNjcmV0\"]\n";
+    assert_eq!(
+        written,
+        format!("{}{line}", expected_hosts("https://registry.test:5443"))
+    );
+    assert_eq!(mode(&file), 0o600);
+    assert!(text(&run.stdout).contains("0600"), "{}", text(&run.stdout));
+
+    // A config without basicAuth: no credentials; a config that does not load: named.
+    std::fs::write(&cfg, "proxy: {}\n").unwrap();
+    let run = dfdaemon(&[
+        "containerd-hosts",
+        "--dir",
+        certs_d_arg,
+        "--config",
+        cfg_arg,
+        "r.test",
+    ]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let written = std::fs::read_to_string(certs_d.join("r.test/hosts.toml")).unwrap();
+    assert!(!written.contains("Proxy-Authorization"), "{written}");
+    let run = dfdaemon(&[
+        "containerd-hosts",
+        "--dir",
+        certs_d_arg,
+        "--config",
+        "/nonexistent/dfget.yaml",
+        "r2.test",
+    ]);
+    assert!(!run.status.success());
+    assert!(
+        text(&run.stderr).contains("/nonexistent/dfget.yaml"),
+        "{}",
+        text(&run.stderr)
+    );
+    assert!(!certs_d.join("r2.test").exists());
+}
+
+#[test]
 fn containerd_hosts_names_a_bad_registry_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let certs_d = dir.path().to_str().unwrap();

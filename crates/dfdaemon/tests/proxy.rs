@@ -3,98 +3,19 @@
 //! redirects to blob storage, CONNECT tunnels and bad input. The TLS parts (hijacking) run
 //! against a real registry and real clients in `registry_e2e.rs`.
 
-use dfdaemon::config::DfdaemonConfig;
+#[path = "support/proxy.rs"]
+mod proxy_daemon;
+
 use dfdaemon::proxy::SERVED_HEADER;
 use dragonfly_common::digest::{Algorithm, Digest};
 use dragonfly_common::task_id::TaskId;
-use std::net::SocketAddr;
+use proxy_daemon::{LOCAL, daemon, daemon_with, free_port, raw, read_head, read_response};
 use std::time::Duration;
 use testkit::data::random_bytes;
 use testkit::origin::{Behavior, Origin, Resource, RunningOrigin};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MIB: usize = 1 << 20;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-struct Daemon {
-    proxy: SocketAddr,
-    cfg: DfdaemonConfig,
-    _dir: tempfile::TempDir,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
-impl Daemon {
-    fn url(&self) -> String {
-        format!("http://{}", self.proxy)
-    }
-
-    /// A client that sends everything through the proxy.
-    fn client(&self) -> reqwest::Client {
-        reqwest::Client::builder()
-            .proxy(reqwest::Proxy::all(self.url()).expect("proxy url"))
-            .build()
-            .expect("client")
-    }
-
-    /// Whether any file of this task is on disk.
-    fn stored(&self, id: &TaskId) -> bool {
-        find_file(&self.cfg.data_dir, id.as_str())
-    }
-}
-
-fn find_file(dir: &std::path::Path, name: &str) -> bool {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return false;
-    };
-    entries.flatten().any(|e| {
-        let p = e.path();
-        if p.is_dir() {
-            find_file(&p, name)
-        } else {
-            p.file_name().is_some_and(|n| n.to_string_lossy() == name)
-        }
-    })
-}
-
-async fn daemon(extra: &str) -> Daemon {
-    daemon_with("", extra).await
-}
-
-/// A daemon with `download` YAML under `download:` and `extra` YAML under `proxy:`.
-async fn daemon_with(download: &str, extra: &str) -> Daemon {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let d = dir.path().display();
-    let yaml = format!(
-        "dataDir: {d}/data\nlogDir: {d}/log\nkeepStorage: true\n\
-         download:\n  unixListen:\n    socket: {d}/sock\n{download}\
-         upload:\n  tcpListen:\n    listen: 127.0.0.1\n    port: {up}\n\
-         proxy:\n  tcpListen:\n    listen: 127.0.0.1\n    port: {port}\n{extra}",
-        up = free_port(),
-    );
-    let cfg = DfdaemonConfig::from_yaml(&yaml, "test.yaml")
-        .unwrap_or_else(|e| panic!("config: {e}\n{yaml}"))
-        .value;
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let (bound, run) = dfdaemon::daemon::start(cfg.clone(), async {
-        let _ = rx.await;
-    })
-    .await
-    .expect("daemon starts");
-    tokio::spawn(run);
-    Daemon {
-        proxy: bound.proxy.expect("proxy is on"),
-        cfg,
-        _dir: dir,
-        _stop: tx,
-    }
-}
 
 fn blob_path(data: &[u8]) -> (String, Digest) {
     let d = Digest::of(Algorithm::Sha256, data);
@@ -115,7 +36,7 @@ async fn p2p_blob_is_fetched_once_and_served_with_ranges_and_head() {
     let data = random_bytes(1, 10 * MIB + 123);
     let (path, digest) = blob_path(&data);
     let (origin, running) = origin_with(vec![(path.clone(), Resource::bytes(data.clone()))]).await;
-    let d = daemon("").await;
+    let d = daemon(LOCAL).await;
     let c = d.client();
     let url = running.url(&path);
 
@@ -215,7 +136,7 @@ async fn other_requests_are_forwarded_without_hop_by_hop_headers() {
         }),
     )])
     .await;
-    let d = daemon("").await;
+    let d = daemon(LOCAL).await;
     let c = d.client();
     let url = running.url("/v2/lib/img/manifests/latest");
     let r = c
@@ -270,7 +191,10 @@ async fn mirror_requests_go_to_the_registry_in_the_header() {
         ),
     ])
     .await;
-    let d = daemon("  registryMirror:\n    dynamic: true\n    url: http://127.0.0.1:1\n").await;
+    let d = daemon(
+        "  registryMirror:\n    dynamic: true\n    url: http://127.0.0.1:1\n    allow:\n      - host: 127.0.0.1\n",
+    )
+    .await;
     let registry = running.url("");
     let plain = reqwest::Client::new();
     let r = plain
@@ -320,7 +244,7 @@ async fn wrong_bytes_for_a_digest_fail_the_client_and_are_not_kept() {
         }),
     )])
     .await;
-    let d = daemon("").await;
+    let d = daemon(LOCAL).await;
     let c = d.client();
     let url = running.url(&path);
     for attempt in 0..2 {
@@ -358,7 +282,7 @@ async fn auth_challenge_reaches_the_client_and_tokens_reach_the_origin() {
         }),
     )])
     .await;
-    let d = daemon("").await;
+    let d = daemon(LOCAL).await;
     let c = d.client();
     let url = running.url(&path);
     let r = c.get(&url).send().await.expect("get");
@@ -400,7 +324,7 @@ async fn redirect_to_blob_storage_is_followed_without_the_token() {
             ..Behavior::default()
         }),
     );
-    let d = daemon("").await;
+    let d = daemon(LOCAL).await;
     let r = d
         .client()
         .get(running.url(&path))
@@ -426,7 +350,7 @@ async fn connect_tunnels_bytes_and_names_a_dead_target() {
     let data = random_bytes(6, 64 * 1024);
     let (_origin, running) =
         origin_with(vec![("/file".into(), Resource::bytes(data.clone()))]).await;
-    let d = daemon("").await;
+    let d = daemon(LOCAL).await;
     let target = running.addr;
     let mut s = tokio::net::TcpStream::connect(d.proxy)
         .await
@@ -462,31 +386,9 @@ async fn connect_tunnels_bytes_and_names_a_dead_target() {
     assert!(out.contains(&closed), "{out}");
 }
 
-async fn read_head(s: &mut tokio::net::TcpStream) -> String {
-    let mut buf = Vec::new();
-    let mut b = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        match s.read(&mut b).await {
-            Ok(1) => buf.push(b[0]),
-            _ => break,
-        }
-    }
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
-async fn raw(proxy: SocketAddr, request: &[u8]) -> String {
-    let mut s = tokio::net::TcpStream::connect(proxy)
-        .await
-        .expect("connect");
-    let _ = s.write_all(request).await;
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_clear_errors() {
-    let d = daemon("").await;
+    let d = daemon(LOCAL).await;
     let out = raw(d.proxy, b"THIS IS NOT HTTP\r\n\r\n").await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     assert!(
@@ -565,7 +467,7 @@ async fn a_client_that_leaves_mid_blob_does_not_stop_the_task() {
         }),
     )])
     .await;
-    let d = daemon("").await;
+    let d = daemon(LOCAL).await;
     let url = running.url(&path);
     {
         let mut r = d.client().get(&url).send().await.expect("get");
@@ -629,7 +531,7 @@ async fn first_bytes_arrive_before_the_blob_is_fetched() {
     )])
     .await;
     // One piece at a time: eight piece fetches of at least 128 ms each from the origin.
-    let d2 = daemon_with("  concurrentPieceCount: 1\n", "").await;
+    let d2 = daemon_with("  concurrentPieceCount: 1\n", LOCAL).await;
     let mut r = d2
         .client()
         .get(running.url(&path))
@@ -654,7 +556,10 @@ async fn first_bytes_arrive_before_the_blob_is_fetched() {
 async fn proxy_basic_auth_is_required_when_configured() {
     let (_origin, running) =
         origin_with(vec![("/page".into(), Resource::bytes(&b"hello"[..]))]).await;
-    let d = daemon("  basicAuth:\n    username: alice\n    password: s3cret\n").await;
+    let d = daemon(&format!(
+        "  basicAuth:\n    username: alice\n    password: s3cret\n{LOCAL}"
+    ))
+    .await;
     let r = d
         .client()
         .get(running.url("/page"))
@@ -674,22 +579,6 @@ async fn proxy_basic_auth_is_required_when_configured() {
     let r = authed.get(running.url("/page")).send().await.expect("get");
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.expect("text"), "hello");
-}
-
-/// Reads one HTTP/1.1 response with a content-length body from `s`: (head, body).
-async fn read_response(s: &mut tokio::net::TcpStream) -> (String, Vec<u8>) {
-    let head = read_head(s).await;
-    let len: usize = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-length: ")
-                .map(|v| v.trim().parse().expect("length"))
-        })
-        .unwrap_or_else(|| panic!("no content-length in {head}"));
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body).await.expect("body");
-    (head, body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -827,7 +716,7 @@ async fn a_stored_blob_damaged_on_disk_is_never_served_whole() {
     let data = random_bytes(41, 12 * MIB + 9);
     let (path, digest) = blob_path(&data);
     let (origin, running) = origin_with(vec![(path.clone(), Resource::bytes(data.clone()))]).await;
-    let d = daemon("").await;
+    let d = daemon(LOCAL).await;
     let c = d.client();
     let url = running.url(&path);
     let body = c

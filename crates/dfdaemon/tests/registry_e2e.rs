@@ -16,6 +16,9 @@ use testkit::scheduler::SchedulerProcess;
 
 const MIB: u64 = 1 << 20;
 const WAIT: Duration = Duration::from_secs(15);
+/// `proxy.whiteList` of the hosts these tests use (all on loopback here).
+const TEST_HOSTS: &str =
+    "  whiteList:\n    - host: registry.test\n    - host: other.test\n    - host: 127.0.0.1\n";
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -77,10 +80,12 @@ impl Setup {
     }
 
     /// Extra YAML under `proxy:` that hijacks registry.test and trusts its real CA upstream.
+    /// The test hosts are on loopback, so they are listed (registry.test as the mirror's
+    /// upstream, other.test for a tunnel, 127.0.0.1 for a plain origin).
     fn hijack_yaml(&self) -> String {
         format!(
             "  hijackHTTPS:\n    cert: {}\n    key: {}\n    hosts:\n      - regx: registry.test\n        certs: [{}]\n\
-             \x20 registryMirror:\n    dynamic: true\n    url: {}\n    certs: [{}]\n",
+             \x20 registryMirror:\n    dynamic: true\n    url: {}\n    certs: [{}]\n{TEST_HOSTS}",
             self.proxy_pki.ca_cert().display(),
             self.proxy_pki.ca_key().display(),
             self.origin_pki.ca_cert().display(),
@@ -334,6 +339,76 @@ async fn ctr_pulls_through_the_proxy_and_through_a_generated_hosts_toml() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctr_sends_the_mirror_its_basic_auth_credentials_from_a_generated_hosts_toml() {
+    let s = Setup::new(false).await;
+    let image = s.push("e2e/ctr-auth", &[2 * MIB, 3 * MIB], 60).await;
+    let auth = "  basicAuth:\n    username: node\n    password: pull-secret\n";
+    let d = Daemon::start(&format!("{}{auth}", s.hijack_yaml()), "").await;
+    let containerd = Containerd::start().await.expect("containerd");
+    // The daemon's config, where containerd-hosts reads the credentials.
+    let cfg = s.dir.path().join("dfget.yaml");
+    std::fs::write(&cfg, format!("proxy:\n{auth}")).expect("config");
+    let hosts = s.dir.path().join("certs.d");
+    let out = Command::new(env!("CARGO_BIN_EXE_dfdaemon"))
+        .args(["containerd-hosts", "--dir"])
+        .arg(&hosts)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--mirror", &d.proxy_url(), &s.registry.host_port()])
+        .output()
+        .expect("containerd-hosts runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let toml = hosts.join(s.registry.host_port()).join("hosts.toml");
+    let text = std::fs::read_to_string(&toml).expect("hosts.toml");
+    assert!(text.contains("Proxy-Authorization"), "{text}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&toml).expect("mode").permissions().mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "credentials are not readable by others"
+    );
+    let c = containerd.ctr([
+        "images",
+        "pull",
+        "--hosts-dir",
+        &hosts.display().to_string(),
+        &image.reference(&s.registry.host_port()),
+    ]);
+    run(c).await.expect("ctr pull through the mirror");
+    s.assert_served_once(&image).await;
+    // containerd falls back to the registry itself when the mirror refuses it: the layers
+    // being stored here shows the mirror served them, so the credentials went along.
+    let credentials = format!(
+        "Basic {}",
+        dfdaemon::source::oras::base64_encode(b"node:pull-secret")
+    );
+    for l in &image.layers {
+        let r = reqwest::Client::new()
+            .head(format!(
+                "{}/v2/{}/blobs/{}",
+                d.proxy_url(),
+                image.repo,
+                l.digest
+            ))
+            .header("X-Dragonfly-Registry", s.registry.url())
+            .header("Proxy-Authorization", &credentials)
+            .send()
+            .await
+            .expect("head");
+        assert!(
+            r.status() == 200 && r.headers().contains_key("x-dragonfly-task"),
+            "layer {} went through the daemon",
+            l.digest
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn podman_pulls_through_the_proxy() {
     let s = Setup::new(false).await;
     let image = s.push("e2e/podman", &[MIB, 3 * MIB], 55).await;
@@ -534,7 +609,7 @@ async fn upstream_tls_is_verified_unless_the_host_is_insecure() {
     let ca = s.proxy_pki.ca_cert().display().to_string();
     let hijack = |extra: &str| {
         format!(
-            "  hijackHTTPS:\n    cert: {}\n    key: {}\n    hosts:\n      - regx: registry.test\n{extra}",
+            "{TEST_HOSTS}  hijackHTTPS:\n    cert: {}\n    key: {}\n    hosts:\n      - regx: registry.test\n{extra}",
             s.proxy_pki.ca_cert().display(),
             s.proxy_pki.ca_key().display(),
         )

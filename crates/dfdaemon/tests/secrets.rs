@@ -125,7 +125,7 @@ async fn a_password_in_a_url_is_sent_to_the_origin_and_printed_or_stored_nowhere
         &[],
         daemon::free_port(),
         &format!(
-            "proxy:\n  tcpListen:\n    listen: 127.0.0.1\n    port: {proxy_port}\n  registryMirror:\n    dynamic: true\n"
+            "proxy:\n  tcpListen:\n    listen: 127.0.0.1\n    port: {proxy_port}\n  registryMirror:\n    dynamic: true\n    allow:\n      - host: 127.0.0.1\n"
         ),
     );
     let registry = with_password("");

@@ -66,9 +66,31 @@ fn gen_ca(args: &GenCaArgs) -> Result<(), SetupError> {
 
 /// `dfdaemon containerd-hosts`.
 fn containerd_hosts(args: &ContainerdHostsArgs) -> Result<(), SetupError> {
-    let written = setup::containerd_hosts(&args.dir, &args.mirror, &args.registries, args.force)?;
+    let credentials = match &args.config {
+        Some(path) => {
+            let (auth, warnings) = setup::credentials_from_config(path)?;
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+            auth
+        }
+        None => None,
+    };
+    let written = setup::containerd_hosts(
+        &args.dir,
+        &args.mirror,
+        &args.registries,
+        args.force,
+        credentials.as_ref(),
+    )?;
     for path in &written {
-        println!("wrote {}", path.display());
+        match credentials {
+            Some(_) => println!(
+                "wrote {} (mode 0600: it holds the mirror's proxy.basicAuth credentials)",
+                path.display()
+            ),
+            None => println!("wrote {}", path.display()),
+        }
     }
     println!(
         "containerd uses them once its CRI registry config_path is {:?} \
@@ -91,6 +113,7 @@ fn hint(e: &SetupError) -> Option<&'static str> {
         }
         SetupError::Mirror { .. } => Some("give --mirror as a URL, e.g. http://127.0.0.1:65001"),
         SetupError::Write { .. } => Some("run as a user that may write there (often root)"),
+        SetupError::Config(_) => Some("--config takes the daemon's config file (dfget.yaml)"),
         SetupError::Exists { .. } | SetupError::Ca(_) => None,
     }
 }

@@ -10,8 +10,10 @@ mod sections;
 mod shapes;
 
 pub use proxy::{
-    BasicAuth, DEFAULT_PROXY_RULE, DEFAULT_REGISTRY_MIRROR, HijackHost, HijackHttps, ProxyConfig,
-    ProxyRule, ProxySecurity, RegistryMirror, WhiteListEntry, default_proxy_rules,
+    BasicAuth, DEFAULT_IDLE_TIMEOUT, DEFAULT_PER_CLIENT_CONNECTIONS, DEFAULT_PER_CLIENT_TUNNELS,
+    DEFAULT_PROXY_RULE, DEFAULT_READ_HEADER_TIMEOUT, DEFAULT_REGISTRY_MIRROR, HijackHost,
+    HijackHttps, ProxyConfig, ProxyRule, ProxySecurity, RegistryMirror, WhiteListEntry,
+    default_proxy_rules,
 };
 pub use sections::{
     DEFAULT_METRICS_PORT, DEFAULT_PROXY_PORT, DEFAULT_UNIX_SOCKET, DEFAULT_UPLOAD_PORT,

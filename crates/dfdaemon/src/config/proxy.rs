@@ -4,7 +4,7 @@
 //! nested under `proxy:`; both load, and [`super::DfdaemonConfig`] folds the top-level ones in here.
 
 use super::sections::ProxyListen;
-use dragonfly_common::config::{Pattern, Port};
+use dragonfly_common::config::{Duration, Pattern, Port};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -13,6 +13,17 @@ pub const DEFAULT_PROXY_RULE: &str = "blobs/sha256.*";
 
 /// Default upstream of the registry mirror.
 pub const DEFAULT_REGISTRY_MIRROR: &str = "https://index.docker.io";
+
+/// Default `proxy.readHeaderTimeout`: nginx's `client_header_timeout`.
+pub const DEFAULT_READ_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `proxy.idleTimeout`: nginx's `keepalive_timeout`.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+/// Default `proxy.perClientConnectionLimit`: containerd asks a mirror for at most a few layers
+/// per pull at once (CRI `max_concurrent_downloads` is 3), so even many parallel pulls stay far
+/// below it, while one address cannot hold more than a sliver of the raised open-files limit.
+pub const DEFAULT_PER_CLIENT_CONNECTIONS: u32 = 256;
+/// Default `proxy.perClientTunnelLimit`: a client pulls from a handful of registries at once.
+pub const DEFAULT_PER_CLIENT_TUNNELS: u32 = 64;
 
 /// `proxy`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,6 +50,17 @@ pub struct ProxyConfig {
     pub default_tag: String,
     /// Require these credentials from proxy clients; null means no authentication.
     pub basic_auth: Option<BasicAuth>,
+    /// A request head must arrive whole within this long of its first byte, and a new
+    /// connection must bring one within this long; 0 means no limit.
+    pub read_header_timeout: Duration,
+    /// A keep-alive connection with no request in progress is closed after this long; 0 means
+    /// no limit.
+    pub idle_timeout: Duration,
+    /// Connections open at once from one client address (an IPv6 client: its /64); 0 means no
+    /// limit.
+    pub per_client_connection_limit: u32,
+    /// CONNECT tunnels open at once from one client address; 0 means no limit.
+    pub per_client_tunnel_limit: u32,
 }
 
 impl Default for ProxyConfig {
@@ -54,6 +76,10 @@ impl Default for ProxyConfig {
             default_filter: "Expires&Signature".to_owned(),
             default_tag: String::new(),
             basic_auth: None,
+            read_header_timeout: DEFAULT_READ_HEADER_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            per_client_connection_limit: DEFAULT_PER_CLIENT_CONNECTIONS,
+            per_client_tunnel_limit: DEFAULT_PER_CLIENT_TUNNELS,
         }
     }
 }
@@ -112,6 +138,10 @@ pub struct RegistryMirror {
     pub direct: bool,
     /// Apply `proxies` rules to mirror requests instead of sending all blobs peer to peer.
     pub use_proxies: bool,
+    /// Registries a dynamic mirror request (`X-Dragonfly-Registry`, `?ns=`) may go to; empty
+    /// means any that `whiteList` and the reach rules let through. A listed host may be on a
+    /// loopback or link-local address.
+    pub allow: Vec<WhiteListEntry>,
 }
 
 impl Default for RegistryMirror {
@@ -123,6 +153,7 @@ impl Default for RegistryMirror {
             certs: Vec::new(),
             direct: false,
             use_proxies: false,
+            allow: Vec::new(),
         }
     }
 }

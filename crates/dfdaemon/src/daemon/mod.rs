@@ -105,6 +105,40 @@ pub struct Bound {
     pub proxy: Option<SocketAddr>,
 }
 
+/// The ports this daemon listens on (or will: metrics), which its proxy never connects to.
+fn own_ports(
+    cfg: &DfdaemonConfig,
+    upload: SocketAddr,
+    proxy: SocketAddr,
+) -> Vec<crate::proxy::OwnPort> {
+    use crate::proxy::OwnPort;
+    let mut own = vec![
+        OwnPort {
+            port: proxy.port(),
+            key: "proxy.tcpListen.port",
+        },
+        OwnPort {
+            port: upload.port(),
+            key: "upload.tcpListen.port",
+        },
+    ];
+    if cfg.metrics.enable {
+        // A range is tried in order; its first ports are where the server ends up.
+        own.extend(
+            cfg.metrics
+                .tcp_listen
+                .port
+                .ports()
+                .take(16)
+                .map(|port| OwnPort {
+                    port,
+                    key: "metrics.tcpListen.port",
+                }),
+        );
+    }
+    own
+}
+
 /// Static parents from `download.parents` (`host:port` of their upload servers).
 fn static_parents(cfg: &DfdaemonConfig) -> Result<Vec<Parent>, DaemonError> {
     cfg.download
@@ -369,23 +403,24 @@ pub async fn start(
         ..UploadLimits::default()
     };
     let parents = static_parents(&cfg)?;
-    let proxy =
-        if cfg.proxy_enabled {
-            let (listener, addr) = bind_tcp(
-                "proxy.tcpListen",
-                cfg.proxy.tcp_listen.listen,
-                &cfg.proxy.tcp_listen.port,
-            )
-            .await?;
-            let proxy = crate::proxy::Proxy::new(&cfg.proxy, engine.clone(), parents.clone())
-                .map_err(|e| DaemonError::Config {
-                    key: "proxy",
-                    reason: e.to_string(),
-                })?;
-            Some((std::sync::Arc::new(proxy), listener, addr))
-        } else {
-            None
-        };
+    let proxy = if cfg.proxy_enabled {
+        let (listener, addr) = bind_tcp(
+            "proxy.tcpListen",
+            cfg.proxy.tcp_listen.listen,
+            &cfg.proxy.tcp_listen.port,
+        )
+        .await?;
+        let proxy = crate::proxy::Proxy::new(&cfg.proxy, engine.clone(), parents.clone(), {
+            own_ports(&cfg, upload_addr, addr)
+        })
+        .map_err(|e| DaemonError::Config {
+            key: "proxy",
+            reason: e.to_string(),
+        })?;
+        Some((std::sync::Arc::new(proxy), listener, addr))
+    } else {
+        None
+    };
     let service = DownloadService::new(engine.clone(), cfg.storage.multiplex, parents.clone())
         .with_oras(&cfg.oras)
         .map_err(|e| DaemonError::Config {

@@ -1,6 +1,8 @@
 //! One-off setup commands around the daemon: `dfdaemon gen-ca` (a CA for `proxy.hijackHTTPS`)
 //! and `dfdaemon containerd-hosts` (containerd `hosts.toml` files that pull through the mirror).
 
+use crate::config::{BasicAuth, ConfigError, DfdaemonConfig};
+use crate::proxy::basic_credentials;
 use crate::proxy::ca::{CaError, CertAuthority};
 use std::path::{Path, PathBuf};
 
@@ -15,6 +17,11 @@ pub const DEFAULT_CA_NAME: &str = "Dragonfly dfdaemon hijack CA";
 
 /// Header telling the mirror which registry a request is for (`registryMirror.dynamic`).
 pub const REGISTRY_HEADER: &str = "X-Dragonfly-Registry";
+
+/// Header carrying `proxy.basicAuth` credentials to the mirror. Not `Authorization`: that one
+/// is the registry's (containerd puts its registry token there, and the mirror passes it on),
+/// while `Proxy-Authorization` is the mirror's own and never goes upstream.
+pub const CREDENTIALS_HEADER: &str = "Proxy-Authorization";
 
 /// Options of `dfdaemon gen-ca`.
 #[derive(clap::Args, Debug, Clone)]
@@ -39,6 +46,11 @@ pub struct ContainerdHostsArgs {
     /// Replace existing hosts.toml files.
     #[arg(long)]
     pub force: bool,
+    /// The daemon's config file: when it sets proxy.basicAuth, each hosts.toml makes containerd
+    /// send those credentials to the mirror (a Proxy-Authorization header; the file is then
+    /// written with mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Registries to route through the mirror: `docker.io`, `registry.test:5443`,
     /// `https://ghcr.io`, `http://insecure.local:5000`.
     #[arg(value_name = "REGISTRY", required = true)]
@@ -81,6 +93,9 @@ pub enum SetupError {
     /// The CA could not be generated or written.
     #[error(transparent)]
     Ca(#[from] CaError),
+    /// `--config` could not be loaded.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 /// A CA written by [`gen_ca`].
@@ -193,9 +208,10 @@ impl Registry {
     }
 
     /// The hosts.toml that sends this registry's pulls through `mirror` (a URL from
-    /// [`parse_mirror`]), telling the mirror the upstream in [`REGISTRY_HEADER`].
-    pub fn hosts_toml(&self, mirror: &str) -> String {
-        format!(
+    /// [`parse_mirror`]), telling the mirror the upstream in [`REGISTRY_HEADER`] and, with
+    /// `credentials`, sending them in [`CREDENTIALS_HEADER`].
+    pub fn hosts_toml(&self, mirror: &str, credentials: Option<&BasicAuth>) -> String {
+        let mut toml = format!(
             "server = \"{server}\"\n\
              \n\
              [host.\"{mirror}\"]\n  \
@@ -203,7 +219,15 @@ impl Registry {
                [host.\"{mirror}\".header]\n    \
                  {REGISTRY_HEADER} = [\"{server}\"]\n",
             server = self.server,
-        )
+        );
+        if let Some(auth) = credentials {
+            // Base64 has no character a TOML basic string must escape.
+            toml.push_str(&format!(
+                "    {CREDENTIALS_HEADER} = [\"{}\"]\n",
+                basic_credentials(auth)
+            ));
+        }
+        toml
     }
 }
 
@@ -230,7 +254,18 @@ pub fn parse_mirror(value: &str) -> Result<String, SetupError> {
     Ok(url.as_str().trim_end_matches('/').to_owned())
 }
 
-/// Write `dir/<registry>/hosts.toml` for every registry; returns the files written.
+/// The mirror credentials of the daemon config at `path`: its `proxy.basicAuth`, if set.
+/// Load warnings are returned for the caller to print.
+pub fn credentials_from_config(
+    path: &Path,
+) -> Result<(Option<BasicAuth>, Vec<String>), SetupError> {
+    let loaded = DfdaemonConfig::load(path)?;
+    Ok((loaded.value.proxy.basic_auth, loaded.warnings))
+}
+
+/// Write `dir/<registry>/hosts.toml` for every registry; returns the files written. With
+/// `credentials` (`proxy.basicAuth`), containerd sends them to the mirror, and the files are
+/// readable by their owner only (mode 0600).
 ///
 /// Every argument is checked before anything is written. Existing files are replaced only
 /// with `force` (atomically, via a rename).
@@ -239,6 +274,7 @@ pub fn containerd_hosts(
     mirror: &str,
     registries: &[String],
     force: bool,
+    credentials: Option<&BasicAuth>,
 ) -> Result<Vec<PathBuf>, SetupError> {
     let mirror = parse_mirror(mirror)?;
     let mut parsed: Vec<Registry> = Vec::with_capacity(registries.len());
@@ -261,15 +297,22 @@ pub fn containerd_hosts(
     let mut written = Vec::with_capacity(parsed.len());
     for registry in &parsed {
         let path = file_of(registry);
-        write_replacing(&path, registry.hosts_toml(&mirror).as_bytes())?;
+        let mode = if credentials.is_some() { 0o600 } else { 0o644 };
+        write_replacing(
+            &path,
+            registry.hosts_toml(&mirror, credentials).as_bytes(),
+            mode,
+        )?;
         written.push(path);
     }
     Ok(written)
 }
 
-/// Write `data` to `path` through a temporary file and a rename, so containerd never reads
-/// half a file.
-fn write_replacing(path: &Path, data: &[u8]) -> Result<(), SetupError> {
+/// Write `data` to `path` (with file `mode`) through a temporary file and a rename, so
+/// containerd never reads half a file.
+fn write_replacing(path: &Path, data: &[u8], mode: u32) -> Result<(), SetupError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let failed = |p: &Path, e: std::io::Error| SetupError::Write {
         path: p.to_path_buf(),
         reason: e.to_string(),
@@ -278,7 +321,18 @@ fn write_replacing(path: &Path, data: &[u8]) -> Result<(), SetupError> {
         std::fs::create_dir_all(parent).map_err(|e| failed(parent, e))?;
     }
     let tmp = path.with_extension("toml.tmp");
-    std::fs::write(&tmp, data).map_err(|e| failed(&tmp, e))?;
+    let _ = std::fs::remove_file(&tmp);
+    // Created with `mode` (less what the umask takes), never wider for a moment.
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(data));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(failed(&tmp, e));
+    }
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         failed(path, e)
@@ -357,7 +411,7 @@ mod tests {
     fn hosts_toml_has_containerd_shape() {
         let r = Registry::parse("registry.test:5443").unwrap();
         assert_eq!(
-            r.hosts_toml("http://127.0.0.1:65001"),
+            r.hosts_toml("http://127.0.0.1:65001", None),
             "server = \"https://registry.test:5443\"\n\
              \n\
              [host.\"http://127.0.0.1:65001\"]\n  \
@@ -365,6 +419,53 @@ mod tests {
                [host.\"http://127.0.0.1:65001\".header]\n    \
                  X-Dragonfly-Registry = [\"https://registry.test:5443\"]\n"
         );
+    }
+
+    #[test]
+    fn credentials_go_into_the_mirror_header_table_and_the_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let auth = BasicAuth {
+            username: "alice".into(),
+            password: "s3cret:\"x\"".into(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let args = ["registry.test:5443".to_owned()];
+        let written =
+            containerd_hosts(dir.path(), DEFAULT_MIRROR, &args, false, Some(&auth)).unwrap();
+        let text = std::fs::read_to_string(&written[0]).unwrap();
+        // Parsed back as containerd reads it.
+        let doc: toml_edit::DocumentMut = text.parse().unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(doc["server"].as_str(), Some("https://registry.test:5443"));
+        let host = &doc["host"][DEFAULT_MIRROR];
+        let header = &host["header"];
+        let first = |key: &str| {
+            header[key]
+                .as_array()
+                .and_then(|a| a.get(0))
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        };
+        assert_eq!(
+            first(CREDENTIALS_HEADER).as_deref(),
+            Some(basic_credentials(&auth).as_str())
+        );
+        assert_eq!(
+            first(REGISTRY_HEADER).as_deref(),
+            Some("https://registry.test:5443")
+        );
+        assert_eq!(
+            crate::source::oras::base64_decode(
+                basic_credentials(&auth).trim_start_matches("Basic ")
+            )
+            .as_deref(),
+            Some(&b"alice:s3cret:\"x\""[..])
+        );
+        let mode = std::fs::metadata(&written[0]).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        // Without credentials: no header.
+        let plain = containerd_hosts(dir.path(), DEFAULT_MIRROR, &args, true, None).unwrap();
+        let text = std::fs::read_to_string(&plain[0]).unwrap();
+        assert!(!text.contains(CREDENTIALS_HEADER), "{text}");
     }
 
     #[test]
@@ -387,18 +488,18 @@ mod tests {
     fn containerd_hosts_checks_everything_before_writing() {
         let dir = tempfile::tempdir().unwrap();
         let args = ["ghcr.io".to_owned(), "bad/path".to_owned()];
-        assert!(containerd_hosts(dir.path(), DEFAULT_MIRROR, &args, false).is_err());
+        assert!(containerd_hosts(dir.path(), DEFAULT_MIRROR, &args, false, None).is_err());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 
         let args = ["docker.io".to_owned(), "https://docker.io".to_owned()];
-        let written = containerd_hosts(dir.path(), DEFAULT_MIRROR, &args, false).unwrap();
+        let written = containerd_hosts(dir.path(), DEFAULT_MIRROR, &args, false, None).unwrap();
         assert_eq!(written, vec![dir.path().join("docker.io/hosts.toml")]);
-        let err = containerd_hosts(dir.path(), DEFAULT_MIRROR, &args, false).unwrap_err();
+        let err = containerd_hosts(dir.path(), DEFAULT_MIRROR, &args, false, None).unwrap_err();
         assert!(
             matches!(err, SetupError::Exists { ref path } if *path == written[0]),
             "{err}"
         );
-        containerd_hosts(dir.path(), "http://10.0.0.2:65001", &args, true).unwrap();
+        containerd_hosts(dir.path(), "http://10.0.0.2:65001", &args, true, None).unwrap();
         let text = std::fs::read_to_string(&written[0]).unwrap();
         assert!(text.contains("[host.\"http://10.0.0.2:65001\"]"), "{text}");
         assert!(!dir.path().join("docker.io/hosts.toml.tmp").exists());

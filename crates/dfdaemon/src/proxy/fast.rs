@@ -6,16 +6,16 @@
 //! a blob not stored yet, a body) goes to hyper with the bytes already read put back in front
 //! of the connection, and hyper serves the rest of the connection.
 
+use super::reach::Ask;
 use super::route::{self, Decision, RangeAsk};
-use super::{MAX_HEAD, Proxy, Via};
+use super::timeouts::Watch;
+use super::{Client, MAX_HEAD, Proxy, Via};
 use crate::storage::TaskRecord;
 use bytes::{Buf, Bytes, BytesMut};
 use dragonfly_common::digest::Digest;
 use dragonfly_common::task_id::TaskId;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use hyper_util::rt::TokioIo;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -29,11 +29,9 @@ pub const SERVED_HEADER: &str = "x-dragonfly-served";
 const MAX_HEADERS: usize = 64;
 
 /// Serve one plain connection of the proxy listener.
-pub(super) async fn serve(proxy: Arc<Proxy>, mut stream: TcpStream, peer: SocketAddr) {
-    if proxy.cfg.basic_auth.is_some() || !proxy.cfg.white_list.is_empty() {
-        // Every request must pass basicAuth / whiteList: hyper's path checks them.
-        return hand_to_hyper(proxy, stream, bytes::Bytes::new(), peer).await;
-    }
+pub(super) async fn serve(proxy: Arc<Proxy>, mut stream: TcpStream, client: Client) {
+    let peer = client.peer;
+    let watch = Watch::new(proxy.timeouts);
     let mut buf = BytesMut::with_capacity(4096);
     loop {
         // The head of the next request, or hyper for anything this path does not know.
@@ -57,10 +55,17 @@ pub(super) async fn serve(proxy: Arc<Proxy>, mut stream: TcpStream, peer: Socket
                 }
                 None => {}
             }
-            match stream.read_buf(&mut buf).await {
+            let read = tokio::select! {
+                r = stream.read_buf(&mut buf) => r,
+                why = watch.expired() => {
+                    tracing::debug!(client = %peer, "proxy connection closed: {why}");
+                    return;
+                }
+            };
+            match read {
                 Ok(0) if buf.is_empty() => return, // closed between requests
                 Ok(0) => break None,               // hyper reports the broken request
-                Ok(_) => {}
+                Ok(_) => watch.bytes_arrived(),
                 Err(e) => {
                     tracing::debug!(client = %peer, error = %e, "proxy connection ended");
                     return;
@@ -68,27 +73,28 @@ pub(super) async fn serve(proxy: Arc<Proxy>, mut stream: TcpStream, peer: Socket
             }
         };
         let Some(head_len) = head_len else {
-            return hand_to_hyper(proxy, stream, buf.freeze(), peer).await;
+            return hand_to_hyper(proxy, stream, buf.freeze(), client, watch).await;
         };
         let Some(ask) = parse(&buf[..head_len]) else {
-            return hand_to_hyper(proxy, stream, buf.freeze(), peer).await;
+            return hand_to_hyper(proxy, stream, buf.freeze(), client, watch).await;
         };
         let Some((record, id, digest)) = stored_blob(&proxy, &ask).await else {
-            return hand_to_hyper(proxy, stream, buf.freeze(), peer).await;
+            return hand_to_hyper(proxy, stream, buf.freeze(), client, watch).await;
         };
         let len = record.content_length;
         let (from, to) = match route::parse_range(ask.range.as_deref(), len) {
             RangeAsk::Full => (0, len),
             RangeAsk::Part(s, e) => (s, e),
             RangeAsk::Unsatisfiable => {
-                return hand_to_hyper(proxy, stream, buf.freeze(), peer).await; // its 416
+                return hand_to_hyper(proxy, stream, buf.freeze(), client, watch).await; // its 416
             }
         };
         let file = match std::fs::File::open(proxy.engine.storage().content_path(&id)) {
             Ok(f) => f,
-            Err(_) => return hand_to_hyper(proxy, stream, buf.freeze(), peer).await,
+            Err(_) => return hand_to_hyper(proxy, stream, buf.freeze(), client, watch).await,
         };
         buf.advance(head_len);
+        let _busy = watch.request();
         let _permit = match &proxy.limit {
             Some(s) => s.clone().acquire_owned().await.ok(),
             None => None,
@@ -157,7 +163,7 @@ fn find_head_end(buf: &[u8]) -> Option<usize> {
 
 /// A request this path may answer.
 #[derive(Debug)]
-struct Ask {
+struct BlobGet {
     path: String,
     query: Option<String>,
     headers: HeaderMap,
@@ -167,7 +173,7 @@ struct Ask {
 }
 
 /// `GET /v2/...` over HTTP/1.1 without a body or conditions; `None` for anything else.
-fn parse(head: &[u8]) -> Option<Ask> {
+fn parse(head: &[u8]) -> Option<BlobGet> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
@@ -215,7 +221,7 @@ fn parse(head: &[u8]) -> Option<Ask> {
         }
         map.append(name, value);
     }
-    Some(Ask {
+    Some(BlobGet {
         path: path.to_string(),
         query,
         headers: map,
@@ -224,11 +230,24 @@ fn parse(head: &[u8]) -> Option<Ask> {
     })
 }
 
-/// The finished, verified task of the blob this mirror request is for, if this node has it
-/// and the request would be served as a P2P task at all.
-async fn stored_blob(proxy: &Proxy, ask: &Ask) -> Option<(TaskRecord, TaskId, Digest)> {
+/// The finished, verified task of the blob this mirror request is for, if this node has it,
+/// the request passes `basicAuth` and the name lists (`whiteList`, `registryMirror.allow`;
+/// hyper's path answers those that do not), and it would be served as a P2P task at all. The
+/// rules on addresses are not checked: serving a stored blob connects nowhere.
+async fn stored_blob(proxy: &Proxy, ask: &BlobGet) -> Option<(TaskRecord, TaskId, Digest)> {
+    if !proxy.auth_ok(&ask.headers) {
+        return None;
+    }
     let m = &proxy.cfg.registry_mirror;
-    let url = route::mirror_target(m, &ask.headers, &ask.path, ask.query.as_deref()).ok()?;
+    let target = route::mirror_upstream(m, &ask.headers, &ask.path, ask.query.as_deref()).ok()?;
+    let (host, port) = super::host_port(&target.url)?;
+    let kind = if target.dynamic {
+        Ask::DynamicMirror
+    } else {
+        Ask::StaticMirror
+    };
+    proxy.reach.check_lists(kind, &host, port).ok()?;
+    let url = target.url;
     let Decision::P2p(target) = route::decide(&proxy.cfg.proxies, Some(m), &url) else {
         return None;
     };
@@ -274,12 +293,18 @@ fn response_head(
 }
 
 /// hyper serves the rest of the connection, starting with the bytes already read.
-async fn hand_to_hyper(proxy: Arc<Proxy>, stream: TcpStream, read: Bytes, peer: SocketAddr) {
+async fn hand_to_hyper(
+    proxy: Arc<Proxy>,
+    stream: TcpStream,
+    read: Bytes,
+    client: Client,
+    watch: Arc<Watch>,
+) {
     let io = Prefixed {
         prefix: read,
         inner: stream,
     };
-    proxy.serve_conn(TokioIo::new(io), peer, Via::Plain).await
+    proxy.serve_conn(io, client, Via::Plain, watch).await
 }
 
 /// A connection with bytes already read from it put back in front.

@@ -38,6 +38,11 @@ pub(crate) async fn forward(
     let resp = match out.send().await {
         Ok(r) => r,
         Err(e) => {
+            // A name that resolved to an address the reach rules refuse, when connecting.
+            if let Some(r) = super::reach::refusal_in(&e) {
+                tracing::info!(%url, refused = %r, "proxy target refused");
+                return text(StatusCode::FORBIDDEN, &r.to_string());
+            }
             tracing::info!(%url, error = %crate::download::error_chain(&e), "upstream failed");
             return text(
                 StatusCode::BAD_GATEWAY,

@@ -6,34 +6,46 @@
 //!   local CA mints for it ([`connect`]), any other CONNECT is a byte tunnel;
 //! - **registry mirror**: origin-form `/v2/...` requests, sent to `registryMirror.url` or the
 //!   registry named by `X-Dragonfly-Registry` / containerd's `?ns=` ([`route::mirror_target`]);
-//! - `GET /ca.crt`: the CA certificate clients must trust for hijacked hosts.
+//! - `GET /ca.crt`: the CA certificate clients must trust for hijacked hosts;
+//! - `GET /healthy`: `200 OK` while the proxy serves (no credentials needed, like `/ca.crt`).
 //!
 //! Each request is then either a P2P task ([`p2p`]: GET and HEAD matching the `proxies` rules,
-//! by default `blobs/sha256.*`) or passed through as is ([`forward`]).
+//! by default `blobs/sha256.*`) or passed through as is ([`forward`]). Where the proxy may
+//! connect is [`reach`]'s; how long a client may wait [`timeouts`]'; how much one client may
+//! hold open [`limits`]'.
 
 pub mod ca;
 mod connect;
 mod fast;
 mod forward;
+mod limits;
 mod p2p;
+pub mod reach;
 pub mod route;
+mod timeouts;
+mod tunnel;
+mod upstream;
 
 pub use fast::SERVED_HEADER;
+pub use reach::{OwnPort, Refusal};
 
-use crate::config::{HijackHttps, ProxyConfig};
-use crate::source::{HttpSource, SourceOptions};
+use crate::config::ProxyConfig;
 use crate::task::{Parent, TaskManager};
 use bytes::Bytes;
 use ca::CertAuthority;
-use dragonfly_common::config::Pattern;
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use reach::{Ask, Reach};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio::net::TcpListener;
+use timeouts::{Timeouts, Tracked, Watch, Watched};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use upstream::{Hijack, Upstream};
 
 /// Errors of a response body (a task that failed mid-stream, an upstream that broke).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -64,66 +76,6 @@ pub enum ProxyError {
     Client(String),
 }
 
-/// Clients to one kind of upstream, with its TLS trust.
-#[derive(Clone, Debug)]
-pub(crate) struct Upstream {
-    /// Passes requests through (redirects go back to the client).
-    pub forward: HttpSource,
-    /// Fetches task pieces (redirects to blob storage are followed).
-    pub fetch: HttpSource,
-}
-
-impl Upstream {
-    fn new(key: &str, insecure: bool, certs: &[PathBuf]) -> Result<Self, ProxyError> {
-        let mut roots = Vec::new();
-        for path in certs {
-            let pem = std::fs::read(path).map_err(|e| ProxyError::Certs {
-                key: key.to_string(),
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-            let found =
-                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ProxyError::Certs {
-                    key: key.to_string(),
-                    path: path.clone(),
-                    reason: format!("not a PEM certificate: {e}"),
-                })?;
-            if found.is_empty() {
-                return Err(ProxyError::Certs {
-                    key: key.to_string(),
-                    path: path.clone(),
-                    reason: "no PEM certificate in it".into(),
-                });
-            }
-            roots.extend(found);
-        }
-        let opts = SourceOptions {
-            insecure,
-            ..SourceOptions::default()
-        };
-        let client = |follow| {
-            HttpSource::with_tls(&opts, roots.clone(), follow)
-                .map_err(|e| ProxyError::Client(e.to_string()))
-        };
-        Ok(Self {
-            forward: client(false)?,
-            fetch: client(true)?,
-        })
-    }
-}
-
-/// A host whose HTTPS is intercepted, with the trust used towards the real host.
-struct HijackedHost {
-    regx: Pattern,
-    upstream: Arc<Upstream>,
-}
-
-/// TLS interception.
-struct Hijack {
-    ca: Arc<CertAuthority>,
-    hosts: Vec<HijackedHost>,
-}
-
 /// The proxy's state, shared by every connection.
 pub struct Proxy {
     cfg: ProxyConfig,
@@ -136,6 +88,21 @@ pub struct Proxy {
     ca: Option<Arc<CertAuthority>>,
     filtered: Vec<String>,
     limit: Option<Arc<tokio::sync::Semaphore>>,
+    reach: Arc<Reach>,
+    timeouts: Timeouts,
+    /// `perClientConnectionLimit`.
+    conns: Arc<limits::Cap>,
+    /// `perClientTunnelLimit`.
+    tunnels: Arc<limits::Cap>,
+    tunnel_budget: tunnel::Budget,
+}
+
+/// One client connection, as the handlers see it.
+#[derive(Clone, Debug)]
+pub(crate) struct Client {
+    pub(crate) peer: SocketAddr,
+    /// Its place under `perClientConnectionLimit`; a tunnel the connection turns into keeps it.
+    pub(crate) slot: Arc<limits::Slot>,
 }
 
 /// How a request reached the proxy.
@@ -151,26 +118,30 @@ pub(crate) enum Via {
 }
 
 impl Proxy {
-    /// The proxy for `cfg` over `engine`; `parents` are static parents for its tasks.
+    /// The proxy for `cfg` over `engine`; `parents` are static parents for its tasks, `own` the
+    /// daemon's ports (never a target).
     pub fn new(
         cfg: &ProxyConfig,
         engine: TaskManager,
         parents: Vec<Parent>,
+        own: Vec<OwnPort>,
     ) -> Result<Self, ProxyError> {
         if !cfg.security.insecure || cfg.security.cert.is_some() {
             tracing::warn!(
                 "proxy.security: TLS on the proxy port itself is not supported; it serves plain HTTP (as with insecure: true). Clients reach HTTPS registries through CONNECT as usual"
             );
         }
-        let default_upstream = Arc::new(Upstream::new("proxy", false, &[])?);
+        let reach = Arc::new(Reach::new(cfg, own));
+        let default_upstream = Arc::new(Upstream::new("proxy", false, &[], &reach)?);
         let m = &cfg.registry_mirror;
         let mirror_upstream = Arc::new(Upstream::new(
             "proxy.registryMirror.certs",
             m.insecure,
             &m.certs,
+            &reach,
         )?);
         let hijack = match &cfg.hijack_https {
-            Some(h) if !h.hosts.is_empty() => Some(Self::hijack(h)?),
+            Some(h) if !h.hosts.is_empty() => Some(Hijack::new(h, &reach)?),
             _ => None,
         };
         let ca = hijack.as_ref().map(|h| h.ca.clone());
@@ -196,40 +167,22 @@ impl Proxy {
             ca,
             filtered,
             limit,
-        })
-    }
-
-    fn hijack(h: &HijackHttps) -> Result<Hijack, ProxyError> {
-        let ca = match (&h.cert, &h.key) {
-            (Some(cert), Some(key)) => CertAuthority::load(cert, key)?,
-            (None, None) => {
-                tracing::warn!(
-                    "proxy.hijackHTTPS has no cert/key: using a CA generated for this run; clients must trust GET /ca.crt again after every restart (make one with `dfdaemon gen-ca`)"
-                );
-                CertAuthority::generate("dfdaemon ephemeral CA")?
-            }
-            _ => {
-                return Err(ProxyError::Certs {
-                    key: "proxy.hijackHTTPS".into(),
-                    path: h.cert.clone().or(h.key.clone()).unwrap_or_default(),
-                    reason: "cert and key must be set together".into(),
-                });
-            }
-        };
-        let mut hosts = Vec::new();
-        for (i, host) in h.hosts.iter().enumerate() {
-            hosts.push(HijackedHost {
-                regx: host.regx.clone(),
-                upstream: Arc::new(Upstream::new(
-                    &format!("proxy.hijackHTTPS.hosts[{i}].certs"),
-                    host.insecure,
-                    &host.certs,
-                )?),
-            });
-        }
-        Ok(Hijack {
-            ca: Arc::new(ca),
-            hosts,
+            reach,
+            timeouts: Timeouts {
+                header: Some(cfg.read_header_timeout.get()).filter(|d| !d.is_zero()),
+                idle: Some(cfg.idle_timeout.get()).filter(|d| !d.is_zero()),
+            },
+            conns: limits::Cap::new(
+                cfg.per_client_connection_limit,
+                "proxy.perClientConnectionLimit",
+                "connections",
+            ),
+            tunnels: limits::Cap::new(
+                cfg.per_client_tunnel_limit,
+                "proxy.perClientTunnelLimit",
+                "CONNECT tunnels",
+            ),
+            tunnel_budget: tunnel::Budget::new(tunnel::GROWTH_BUDGET),
         })
     }
 
@@ -252,53 +205,78 @@ impl Proxy {
                     }
                 },
             };
+            let slot = match self.conns.take(peer.ip()) {
+                Ok(s) => Arc::new(s),
+                Err(over) => {
+                    refuse_at_once(stream, &over.to_string());
+                    continue;
+                }
+            };
             let _ = stream.set_nodelay(true);
             // Stored blobs go out with sendfile; everything else to hyper (fast.rs).
-            tokio::spawn(fast::serve(self.clone(), stream, peer));
+            tokio::spawn(fast::serve(self.clone(), stream, Client { peer, slot }));
         }
     }
 
-    /// Serve HTTP/1.1 on one connection (the listener's, or a hijacked TLS stream).
+    /// Serve HTTP/1.1 on one connection (the listener's, or a hijacked TLS stream) until it
+    /// ends or `watch` finds it waited too long for its client.
     ///
     /// Boxed with `Send` spelled out: a hijacked CONNECT serves its tunnel with this, which makes
     /// the future types recursive.
     pub(crate) fn serve_conn<I>(
         self: Arc<Self>,
         io: I,
-        peer: SocketAddr,
+        client: Client,
         via: Via,
+        watch: Arc<Watch>,
     ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>
     where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        Box::pin(self.serve_conn_inner(io, peer, via))
+        Box::pin(self.serve_conn_inner(io, client, via, watch))
     }
 
-    async fn serve_conn_inner<I>(self: Arc<Self>, io: I, peer: SocketAddr, via: Via)
-    where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    async fn serve_conn_inner<I>(
+        self: Arc<Self>,
+        io: I,
+        client: Client,
+        via: Via,
+        watch: Arc<Watch>,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let proxy = self.clone();
+        let peer = client.peer;
+        let w = watch.clone();
         let svc = hyper::service::service_fn(move |req| {
-            let (proxy, via) = (proxy.clone(), via.clone());
-            async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, peer, via).await) }
+            let (proxy, via, client) = (proxy.clone(), via.clone(), client.clone());
+            // Busy from the head until the response body is done (or dropped).
+            let in_flight = w.request();
+            async move {
+                let resp = proxy.handle(req, &client, via).await;
+                Ok::<_, std::convert::Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
+            }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .max_buf_size(MAX_HEAD)
             .preserve_header_case(true)
-            .serve_connection(io, svc)
+            .serve_connection(TokioIo::new(Watched::new(io, watch.clone())), svc)
             .with_upgrades();
-        if let Err(e) = conn.await {
-            tracing::debug!(client = %peer, error = %e, "proxy connection ended");
+        tokio::select! {
+            r = conn => if let Err(e) = r {
+                tracing::debug!(client = %peer, error = %e, "proxy connection ended");
+            },
+            why = watch.expired() => tracing::debug!(client = %peer, "proxy connection closed: {why}"),
         }
     }
 
     async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        client: &Client,
         via: Via,
     ) -> Response<Body> {
+        let peer = client.peer;
         let _permit = match &self.limit {
             Some(s) => s.clone().acquire_owned().await.ok(),
             None => None,
@@ -317,7 +295,7 @@ impl Proxy {
                 &format!("request head of {head} bytes is over the limit of {MAX_HEAD}"),
             );
         }
-        let resp = self.route(req, peer, via).await;
+        let resp = self.route(req, client, via).await;
         tracing::debug!(client = %peer, %method, %uri, status = resp.status().as_u16(), "proxy request");
         resp
     }
@@ -325,7 +303,7 @@ impl Proxy {
     async fn route(
         self: Arc<Self>,
         mut req: Request<Incoming>,
-        peer: SocketAddr,
+        client: &Client,
         via: Via,
     ) -> Response<Body> {
         if req.method() == Method::CONNECT {
@@ -335,14 +313,15 @@ impl Proxy {
                     "CONNECT inside a hijacked tunnel is not supported",
                 );
             }
-            if let Some(resp) = self.check_client(&req) {
+            if let Some(resp) = self.check_auth(req.headers()) {
                 return resp;
             }
-            return connect::connect(self, req, peer).await;
+            return connect::connect(self, req, client).await;
         }
         let uri = req.uri();
         let pq = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
         let (url, upstream, mirror) = match (&via, uri.scheme_str()) {
+            // The CONNECT was checked.
             (
                 Via::Tunnel {
                     authority,
@@ -350,16 +329,25 @@ impl Proxy {
                 },
                 None,
             ) => (format!("https://{authority}{pq}"), upstream.clone(), None),
-            (_, Some("http" | "https")) => {
-                if let Some(resp) = self.check_client(&req) {
+            (_, Some(scheme @ ("http" | "https"))) => {
+                if let Some(resp) = self.check_auth(req.headers()) {
                     return resp;
                 }
-                let url = uri.to_string();
-                let upstream = match uri.authority() {
-                    Some(a) if uri.scheme_str() == Some("https") => self.upstream_for(a.as_str()),
-                    _ => self.default_upstream.clone(),
+                let Some(a) = uri.authority() else {
+                    return text(StatusCode::BAD_REQUEST, "the request names no host");
                 };
-                (url, upstream, None)
+                let port = a
+                    .port_u16()
+                    .unwrap_or(if scheme == "http" { 80 } else { 443 });
+                if let Err(resp) = self.check_reach(Ask::Forward, a.host(), port).await {
+                    return resp;
+                }
+                let upstream = if scheme == "https" {
+                    self.upstream_for(a.as_str())
+                } else {
+                    self.default_upstream.clone()
+                };
+                (uri.to_string(), upstream, None)
             }
             (_, Some(other)) => {
                 return text(
@@ -369,39 +357,42 @@ impl Proxy {
             }
             (Via::Plain, None) => {
                 let path = uri.path();
-                if path == "/ca.crt" && req.method() == Method::GET {
+                let (get, head) = (req.method() == Method::GET, req.method() == Method::HEAD);
+                if path == "/ca.crt" && get {
                     return self.ca_cert();
+                }
+                if path == HEALTH_PATH && (get || head) {
+                    return text(StatusCode::OK, "OK");
                 }
                 if path != "/v2" && !path.starts_with("/v2/") {
                     return text(
                         StatusCode::NOT_FOUND,
                         &format!(
-                            "{path} is not a proxy or registry mirror request: send absolute URLs (HTTP_PROXY), CONNECT (HTTPS_PROXY), /v2/... (mirror) or GET /ca.crt"
+                            "{path} is not a proxy or registry mirror request: send absolute URLs (HTTP_PROXY), CONNECT (HTTPS_PROXY), /v2/... (mirror), GET /ca.crt or GET {HEALTH_PATH}"
                         ),
                     );
                 }
                 // Mirror requests pass basicAuth and whiteList like proxied ones (only
-                // /ca.crt answers without credentials).
-                if let Some(resp) = self.check_auth(&req) {
+                // /ca.crt and the health path answer without credentials).
+                if let Some(resp) = self.check_auth(req.headers()) {
                     return resp;
                 }
                 let m = &self.cfg.registry_mirror;
-                let url = match route::mirror_target(m, req.headers(), path, uri.query()) {
-                    Ok(url) => url,
+                let target = match route::mirror_upstream(m, req.headers(), path, uri.query()) {
+                    Ok(t) => t,
                     Err(e) => return text(StatusCode::BAD_REQUEST, &e.to_string()),
                 };
-                if !self.cfg.white_list.is_empty() {
-                    let target = url::Url::parse(&url).ok();
-                    let host = target.as_ref().and_then(|u| u.host_str()).unwrap_or("");
-                    let port = target
-                        .as_ref()
-                        .and_then(url::Url::port_or_known_default)
-                        .unwrap_or(443);
-                    if let Some(resp) = self.check_target(host, port) {
-                        return resp;
-                    }
+                let ask = if target.dynamic {
+                    Ask::DynamicMirror
+                } else {
+                    Ask::StaticMirror
+                };
+                if let Some((host, port)) = host_port(&target.url)
+                    && let Err(resp) = self.check_reach(ask, &host, port).await
+                {
+                    return resp;
                 }
-                (url, self.mirror_upstream.clone(), Some(m))
+                (target.url, self.mirror_upstream.clone(), Some(m))
             }
         };
         // Credentials in the target URL (`X-Dragonfly-Registry: https://user:pw@registry`, or
@@ -422,79 +413,50 @@ impl Proxy {
         }
     }
 
-    /// Proxy authentication and the host white list, for forward-proxy requests.
-    fn check_client<B>(&self, req: &Request<B>) -> Option<Response<Body>> {
-        if let Some(r) = self.check_auth(req) {
-            return Some(r);
-        }
-        if !self.cfg.white_list.is_empty() {
-            let (host, port) = match req.uri().authority() {
-                Some(a) => (a.host().to_string(), a.port_u16()),
-                None => return Some(text(StatusCode::BAD_REQUEST, "the request names no host")),
-            };
-            let port = port.unwrap_or(if req.uri().scheme_str() == Some("http") {
-                80
-            } else {
-                443
-            });
-            return self.check_target(&host, port);
-        }
-        None
-    }
-
     /// `proxy.basicAuth`: the client's `Proxy-Authorization` must carry its credentials.
-    fn check_auth<B>(&self, req: &Request<B>) -> Option<Response<Body>> {
-        if let Some(auth) = &self.cfg.basic_auth {
-            let expected = format!(
-                "Basic {}",
-                crate::source::oras::base64_encode(
-                    format!("{}:{}", auth.username, auth.password).as_bytes()
-                )
-            );
-            let ok = req
-                .headers()
-                .get(header::PROXY_AUTHORIZATION)
-                .is_some_and(|v| v.as_bytes() == expected.as_bytes());
-            if !ok {
-                let mut r = text(
-                    StatusCode::PROXY_AUTHENTICATION_REQUIRED,
-                    "proxy credentials required",
-                );
-                r.headers_mut().insert(
-                    header::PROXY_AUTHENTICATE,
-                    HeaderValue::from_static("Basic realm=\"dfdaemon\""),
-                );
-                return Some(r);
-            }
+    fn check_auth(&self, headers: &HeaderMap) -> Option<Response<Body>> {
+        if self.auth_ok(headers) {
+            return None;
         }
-        None
+        let mut r = text(
+            StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            "proxy credentials required",
+        );
+        r.headers_mut().insert(
+            header::PROXY_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"dfdaemon\""),
+        );
+        Some(r)
     }
 
-    /// `proxy.whiteList`: the target `host:port` must be listed (when the list is not empty).
-    fn check_target(&self, host: &str, port: u16) -> Option<Response<Body>> {
-        if !self.cfg.white_list.is_empty() {
-            let allowed = self.cfg.white_list.iter().any(|w| {
-                let host_ok = (!w.host.is_empty() && w.host == host)
-                    || w.regx.as_ref().is_some_and(|r| r.is_match(host));
-                host_ok && (w.ports.is_empty() || w.ports.iter().any(|p| p.get() == port))
-            });
-            if !allowed {
-                return Some(text(
-                    StatusCode::FORBIDDEN,
-                    &format!("{host}:{port} is not in proxy.whiteList"),
-                ));
-            }
-        }
-        None
+    /// Whether `headers` pass `proxy.basicAuth` (always, when it is not set).
+    fn auth_ok(&self, headers: &HeaderMap) -> bool {
+        let Some(auth) = &self.cfg.basic_auth else {
+            return true;
+        };
+        let expected = basic_credentials(auth);
+        headers
+            .get(header::PROXY_AUTHORIZATION)
+            .is_some_and(|v| v.as_bytes() == expected.as_bytes())
+    }
+
+    /// [`Reach::check`] as a response: `403` naming the host and the key to set. Returns the
+    /// addresses checked.
+    async fn check_reach(
+        &self,
+        ask: Ask,
+        host: &str,
+        port: u16,
+    ) -> Result<Vec<SocketAddr>, Response<Body>> {
+        self.reach.check(ask, host, port).await.map_err(|r| {
+            tracing::info!(refused = %r, "proxy target refused");
+            text(StatusCode::FORBIDDEN, &r.to_string())
+        })
     }
 
     /// The hijack settings for a CONNECT `authority` (`host:port`), if it is listed.
     fn hijacked(&self, authority: &str) -> Option<(Arc<CertAuthority>, Arc<Upstream>)> {
-        let h = self.hijack.as_ref()?;
-        h.hosts
-            .iter()
-            .find(|x| x.regx.is_match(authority))
-            .map(|x| (h.ca.clone(), x.upstream.clone()))
+        self.hijack.as_ref()?.find(authority)
     }
 
     fn upstream_for(&self, authority: &str) -> Arc<Upstream> {
@@ -519,6 +481,34 @@ impl Proxy {
             ),
         }
     }
+}
+
+/// `Basic <base64(user:password)>`: the `Proxy-Authorization` that `proxy.basicAuth` expects.
+pub fn basic_credentials(auth: &crate::config::BasicAuth) -> String {
+    format!(
+        "Basic {}",
+        crate::source::oras::base64_encode(
+            format!("{}:{}", auth.username, auth.password).as_bytes()
+        )
+    )
+}
+
+/// The path that answers `200 OK` without credentials (Dragonfly's health path).
+pub const HEALTH_PATH: &str = "/healthy";
+
+/// `host` (as a URL writes it: IPv6 in brackets) and port of an absolute URL.
+pub(crate) fn host_port(url: &str) -> Option<(String, u16)> {
+    let u = url::Url::parse(url).ok()?;
+    Some((u.host_str()?.to_string(), u.port_or_known_default()?))
+}
+
+/// Answer a connection over a cap with `503` and `msg` if its socket takes it now, and close.
+fn refuse_at_once(stream: TcpStream, msg: &str) {
+    let resp = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{msg}\n",
+        msg.len() + 1
+    );
+    let _ = stream.try_write(resp.as_bytes());
 }
 
 /// A body of these bytes.

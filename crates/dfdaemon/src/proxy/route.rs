@@ -91,6 +91,16 @@ fn path_stays_in_v2(path: &str) -> bool {
     })
 }
 
+/// Where a mirror request goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorTarget {
+    /// The absolute URL.
+    pub url: String,
+    /// Whether the client named the registry (`X-Dragonfly-Registry`, `?ns=`); otherwise it is
+    /// `registryMirror.url`.
+    pub dynamic: bool,
+}
+
 /// The absolute URL a mirror request (`/v2/...` without a host) goes to: the registry named by
 /// `X-Dragonfly-Registry` or containerd's `?ns=` when `dynamic`, else `registryMirror.url`.
 /// The `ns` parameter is containerd's and is not passed on.
@@ -100,6 +110,16 @@ pub fn mirror_target(
     path: &str,
     query: Option<&str>,
 ) -> Result<String, MirrorError> {
+    mirror_upstream(mirror, headers, path, query).map(|t| t.url)
+}
+
+/// [`mirror_target`], saying whether the client chose the registry.
+pub fn mirror_upstream(
+    mirror: &RegistryMirror,
+    headers: &HeaderMap,
+    path: &str,
+    query: Option<&str>,
+) -> Result<MirrorTarget, MirrorError> {
     if !path_stays_in_v2(path) {
         return Err(MirrorError::BadPath(path.to_string()));
     }
@@ -111,7 +131,7 @@ pub fn mirror_target(
             None => rest.push(p),
         }
     }
-    let base = match headers
+    let (base, dynamic) = match headers
         .get(REGISTRY_HEADER)
         .filter(|_| mirror.dynamic)
         .map(|v| v.to_str().map(str::trim))
@@ -121,7 +141,7 @@ pub fn mirror_target(
             if !matches!(u.scheme(), "http" | "https") || !u.has_host() {
                 return Err(MirrorError::BadHeader(v.to_string()));
             }
-            v.trim_end_matches('/').to_string()
+            (v.trim_end_matches('/').to_string(), true)
         }
         Some(Err(_)) => return Err(MirrorError::BadHeader("(not text)".into())),
         None => match ns.filter(|_| mirror.dynamic) {
@@ -134,25 +154,25 @@ pub fn mirror_target(
                 if !ok {
                     return Err(MirrorError::BadNs(host));
                 }
-                format!("https://{host}")
+                (format!("https://{host}"), true)
             }
             None => {
                 let u = mirror.url.trim();
                 match url::Url::parse(u) {
                     Ok(p) if matches!(p.scheme(), "http" | "https") && p.has_host() => {
-                        u.trim_end_matches('/').to_string()
+                        (u.trim_end_matches('/').to_string(), false)
                     }
                     _ => return Err(MirrorError::NoUpstream(u.to_string())),
                 }
             }
         },
     };
-    let mut target = format!("{base}{path}");
+    let mut url = format!("{base}{path}");
     if !rest.is_empty() {
-        target.push('?');
-        target.push_str(&rest.join("&"));
+        url.push('?');
+        url.push_str(&rest.join("&"));
     }
-    Ok(target)
+    Ok(MirrorTarget { url, dynamic })
 }
 
 /// The digest of an OCI blob URL (`.../blobs/sha256:<hex>`), the task key of a layer whatever
@@ -351,12 +371,17 @@ mod tests {
             mirror_target(&m, &HeaderMap::new(), "/v2/", None).unwrap(),
             "https://fallback.example/v2/"
         );
+        let dynamic = |hdr: &HeaderMap, q| mirror_upstream(&m, hdr, "/v2/", q).unwrap().dynamic;
+        assert!(dynamic(&hdr, None));
+        assert!(dynamic(&HeaderMap::new(), Some("ns=r.test")));
+        assert!(!dynamic(&HeaderMap::new(), None));
         // Not dynamic: header and ns are ignored (ns is still not passed on).
         let s = mirror(false, "https://only.example/");
         assert_eq!(
             mirror_target(&s, &hdr, "/v2/x", Some("ns=other")).unwrap(),
             "https://only.example/v2/x"
         );
+        assert!(!mirror_upstream(&s, &hdr, "/v2/x", None).unwrap().dynamic);
     }
 
     #[test]

@@ -66,25 +66,36 @@ impl HttpSource {
         } else {
             reqwest::redirect::Policy::none()
         };
-        let client = reqwest::Client::builder()
+        Self::build(Self::builder(opts, roots).redirect(redirect))
+    }
+
+    /// The client settings of [`HttpSource::with_tls`] without its redirect policy, for a
+    /// caller that adds more (the proxy sets its own DNS resolver and redirect checks).
+    pub fn builder(
+        opts: &SourceOptions,
+        roots: Vec<reqwest::Certificate>,
+    ) -> reqwest::ClientBuilder {
+        reqwest::Client::builder()
             .connect_timeout(opts.connect_timeout)
             .read_timeout(opts.read_timeout)
             .tls_danger_accept_invalid_certs(opts.insecure)
             .tls_certs_merge(roots)
-            .redirect(redirect)
             // Parallel ranges go faster over separate HTTP/1.1 connections than one h2 stream set.
             .http1_only()
             .tcp_nodelay(true)
             .pool_max_idle_per_host(64)
             .user_agent(concat!("dfget/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| DownloadError::Connect {
-                url: String::new(),
-                reason: format!(
-                    "cannot build HTTP client: {}",
-                    super::super::download::error_chain(&e)
-                ),
-            })?;
+    }
+
+    /// A source over the client `builder` builds.
+    pub fn build(builder: reqwest::ClientBuilder) -> Result<Self, DownloadError> {
+        let client = builder.build().map_err(|e| DownloadError::Connect {
+            url: String::new(),
+            reason: format!(
+                "cannot build HTTP client: {}",
+                super::super::download::error_chain(&e)
+            ),
+        })?;
         Ok(Self { client })
     }
 
