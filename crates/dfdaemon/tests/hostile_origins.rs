@@ -17,14 +17,16 @@ use tmpfs::Tmpfs;
 
 const MIB: usize = 1 << 20;
 
-/// A daemon whose proxy listens on `proxy_port`; `extra` is appended (top-level YAML).
+/// A daemon whose proxy listens on `proxy_port` and may reach origins on 127.0.0.1 (loopback
+/// is refused unless listed); `extra` is appended (top-level YAML).
 fn start(dir: &Path, proxy_port: u16, extra: &str) -> Daemon {
     let d = Daemon::start_with(
         dir,
         &[],
         free_port(),
         &format!(
-            "keepStorage: true\nproxy:\n  tcpListen:\n    listen: 127.0.0.1\n    port: {proxy_port}\n{extra}"
+            "keepStorage: true\nproxy:\n  tcpListen:\n    listen: 127.0.0.1\n    port: {proxy_port}\n  \
+             whiteList:\n  - host: 127.0.0.1\n{extra}"
         ),
     );
     for _ in 0..200 {
