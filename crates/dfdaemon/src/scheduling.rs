@@ -52,7 +52,7 @@ pub struct SchedulerOptions {
     /// (`scheduler.disableAutoBackSource`).
     pub disable_auto_back_source: bool,
     /// The upload server's counters, announced with the host.
-    pub upload_stats: Arc<crate::upload::UploadStats>,
+    pub upload_stats: Arc<crate::stats::UploadStats>,
 }
 
 /// Why no scheduler could be used.

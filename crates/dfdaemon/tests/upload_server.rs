@@ -179,7 +179,10 @@ async fn download_task_on_the_upload_port_is_for_seed_peers_only() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         addrs.push(listener.local_addr().unwrap());
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-        let svc = seed.then(|| Arc::new(DownloadService::new(engine.clone(), false, Vec::new())));
+        let svc = seed.then(|| {
+            Arc::new(DownloadService::new(engine.clone(), false, Vec::new()))
+                as Arc<dyn upload::SeedDownload>
+        });
         tokio::spawn(upload::serve_with(
             listener,
             engine.clone(),

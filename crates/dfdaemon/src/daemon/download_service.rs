@@ -182,7 +182,7 @@ fn oras_status(e: &OrasError) -> Status {
 /// The task key of a blob URL (`.../blobs/sha256:<hex>`) asked for with that same digest (a
 /// scheduler asking this seed peer for an ORAS or proxy blob): the digest, as the proxy keys it.
 fn blob_task_id(url: &str, digest: Option<&Digest>) -> Option<TaskId> {
-    let d = crate::proxy::route::blob_digest(url)?;
+    let d = crate::source::blob_digest(url)?;
     (Some(&d) == digest).then(|| TaskId::for_blob(&d, url))
 }
 
@@ -198,6 +198,17 @@ fn headers(raw: &std::collections::HashMap<String, String>) -> Result<HeaderMap,
         map.append(name, value);
     }
     Ok(map)
+}
+
+/// The seed peer's side of the upload port: the scheduler's `DownloadTask` is this service's.
+#[tonic::async_trait]
+impl crate::upload::SeedDownload for DownloadService {
+    async fn download_task(
+        &self,
+        req: Request<DownloadTaskRequest>,
+    ) -> Result<Response<Msgs<DownloadTaskResponse>>, Status> {
+        DfdaemonDownload::download_task(self, req).await
+    }
 }
 
 #[tonic::async_trait]

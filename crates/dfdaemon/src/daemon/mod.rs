@@ -427,10 +427,10 @@ pub async fn start(
             key: "oras",
             reason: e.to_string(),
         })?;
-    let seed = cfg
-        .seed_peer
-        .enable
-        .then(|| std::sync::Arc::new(DownloadService::new(engine.clone(), false, parents)));
+    let seed = cfg.seed_peer.enable.then(|| {
+        std::sync::Arc::new(DownloadService::new(engine.clone(), false, parents))
+            as std::sync::Arc<dyn upload::SeedDownload>
+    });
     let gc_interval = cfg.gc_interval.get().max(std::time::Duration::from_secs(1));
     let keep_storage = cfg.keep_storage;
     let bound = Bound {

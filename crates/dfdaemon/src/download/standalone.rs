@@ -205,7 +205,7 @@ async fn fetch(
     // A blob named by the digest it is checked against cannot change, and its ranges may be
     // redirected to storage with other ETags than the registry's: no version pinning.
     let by_digest = req.digest.is_some()
-        && crate::proxy::route::blob_digest(&req.url).as_ref() == req.digest.as_ref();
+        && crate::source::blob_digest(&req.url).as_ref() == req.digest.as_ref();
     let version = if by_digest {
         SourceValidator::default()
     } else {

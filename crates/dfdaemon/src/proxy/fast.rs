@@ -107,7 +107,7 @@ pub(super) async fn serve(proxy: Arc<Proxy>, mut stream: TcpStream, client: Clie
         let head = response_head(&record, &id, &digest, part.then_some((from, to)), ask.close);
         let sent = async {
             stream.write_all(head.as_bytes()).await?;
-            crate::upload::sendfile(&stream, &file, from, to).await
+            crate::sendfile::sendfile(&stream, &file, from, to).await
         }
         .await;
         let status = if part { 206 } else { 200 };

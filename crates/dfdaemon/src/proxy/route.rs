@@ -2,7 +2,6 @@
 //! requests go peer to peer, and `Range` headers.
 
 use crate::config::{ProxyRule, RegistryMirror};
-use dragonfly_common::digest::Digest;
 use http::header::{self, HeaderMap, HeaderName};
 
 /// The header containerd's `hosts.toml` sets to name the registry behind a mirror.
@@ -175,16 +174,7 @@ pub fn mirror_upstream(
     Ok(MirrorTarget { url, dynamic })
 }
 
-/// The digest of an OCI blob URL (`.../blobs/sha256:<hex>`), the task key of a layer whatever
-/// mirror or signed URL it came through.
-pub fn blob_digest(url: &str) -> Option<Digest> {
-    let path = url.split(['?', '#']).next()?;
-    let (_, rest) = path.rsplit_once("/blobs/")?;
-    if rest.contains('/') {
-        return None;
-    }
-    rest.parse().ok()
-}
+pub use crate::source::blob_digest;
 
 /// How a request is served.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! HTTP(S) origin access: probe the length, fetch byte ranges.
 
-use crate::download::DownloadError;
+use crate::source::error::DownloadError;
 use dragonfly_common::validator::SourceValidator;
 use http::{HeaderMap, StatusCode, header};
 use std::time::Duration;
@@ -93,7 +93,7 @@ impl HttpSource {
             url: String::new(),
             reason: format!(
                 "cannot build HTTP client: {}",
-                super::super::download::error_chain(&e)
+                super::error::error_chain(&e)
             ),
         })?;
         Ok(Self { client })

@@ -5,10 +5,10 @@ use super::parent::{self, Parent, ParentEvent};
 use super::room::Room;
 use super::version::{Version, VersionState, changed, current_version, set_version};
 use super::{Phase, Task, TaskError, TaskManager, TaskRequest};
-use crate::download::DownloadError;
 use crate::rate::TaskRate;
 use crate::scheduling::{Answer, PeerLink, Schedulers, piece_report};
 use crate::source::Probe;
+use crate::source::error::DownloadError;
 use crate::source::http::content_range;
 use crate::source::http::validator_of;
 use crate::storage::{NewTask, PieceRecord, Storage, StorageError};
@@ -1335,7 +1335,10 @@ async fn write_lane(
                             ));
                         }
                         Err(e) => {
-                            return Err(PieceError::Remote(crate::download::error_chain(&e), true));
+                            return Err(PieceError::Remote(
+                                crate::source::error::error_chain(&e),
+                                true,
+                            ));
                         }
                     };
                 }
@@ -1373,7 +1376,10 @@ async fn write_lane(
                     ));
                 }
                 Err(e) => {
-                    return Err(PieceError::Remote(crate::download::error_chain(&e), true));
+                    return Err(PieceError::Remote(
+                        crate::source::error::error_chain(&e),
+                        true,
+                    ));
                 }
             }
         }

@@ -43,7 +43,7 @@ pub struct EngineOptions {
     /// Disk GC policy applied before a new task is stored (`None`: no GC on admission).
     pub gc: Option<crate::storage::GcPolicy>,
     /// Counters of the upload server (shared with the scheduler announcer).
-    pub upload_stats: Arc<crate::upload::UploadStats>,
+    pub upload_stats: Arc<crate::stats::UploadStats>,
     /// Download rate limits (`download.totalRateLimit`, `download.perPeerRateLimit`).
     pub download_limits: crate::rate::DownloadLimits,
 }
@@ -578,7 +578,7 @@ impl TaskManager {
     }
 
     /// The upload server's counters.
-    pub fn upload_stats(&self) -> &crate::upload::UploadStats {
+    pub fn upload_stats(&self) -> &crate::stats::UploadStats {
         &self.inner.opts.upload_stats
     }
 

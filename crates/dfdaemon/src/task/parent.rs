@@ -90,7 +90,7 @@ impl ParentClient {
                 "parent {} ({}): {}",
                 parent.id,
                 parent.addr,
-                crate::download::error_chain(&e)
+                crate::source::error::error_chain(&e)
             )
         })?;
         if !resp.status().is_success() {
@@ -143,7 +143,7 @@ async fn follow_inner(
             "parent {} ({}): {}",
             parent.id,
             parent.addr,
-            crate::download::error_chain(&e)
+            crate::source::error::error_chain(&e)
         )
     })?;
     let mut stream = client

@@ -9,10 +9,9 @@ use super::{PIECE_CRC_HEADER, Shared};
 use dragonfly_common::task_id::TaskId;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -305,7 +304,7 @@ impl Watch<'_> {
         Ok(())
     }
 
-    /// [`sendfile`] of `[*offset, to)`, advancing `offset`, watched.
+    /// [`crate::sendfile::sendfile`] of `[*offset, to)`, advancing `offset`, watched.
     async fn sendfile(
         &mut self,
         stream: &TcpStream,
@@ -315,7 +314,7 @@ impl Watch<'_> {
     ) -> io::Result<()> {
         while *offset < to {
             self.writable(stream).await?;
-            match sendfile_some(stream, file, offset, to) {
+            match crate::sendfile::sendfile_some(stream, file, offset, to) {
                 Ok(_) => self.last_progress = Instant::now(),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
@@ -323,46 +322,4 @@ impl Watch<'_> {
         }
         Ok(())
     }
-}
-
-/// Send bytes `[from, to)` of `file` on `stream` with `sendfile(2)` (page cache to socket, no
-/// copy through user space). A file that ends before `to` is `UnexpectedEof`.
-pub(crate) async fn sendfile(
-    stream: &TcpStream,
-    file: &std::fs::File,
-    from: u64,
-    to: u64,
-) -> io::Result<()> {
-    let mut offset = from;
-    while offset < to {
-        stream.writable().await?;
-        match sendfile_some(stream, file, &mut offset, to) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// One `sendfile(2)` of bytes `[*offset, to)` as far as the socket takes them, advancing
-/// `offset`; `WouldBlock` when it takes none, `UnexpectedEof` when the file ends first.
-fn sendfile_some(
-    stream: &TcpStream,
-    file: &std::fs::File,
-    offset: &mut u64,
-    to: u64,
-) -> io::Result<usize> {
-    let want = usize::try_from(to - *offset).unwrap_or(usize::MAX);
-    let sent = stream.try_io(Interest::WRITABLE, || {
-        rustix::fs::sendfile(stream.as_fd(), file, Some(&mut *offset), want)
-            .map_err(io::Error::from)
-    })?;
-    if sent == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            format!("the file ends at {offset}, before {to}"),
-        ));
-    }
-    Ok(sent)
 }

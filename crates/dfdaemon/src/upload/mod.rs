@@ -18,7 +18,6 @@ mod limit;
 mod slots;
 mod sync;
 
-pub(crate) use data::sendfile;
 pub use limit::UploadLimits;
 pub(crate) use sync::stat_task;
 
@@ -35,19 +34,8 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tower::Service;
 
-/// What this node's upload server has done, as announced to the schedulers (the evaluator
-/// prefers parents with free upload slots and few failed uploads).
-#[derive(Debug, Default)]
-pub struct UploadStats {
-    /// Pieces being sent right now.
-    pub in_flight: std::sync::atomic::AtomicU32,
-    /// Pieces sent completely since the start.
-    pub pieces: std::sync::atomic::AtomicU64,
-    /// Piece sends that broke off since the start.
-    pub failed: std::sync::atomic::AtomicU64,
-    /// Piece bytes sent since the start.
-    pub bytes: std::sync::atomic::AtomicU64,
-}
+pub use crate::stats::UploadStats;
+pub use sync::{Msgs, SeedDownload};
 
 /// Header carrying the piece's crc32 (8 lowercase hex digits).
 pub const PIECE_CRC_HEADER: &str = "x-dragonfly-piece-crc32";
@@ -74,7 +62,7 @@ pub async fn serve_with(
     listener: TcpListener,
     engine: TaskManager,
     limits: UploadLimits,
-    seed: Option<Arc<crate::daemon::download_service::DownloadService>>,
+    seed: Option<Arc<dyn SeedDownload>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let shared = Arc::new(Shared {

@@ -1,15 +1,14 @@
 //! `DfdaemonUpload` gRPC: SyncPieces (piece metadata pushed as pieces land).
 
-use crate::daemon::download_service::DownloadService;
 use crate::storage::{PieceRecord, SourceValidator};
 use crate::task::{Phase, TaskManager};
 use dragonfly_common::task_id::TaskId;
+use dragonfly_proto::DfdaemonUpload;
 use dragonfly_proto::common::v1::{Piece, Task as ProtoTask};
 use dragonfly_proto::dfdaemon::v1::{
     DeleteTaskRequest, DownloadTaskRequest, DownloadTaskResponse, StatTaskRequest,
     SyncPiecesRequest, SyncPiecesResponse,
 };
-use dragonfly_proto::{DfdaemonDownload, DfdaemonUpload};
 use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,15 +17,28 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-type Msgs<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+/// A stream of gRPC answers.
+pub type Msgs<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// What a seed peer does when the scheduler asks it, on the upload port, to download a task
+/// nobody holds yet. The daemon's download service implements it; the upload server, below the
+/// daemon's wiring, knows only this.
+#[tonic::async_trait]
+pub trait SeedDownload: Send + Sync + 'static {
+    /// Download the task and stream its progress, as `DfdaemonDownload::DownloadTask` does.
+    async fn download_task(
+        &self,
+        req: Request<DownloadTaskRequest>,
+    ) -> Result<Response<Msgs<DownloadTaskResponse>>, Status>;
+}
 
 pub(crate) struct SyncService {
     engine: TaskManager,
-    seed: Option<Arc<DownloadService>>,
+    seed: Option<Arc<dyn SeedDownload>>,
 }
 
 impl SyncService {
-    pub(crate) fn new(engine: TaskManager, seed: Option<Arc<DownloadService>>) -> Self {
+    pub(crate) fn new(engine: TaskManager, seed: Option<Arc<dyn SeedDownload>>) -> Self {
         Self { engine, seed }
     }
 }
@@ -191,7 +203,7 @@ impl DfdaemonUpload for SyncService {
             ));
         }
         tracing::info!(url = download.map(|d| d.url.as_str()).unwrap_or(""), from = ?remote, "seed peer asked to download a task");
-        let resp = DfdaemonDownload::download_task(seed.as_ref(), req).await?;
+        let resp = seed.download_task(req).await?;
         let stream: Self::DownloadTaskStream = resp.into_inner();
         Ok(Response::new(stream))
     }

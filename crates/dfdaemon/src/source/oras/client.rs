@@ -44,14 +44,14 @@ impl OrasClient {
                 OrasError::Client(format!(
                     "oras.proxy {:?} is not a proxy URL: {}",
                     redact_proxy(p),
-                    crate::download::error_chain(&e)
+                    crate::source::error::error_chain(&e)
                 ))
             })?;
             b = b.proxy(proxy);
         }
         let http = b
             .build()
-            .map_err(|e| OrasError::Client(crate::download::error_chain(&e)))?;
+            .map_err(|e| OrasError::Client(crate::source::error::error_chain(&e)))?;
         Ok(Self {
             http,
             opts: opts.clone(),
@@ -401,7 +401,7 @@ impl OrasClient {
     ) -> Result<reqwest::Response, OrasError> {
         let connect_err = |e: reqwest::Error| OrasError::Connect {
             url: url.to_string(),
-            reason: self.explain(crate::download::error_chain(&e)),
+            reason: self.explain(crate::source::error::error_chain(&e)),
         };
         if self.opts.response_header_timeout.is_zero() {
             return rb.send().await.map_err(connect_err);
@@ -463,7 +463,7 @@ async fn read_limited(
     let mut out = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(|e| OrasError::Connect {
         url: url.to_string(),
-        reason: crate::download::error_chain(&e),
+        reason: crate::source::error::error_chain(&e),
     })? {
         if out.len() + chunk.len() > limit {
             return Err(OrasError::Status {
