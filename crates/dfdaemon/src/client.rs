@@ -1,6 +1,6 @@
 //! dfget's side of the local daemon: connect to its unix socket and let it download.
 
-use crate::download::{DownloadError, DownloadRequest, Mode, Progress, Summary, prepare_output};
+use crate::standalone::{DownloadError, DownloadRequest, Mode, Progress, Summary, prepare_output};
 use dragonfly_common::digest::Digest;
 use dragonfly_proto::DfdaemonDownloadClient;
 use dragonfly_proto::common::v1::Download;
@@ -32,7 +32,7 @@ pub async fn connect(socket: &Path) -> Result<DfdaemonDownloadClient<Channel>, S
             format!(
                 "daemon socket {}: {}",
                 socket.display(),
-                crate::download::error_chain(&e)
+                crate::standalone::error_chain(&e)
             )
         })?;
     Ok(DfdaemonDownloadClient::new(channel).max_decoding_message_size(64 << 20))
@@ -50,7 +50,7 @@ pub async fn download(
         // The daemon resolves it; a malformed reference fails here, before any output check.
         crate::source::OrasReference::parse(&req.url)?;
     } else {
-        crate::download::validate_url(&req.url)?;
+        crate::standalone::validate_url(&req.url)?;
     }
     // Same checks as standalone; the daemon writes through its own temp name.
     drop(prepare_output(&req.output, req.overwrite)?);
@@ -120,7 +120,7 @@ pub async fn download(
         }
         Ok::<_, DownloadError>((len, piece_length, verified))
     };
-    let (len, piece_length, verified) = crate::download::within(req, work).await?;
+    let (len, piece_length, verified) = crate::standalone::within(req, work).await?;
     Ok(Summary {
         content_length: len,
         piece_length,

@@ -4,12 +4,12 @@
 pub mod client;
 pub mod config;
 pub mod daemon;
-pub mod download;
 pub mod proxy;
 pub mod rate;
 pub mod scheduling;
 pub mod sendfile;
 pub mod source;
+pub mod standalone;
 pub mod stats;
 pub mod storage;
 pub mod task;

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["config", "rate", "stats", "sendfile"],
     &["storage", "source"],
-    &["download", "task"],
+    &["standalone", "task"],
     &["upload", "proxy", "scheduling"],
     &["daemon"],
     &["client", "bin"],

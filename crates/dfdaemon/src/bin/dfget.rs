@@ -8,8 +8,8 @@
 
 use anyhow::Context as _;
 use clap::Parser;
-use dfdaemon::download::{self, DownloadRequest, Progress};
 use dfdaemon::source::oras::{self, Credentials, OrasReference};
+use dfdaemon::standalone::{self, DownloadRequest, Progress};
 use dragonfly_common::digest::Digest;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -263,17 +263,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let result = match daemon_client(&cli.daemon_sock, cli.standalone, cli.quiet).await {
         Some(mut client) => match dfdaemon::client::download(&mut client, &req, progress).await {
-            Err(download::DownloadError::DaemonCannotSplit { reason, .. }) => {
+            Err(standalone::DownloadError::DaemonCannotSplit { reason, .. }) => {
                 if !cli.quiet {
                     eprintln!(
                         "dfget: the daemon cannot download it ({reason}); downloading without the daemon"
                     );
                 }
-                download::download(&req, progress).await
+                standalone::download(&req, progress).await
             }
             other => other,
         },
-        None => download::download(&req, progress).await,
+        None => standalone::download(&req, progress).await,
     };
     if let Some(Bar(pb)) = &bar {
         pb.finish_and_clear();
@@ -294,7 +294,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         if let Some(d) = &summary.digest {
             line.push_str(&format!(", digest {d} verified"));
         }
-        if summary.mode == download::Mode::Daemon {
+        if summary.mode == standalone::Mode::Daemon {
             line.push_str(" (through the local daemon)");
         }
         println!("{line}");

@@ -56,7 +56,7 @@ fn write_status(out: Option<&std::path::Path>, e: std::io::Error) -> Status {
     let out = out.map(std::path::Path::to_path_buf).unwrap_or_default();
     match e.kind() {
         std::io::ErrorKind::AlreadyExists => super::download_service::output_status(
-            crate::download::DownloadError::OutputExists(out),
+            crate::standalone::DownloadError::OutputExists(out),
         ),
         _ => Status::internal(format!("writing {}: {e}", out.display())),
     }

@@ -9,10 +9,10 @@
 use super::deliver::Delivery;
 use super::output::{OutputWriter, PARTS_DIR};
 use crate::config::OrasConfig;
-use crate::download::publish::inspect;
-use crate::download::{DownloadError, validate_url};
 use crate::source::HttpSource;
 use crate::source::oras::{self, OrasClient, OrasError, OrasOptions, OrasReference, RegistryAuth};
+use crate::standalone::publish::inspect;
+use crate::standalone::{DownloadError, validate_url};
 use crate::task::{Parent, TaskError, TaskManager, TaskRequest};
 use dragonfly_common::digest::Digest;
 use dragonfly_common::task_id::TaskId;

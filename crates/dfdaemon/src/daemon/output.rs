@@ -5,14 +5,14 @@
 //! (`copy_file_range`, which reflinks where the file system can) into a temporary file beside
 //! the output as soon as it is stored, so when the last piece lands only that piece is left to
 //! copy; across file systems (or where the kernel refuses) the copy falls back to read/write.
-//! The temporary file is published at the end (see [`crate::download::publish`]: without
+//! The temporary file is published at the end (see [`crate::standalone::publish`]: without
 //! overwrite it never replaces anything) and removed on failure: the output never holds a
 //! partial file. A FIFO or character device at the output is written into at the end instead.
 //!
 //! Each temporary file is recorded under `<dataDir>/output-parts/` before it is created, so a
 //! daemon killed mid-download removes it at its next start ([`remove_recorded_parts`]).
 
-use crate::download::publish::{
+use crate::standalone::publish::{
     OutputKind, copy_range, needs_plain_copy, part_name, publish, write_in_place,
 };
 use std::fs::File;
@@ -64,7 +64,7 @@ impl OutputWriter {
     /// Start an output for `content` (a file of `len` bytes) at `out`, which [`inspect`]
     /// classified as `kind`; `parts` is the directory recording temporary files.
     ///
-    /// [`inspect`]: crate::download::publish::inspect
+    /// [`inspect`]: crate::standalone::publish::inspect
     pub fn new(
         content: &Path,
         out: &Path,

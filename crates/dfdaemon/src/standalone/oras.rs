@@ -1,7 +1,7 @@
 //! `oras://` without a daemon: resolve the reference with default `oras` settings, then
 //! download the artifact's blob like any URL, verified against the blob digest.
 
-use super::standalone::{download_url, within};
+use super::engine::{download_url, within};
 use super::{DownloadError, DownloadRequest, Progress, Summary, prepare_output};
 use crate::source::oras::{OrasClient, OrasOptions, OrasReference, RegistryAuth};
 use std::time::Instant;
