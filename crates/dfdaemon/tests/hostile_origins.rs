@@ -68,6 +68,17 @@ fn liar(seed: u64) -> Resource {
     })
 }
 
+/// GET `url` through the proxy: the whole body, which must arrive.
+async fn fetch(c: &reqwest::Client, url: impl reqwest::IntoUrl) -> bytes::Bytes {
+    c.get(url)
+        .send()
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("the whole body arrives")
+}
+
 /// Ask through the proxy and keep reading in the background (a client holding the task).
 fn hold(c: &reqwest::Client, url: String) -> tokio::task::JoinHandle<()> {
     let c = c.clone();
@@ -130,14 +141,7 @@ async fn a_layer_asked_first_from_a_hostile_origin_is_not_captured_by_it() {
     // Verified content is shared: asked from yet another origin, the stored layer answers and
     // that origin is not asked for the body.
     let (third, third_run) = serve(&[(&path, liar(3))]).await;
-    let again = c
-        .get(third_run.url(&path))
-        .send()
-        .await
-        .expect("get")
-        .bytes()
-        .await
-        .expect("body");
+    let again = fetch(&c, third_run.url(&path)).await;
     assert!(again == data, "the stored, verified layer is served");
     assert_eq!(
         third.stats().for_path(&path).1,
@@ -199,14 +203,7 @@ impl Layers {
 
     async fn fetch_all(&self, c: &reqwest::Client, reg: &RunningOrigin) {
         for (p, data) in &self.blobs {
-            let body = c
-                .get(reg.url(p))
-                .send()
-                .await
-                .expect("get")
-                .bytes()
-                .await
-                .expect("body");
+            let body = fetch(c, reg.url(p)).await;
             assert!(body == data[..], "{p}: wrong bytes");
         }
     }
@@ -250,14 +247,7 @@ async fn a_claimed_length_that_cannot_fit_evicts_nothing_and_is_passed_through()
     drop(r);
     assert!(attacker.stats().for_path(&fake).0 >= 1);
     // A real layer over the quota is passed through whole, and not stored.
-    let body = c
-        .get(reg.url(&big_path))
-        .send()
-        .await
-        .expect("get")
-        .bytes()
-        .await
-        .expect("body");
+    let body = fetch(&c, reg.url(&big_path)).await;
     assert!(body == big, "the passed-through layer arrives whole");
     layers.fetch_all(&c, &reg).await;
     assert_eq!(
@@ -322,14 +312,7 @@ async fn sources_that_claim_much_and_send_little_do_not_empty_the_cache() {
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // A real pull meanwhile gets all its bytes, and the stored layers stay.
-    let body = c
-        .get(reg.url(&real_path))
-        .send()
-        .await
-        .expect("get")
-        .bytes()
-        .await
-        .expect("body");
+    let body = fetch(&c, reg.url(&real_path)).await;
     assert!(body == real);
     layers.fetch_all(&c, &reg).await;
     assert_eq!(
@@ -388,14 +371,7 @@ async fn a_full_disk_gives_clients_every_byte_or_an_error_and_keeps_the_stored_l
     fill(&node.join("data/filler"), 36 * MIB);
 
     // 40 MiB cannot fit even with every layer gone: passed through whole, nothing evicted.
-    let body = c
-        .get(reg.url(&big_path))
-        .send()
-        .await
-        .expect("get")
-        .bytes()
-        .await
-        .expect("the whole body arrives");
+    let body = fetch(&c, reg.url(&big_path)).await;
     assert!(body == big);
     layers.fetch_all(&c, &reg).await;
     assert_eq!(
@@ -451,14 +427,7 @@ async fn layers_stored_by_an_older_daemon_under_the_digest_alone_are_still_serve
     }
     let port = free_port();
     let _d = start(&node, port, "");
-    let body = client(port)
-        .get(reg.url(&path))
-        .send()
-        .await
-        .expect("get")
-        .bytes()
-        .await
-        .expect("body");
+    let body = fetch(&client(port), reg.url(&path)).await;
     assert!(body == data);
     assert_eq!(
         registry.stats().for_path(&path).1,

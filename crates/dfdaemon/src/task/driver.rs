@@ -134,7 +134,8 @@ fn fail(task: &Task, e: TaskError) {
     task.set_phase(Phase::Failed(e));
 }
 
-async fn blocking<T: Send + 'static>(
+/// Run a storage call on the blocking pool; a panic there is a storage error.
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
 ) -> Result<T, StorageError> {
     tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {

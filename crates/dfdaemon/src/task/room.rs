@@ -8,6 +8,7 @@
 //! claims a lot and sends little costs the cache only what it sends; one that stalls holds at
 //! most the pieces it has started, released when they time out.
 
+use super::driver::blocking;
 use crate::storage::{Eviction, GcPolicy, Storage, StorageError};
 use dashmap::DashMap;
 use dragonfly_common::task_id::TaskId;
@@ -164,17 +165,6 @@ impl Room {
     pub(crate) fn inflight(&self) -> u64 {
         self.inflight.load(Ordering::Relaxed)
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
-) -> Result<T, StorageError> {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
-        Err(StorageError::Io {
-            path: Default::default(),
-            source: std::io::Error::other(e),
-        })
-    })
 }
 
 #[cfg(test)]
