@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod digest;
+pub mod error;
 pub mod hashring;
 pub mod logging;
 pub mod open_files;
