@@ -3,17 +3,14 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
+use testkit::cli::{run, text};
 
 fn dfdaemon(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dfdaemon"))
-        .args(args)
-        .env_remove("DFDAEMON_CONFIG")
-        .output()
-        .expect("run dfdaemon")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    run(
+        Path::new(env!("CARGO_BIN_EXE_dfdaemon")),
+        args,
+        "DFDAEMON_CONFIG",
+    )
 }
 
 fn mode(path: &Path) -> u32 {

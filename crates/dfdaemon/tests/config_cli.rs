@@ -1,29 +1,16 @@
 //! The `dfdaemon` binary's config handling, and the example config file.
 
 use dfdaemon::config::DfdaemonConfig;
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn repo_file(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(rel)
-}
+use testkit::cli::{keys_missing_from, repo_file, run, text};
 
 fn dfdaemon(args: &[&str]) -> Output {
-    match Command::new(env!("CARGO_BIN_EXE_dfdaemon"))
-        .args(args)
-        .env_remove("DFDAEMON_CONFIG")
-        .output()
-    {
-        Ok(out) => out,
-        Err(e) => panic!("cannot run dfdaemon: {e}"),
-    }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    run(
+        Path::new(env!("CARGO_BIN_EXE_dfdaemon")),
+        args,
+        "DFDAEMON_CONFIG",
+    )
 }
 
 fn load(path: &Path) -> DfdaemonConfig {
@@ -168,21 +155,6 @@ fn a_port_in_use_is_a_clear_startup_error() {
 }
 
 /// Key paths of a YAML document (`proxy.tcpListen.port`); lists count as leaves.
-fn key_paths(value: &yaml_serde::Value, prefix: &str, out: &mut BTreeSet<String>) {
-    if let yaml_serde::Value::Mapping(map) = value {
-        for (k, v) in map {
-            let key = k.as_str().unwrap_or_default();
-            let path = if prefix.is_empty() {
-                key.to_owned()
-            } else {
-                format!("{prefix}.{key}")
-            };
-            out.insert(path.clone());
-            key_paths(v, &path, out);
-        }
-    }
-}
-
 #[test]
 fn example_file_has_every_key_with_its_default_and_no_warnings() {
     let path = repo_file("config/dfdaemon.yaml");
@@ -193,25 +165,12 @@ fn example_file_has_every_key_with_its_default_and_no_warnings() {
     assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
     assert_eq!(loaded.value, DfdaemonConfig::default());
 
-    let example: yaml_serde::Value = match std::fs::read_to_string(&path)
-        .map_err(|e| e.to_string())
-        .and_then(|t| yaml_serde::from_str(&t).map_err(|e| e.to_string()))
-    {
-        Ok(v) => v,
+    let example = std::fs::read_to_string(&path).unwrap_or_default();
+    let printed = match DfdaemonConfig::default().to_yaml() {
+        Ok(printed) => printed,
         Err(e) => panic!("{e}"),
     };
-    let printed: yaml_serde::Value = match DfdaemonConfig::default()
-        .to_yaml()
-        .map_err(|e| e.to_string())
-        .and_then(|t| yaml_serde::from_str(&t).map_err(|e| e.to_string()))
-    {
-        Ok(v) => v,
-        Err(e) => panic!("{e}"),
-    };
-    let (mut in_example, mut in_config) = (BTreeSet::new(), BTreeSet::new());
-    key_paths(&example, "", &mut in_example);
-    key_paths(&printed, "", &mut in_config);
-    let missing: Vec<_> = in_config.difference(&in_example).collect();
+    let missing = keys_missing_from(&example, &printed);
     assert!(
         missing.is_empty(),
         "keys missing from config/dfdaemon.yaml: {missing:?}"

@@ -40,12 +40,31 @@ fn with(behavior: Behavior, data: Vec<u8>) -> Resource {
     Resource::bytes(data).with(behavior)
 }
 
+/// dfget of `data`, served at `path` with `behavior` (checked against its digest when
+/// `digest`), succeeds with the right bytes; returns the origin for its counters.
+async fn fetched_despite(
+    path: &str,
+    behavior: Behavior,
+    data: &[u8],
+    digest: bool,
+) -> testkit::origin::RunningOrigin {
+    let (_origin, o) = Origin::serving([(path, with(behavior, data.to_vec()))]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("f");
+    let mut args = vec![o.url(path), "-O".into(), out.display().to_string()];
+    if digest {
+        args.extend(["--digest".into(), sha256(data)]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = dfget(&args).await;
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(std::fs::read(&out).unwrap() == data);
+    o
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downloads_in_parallel_pieces_and_verifies_digest() {
-    let data = random_bytes(1, 21 * MIB + 123); // 6 pieces of 4 MiB, the last one short
-    let origin = Origin::new();
-    origin.route("/blob", Resource::bytes(data.clone()));
-    let o = origin.spawn().await.unwrap();
+    let (data, _origin, o) = Origin::random("/blob", 1, 21 * MIB + 123).await; // 6 pieces of 4 MiB, the last one short
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("blob");
     let digest = sha256(&data);
@@ -102,25 +121,11 @@ async fn url_flag_form_and_headers_are_sent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn origin_without_range_gets_a_single_stream() {
     let data = random_bytes(3, 13 * MIB);
-    let origin = Origin::new();
     let no_range = Behavior {
         ignore_range: true,
         ..Behavior::default()
     };
-    origin.route("/norange", with(no_range, data.clone()));
-    let o = origin.spawn().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("f");
-    let r = dfget(&[
-        &o.url("/norange"),
-        "-O",
-        out.to_str().unwrap(),
-        "--digest",
-        &sha256(&data),
-    ])
-    .await;
-    assert!(r.status.success(), "{}", stderr(&r));
-    assert!(std::fs::read(&out).unwrap() == data);
+    let o = fetched_despite("/norange", no_range, &data, true).await;
     let (gets, bytes) = o.stats.for_path("/norange");
     assert_eq!(
         gets, 1,
@@ -132,18 +137,11 @@ async fn origin_without_range_gets_a_single_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_head_falls_back_to_get() {
     let data = random_bytes(4, 9 * MIB);
-    let origin = Origin::new();
     let no_head = Behavior {
         refuse_head: true,
         ..Behavior::default()
     };
-    origin.route("/nohead", with(no_head, data.clone()));
-    let o = origin.spawn().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("f");
-    let r = dfget(&[&o.url("/nohead"), "-O", out.to_str().unwrap()]).await;
-    assert!(r.status.success(), "{}", stderr(&r));
-    assert!(std::fs::read(&out).unwrap() == data);
+    let o = fetched_despite("/nohead", no_head, &data, false).await;
     // one-byte probe GET + 3 pieces
     assert_eq!(o.stats.for_path("/nohead"), (4, data.len() as u64 + 1));
 }
@@ -151,25 +149,11 @@ async fn refused_head_falls_back_to_get() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_5xx_on_pieces_is_retried() {
     let data = random_bytes(5, 12 * MIB);
-    let origin = Origin::new();
     let flaky = Behavior {
         fail_first_gets: 2,
         ..Behavior::default()
     };
-    origin.route("/flaky", with(flaky, data.clone()));
-    let o = origin.spawn().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("f");
-    let r = dfget(&[
-        &o.url("/flaky"),
-        "-O",
-        out.to_str().unwrap(),
-        "--digest",
-        &sha256(&data),
-    ])
-    .await;
-    assert!(r.status.success(), "{}", stderr(&r));
-    assert!(std::fs::read(&out).unwrap() == data);
+    let o = fetched_despite("/flaky", flaky, &data, true).await;
     assert!(
         o.stats.for_path("/flaky").0 >= 5,
         "failed GETs were retried"
@@ -244,13 +228,8 @@ async fn digest_mismatch_removes_partial_output() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_origin_hits_the_timeout() {
-    let origin = Origin::new();
-    let slow = Behavior {
-        frame_delay: Duration::from_millis(500),
-        ..Behavior::default()
-    };
-    origin.route("/slow", with(slow, random_bytes(7, MIB)));
-    let o = origin.spawn().await.unwrap();
+    let slow = Behavior::slow(Duration::from_millis(500));
+    let (_origin, o) = Origin::serving([("/slow", with(slow, random_bytes(7, MIB)))]).await;
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("f");
     let r = dfget(&[
@@ -269,9 +248,7 @@ async fn slow_origin_hits_the_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_path_errors() {
-    let origin = Origin::new();
-    origin.route("/blob", Resource::bytes(b"hello".to_vec()));
-    let o = origin.spawn().await.unwrap();
+    let (_origin, o) = Origin::serving([("/blob", Resource::bytes(b"hello".to_vec()))]).await;
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("no/such/dir/f");
     let r = dfget(&[&o.url("/blob"), "-O", missing.to_str().unwrap()]).await;
@@ -351,10 +328,11 @@ async fn bad_urls_and_unreachable_hosts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_and_tiny_files() {
-    let origin = Origin::new();
-    origin.route("/empty", Resource::bytes(Vec::<u8>::new()));
-    origin.route("/tiny", Resource::bytes(b"x".to_vec()));
-    let o = origin.spawn().await.unwrap();
+    let (_origin, o) = Origin::serving([
+        ("/empty", Resource::bytes(Vec::<u8>::new())),
+        ("/tiny", Resource::bytes(b"x".to_vec())),
+    ])
+    .await;
     let dir = tempfile::tempdir().unwrap();
     for (path, data) in [("/empty", &b""[..]), ("/tiny", &b"x"[..])] {
         let out = dir.path().join(path.trim_start_matches('/'));

@@ -72,10 +72,7 @@ async fn child_follows_a_parent_that_is_still_downloading() {
     let data = random_bytes(11, 48 * MIB);
     let origin = Origin::new();
     // Slow enough that the child joins while the parent is mid-download.
-    let slow = Behavior {
-        frame_delay: Duration::from_millis(2),
-        ..Behavior::default()
-    };
+    let slow = Behavior::slow(Duration::from_millis(2));
     origin.route("/blob", Resource::bytes(data.clone()).with(slow));
     let o = origin.spawn().await.unwrap();
     let url = o.url("/blob");
@@ -127,10 +124,7 @@ async fn child_follows_a_parent_that_is_still_downloading() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joiners_share_one_download_and_finished_tasks_come_from_storage() {
-    let data = random_bytes(12, 9 * MIB);
-    let origin = Origin::new();
-    origin.route("/blob", Resource::bytes(data.clone()));
-    let o = origin.spawn().await.unwrap();
+    let (data, _origin, o) = Origin::random("/blob", 12, 9 * MIB).await;
     let url = o.url("/blob");
     let a = node("a").await;
     let t1 = a
@@ -165,10 +159,7 @@ async fn joiners_share_one_download_and_finished_tasks_come_from_storage() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_parent_means_back_to_source() {
-    let data = random_bytes(13, 9 * MIB);
-    let origin = Origin::new();
-    origin.route("/blob", Resource::bytes(data.clone()));
-    let o = origin.spawn().await.unwrap();
+    let (data, _origin, o) = Origin::random("/blob", 13, 9 * MIB).await;
     let dead = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
@@ -216,10 +207,7 @@ async fn gc_under_a_small_quota_never_evicts_a_task_in_use() {
     let origin = Origin::new();
     let blobs: Vec<Vec<u8>> = (0..4).map(|i| random_bytes(30 + i, 8 * MIB)).collect();
     for (i, b) in blobs.iter().enumerate() {
-        let slow = Behavior {
-            frame_delay: Duration::from_millis(if i == 3 { 20 } else { 0 }),
-            ..Behavior::default()
-        };
+        let slow = Behavior::slow(Duration::from_millis(if i == 3 { 20 } else { 0 }));
         origin.route(&format!("/b{i}"), Resource::bytes(b.clone()).with(slow));
     }
     let o = origin.spawn().await.unwrap();

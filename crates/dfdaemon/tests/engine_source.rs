@@ -35,9 +35,8 @@ async fn setup(seed: u64, behavior: Behavior) -> Setup {
     )
     .unwrap();
     let data = random_bytes(seed, LEN);
-    let origin = Origin::new();
-    origin.route("/blob", Resource::bytes(data.clone()).with(behavior));
-    let running = origin.spawn().await.unwrap();
+    let (_origin, running) =
+        Origin::serving([("/blob", Resource::bytes(data.clone()).with(behavior))]).await;
     Setup {
         engine,
         origin: running,

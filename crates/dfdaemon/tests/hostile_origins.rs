@@ -2,33 +2,28 @@
 //! for others (issue 13 §2) nor make the daemon give up its stored layers for bytes they claim
 //! but never send (§1). Real daemon processes, origins on 127.0.0.1.
 
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/tmpfs.rs"]
-mod tmpfs;
-
-use daemon::{Daemon, free_port};
+use dragonfly_common::config::Size;
 use dragonfly_common::digest::{Algorithm, Digest};
 use std::path::Path;
 use std::time::Duration;
+use testkit::daemon::DaemonProcess;
 use testkit::data::random_bytes;
+use testkit::net::free_port;
 use testkit::origin::{Behavior, Origin, Resource, RunningOrigin};
-use tmpfs::Tmpfs;
+use testkit::tmpfs::Tmpfs;
 
 const MIB: usize = 1 << 20;
 
 /// A daemon whose proxy listens on `proxy_port` and may reach origins on 127.0.0.1 (loopback
-/// is refused unless listed); `extra` is appended (top-level YAML).
-fn start(dir: &Path, proxy_port: u16, extra: &str) -> Daemon {
-    let d = Daemon::start_with(
-        dir,
-        &[],
-        free_port(),
-        &format!(
-            "keepStorage: true\nproxy:\n  tcpListen:\n    listen: 127.0.0.1\n    port: {proxy_port}\n  \
-             whiteList:\n  - host: 127.0.0.1\n{extra}"
-        ),
-    );
+/// is refused unless listed), with `storage.diskGCThreshold` at `quota`.
+fn start(dir: &Path, proxy_port: u16, quota: Size) -> DaemonProcess {
+    let d = DaemonProcess::builder(dir)
+        .proxy(proxy_port, "  whiteList:\n  - host: 127.0.0.1\n")
+        .config(|c| {
+            c.keep_storage = true;
+            c.storage.disk_gc_threshold = quota;
+        })
+        .start();
     for _ in 0..200 {
         if std::net::TcpStream::connect(("127.0.0.1", proxy_port)).is_ok() {
             return d;
@@ -51,21 +46,9 @@ fn blob(data: &[u8]) -> (String, Digest) {
     (format!("/v2/lib/app/blobs/{d}"), d)
 }
 
-async fn serve(routes: &[(&str, Resource)]) -> (Origin, RunningOrigin) {
-    let origin = Origin::new();
-    for (p, r) in routes {
-        origin.route(p, r.clone());
-    }
-    let running = origin.spawn().await.expect("origin");
-    (origin, running)
-}
-
 /// Other bytes under the same digest path, with a false (short) length, sent slowly.
 fn liar(seed: u64) -> Resource {
-    Resource::bytes(random_bytes(seed, MIB)).with(Behavior {
-        frame_delay: Duration::from_secs(2),
-        ..Behavior::default()
-    })
+    Resource::bytes(random_bytes(seed, MIB)).with(Behavior::slow(Duration::from_secs(2)))
 }
 
 /// GET `url` through the proxy: the whole body, which must arrive.
@@ -107,14 +90,14 @@ async fn a_layer_asked_first_from_a_hostile_origin_is_not_captured_by_it() {
     let other = random_bytes(8, 3 * MIB + 5);
     let (path, digest) = blob(&data);
     let (other_path, other_digest) = blob(&other);
-    let (registry, reg) = serve(&[
+    let (registry, reg) = Origin::serving([
         (&path, Resource::bytes(data.clone())),
         (&other_path, Resource::bytes(other.clone())),
     ])
     .await;
-    let (attacker, evil) = serve(&[(&path, liar(1)), (&other_path, liar(2))]).await;
+    let (attacker, evil) = Origin::serving([(&path, liar(1)), (&other_path, liar(2))]).await;
     let port = free_port();
-    let d = start(&tmp.path().join("node"), port, "");
+    let d = start(&tmp.path().join("node"), port, Size::ZERO);
     let c = client(port);
 
     // The attacker starts the layer from its own origin and keeps the task busy.
@@ -140,7 +123,7 @@ async fn a_layer_asked_first_from_a_hostile_origin_is_not_captured_by_it() {
 
     // Verified content is shared: asked from yet another origin, the stored layer answers and
     // that origin is not asked for the body.
-    let (third, third_run) = serve(&[(&path, liar(3))]).await;
+    let (third, third_run) = Origin::serving([(&path, liar(3))]).await;
     let again = fetch(&c, third_run.url(&path)).await;
     assert!(again == data, "the stored, verified layer is served");
     assert_eq!(
@@ -156,7 +139,7 @@ async fn a_layer_asked_first_from_a_hostile_origin_is_not_captured_by_it() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     d.terminate();
     held.abort();
-    let _d = start(&tmp.path().join("node"), port, "");
+    let _d = start(&tmp.path().join("node"), port, Size::ZERO);
     let r = c.get(reg.url(&other_path)).send().await.expect("get");
     assert_eq!(r.status(), 200);
     assert_eq!(r.content_length(), Some(other.len() as u64));
@@ -171,10 +154,7 @@ fn claims(dir: &Path, name: &str, len: u64) -> Resource {
     std::fs::File::create(&path)
         .and_then(|f| f.set_len(len))
         .expect("sparse file");
-    Resource::file(path).with(Behavior {
-        frame_delay: Duration::from_secs(2),
-        ..Behavior::default()
-    })
+    Resource::file(path).with(Behavior::slow(Duration::from_secs(2)))
 }
 
 /// Store `blobs` through the proxy, then check they are all still stored: asked again, the
@@ -225,15 +205,11 @@ async fn a_claimed_length_that_cannot_fit_evicts_nothing_and_is_passed_through()
     let (big_path, _) = blob(&big);
     let mut routes = layers.routes();
     routes.push((&big_path, Resource::bytes(big.clone())));
-    let (registry, reg) = serve(&routes).await;
+    let (registry, reg) = Origin::serving(routes).await;
     let fake = format!("/v2/lib/app/blobs/sha256:{}", "ee".repeat(32));
-    let (attacker, evil) = serve(&[(&fake, claims(tmp.path(), "tib", 1 << 40))]).await;
+    let (attacker, evil) = Origin::serving([(&fake, claims(tmp.path(), "tib", 1 << 40))]).await;
     let port = free_port();
-    let d = start(
-        &tmp.path().join("node"),
-        port,
-        "storage:\n  diskGCThreshold: 40Mi\n",
-    );
+    let d = start(&tmp.path().join("node"), port, Size::mib(40));
     let c = client(port);
     layers.fetch_all(&c, &reg).await;
     let first = layers.served(&registry);
@@ -285,22 +261,18 @@ async fn sources_that_claim_much_and_send_little_do_not_empty_the_cache() {
     let (real_path, _) = blob(&real);
     let mut routes = layers.routes();
     routes.push((&real_path, Resource::bytes(real.clone())));
-    let (registry, reg) = serve(&routes).await;
+    let (registry, reg) = Origin::serving(routes).await;
     let (a, b) = (
         format!("/v2/lib/app/blobs/sha256:{}", "aa".repeat(32)),
         format!("/v2/lib/app/blobs/sha256:{}", "bb".repeat(32)),
     );
-    let (attacker, evil) = serve(&[
+    let (attacker, evil) = Origin::serving([
         (&a, claims(tmp.path(), "a", 30 * MIB as u64)),
         (&b, claims(tmp.path(), "b", 24 * MIB as u64)),
     ])
     .await;
     let port = free_port();
-    let d = start(
-        &tmp.path().join("node"),
-        port,
-        "storage:\n  diskGCThreshold: 64Mi\n",
-    );
+    let d = start(&tmp.path().join("node"), port, Size::mib(64));
     let c = client(port);
     layers.fetch_all(&c, &reg).await;
     let first = layers.served(&registry);
@@ -356,14 +328,11 @@ async fn a_full_disk_gives_clients_every_byte_or_an_error_and_keeps_the_stored_l
     routes.push((&big_path, Resource::bytes(big.clone())));
     routes.push((
         &slow_path,
-        Resource::bytes(slow.clone()).with(Behavior {
-            frame_delay: Duration::from_millis(40),
-            ..Behavior::default()
-        }),
+        Resource::bytes(slow.clone()).with(Behavior::slow(Duration::from_millis(40))),
     ));
-    let (registry, reg) = serve(&routes).await;
+    let (registry, reg) = Origin::serving(routes).await;
     let port = free_port();
-    let d = start(&node, port, "");
+    let d = start(&node, port, Size::ZERO);
     let c = client(port);
     layers.fetch_all(&c, &reg).await;
     let first = layers.served(&registry);
@@ -402,7 +371,7 @@ async fn layers_stored_by_an_older_daemon_under_the_digest_alone_are_still_serve
     let node = tmp.path().join("node");
     let data = random_bytes(31, 5 * MIB + 3);
     let (path, digest) = blob(&data);
-    let (registry, reg) = serve(&[(&path, Resource::bytes(data.clone()))]).await;
+    let (registry, reg) = Origin::serving([(&path, Resource::bytes(data.clone()))]).await;
     {
         // What an older daemon left: the layer finished under its digest-only id.
         let s = Storage::open(node.join("data")).expect("storage");
@@ -426,7 +395,7 @@ async fn layers_stored_by_an_older_daemon_under_the_digest_alone_are_still_serve
             .expect("finish");
     }
     let port = free_port();
-    let _d = start(&node, port, "");
+    let _d = start(&node, port, Size::ZERO);
     let body = fetch(&client(port), reg.url(&path)).await;
     assert!(body == data);
     assert_eq!(

@@ -1,31 +1,31 @@
 //! Temporary `.part` files of interrupted downloads (dfget signalled or killed, the daemon
 //! killed) and an origin the daemon cannot split, as real processes.
 
-#[path = "support/procs.rs"]
-mod procs;
+#[path = "support/outputs.rs"]
+mod outputs;
 
-use procs::{dfget, dfget_cmd, ok, parts_in, signal, start_daemon, stderr, wait_part};
+use outputs::{parts_in, start_daemon, wait_part};
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 use testkit::data::random_bytes;
+use testkit::dfget::{command as dfget_cmd, ok, run as dfget, stderr};
 use testkit::origin::{Behavior, Origin, Resource};
+use testkit::process::signal;
 
 const MIB: usize = 1 << 20;
 
 fn slow() -> Behavior {
-    Behavior {
-        frame_delay: Duration::from_millis(20),
-        ..Behavior::default()
-    }
+    Behavior::slow(Duration::from_millis(20))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dfget_removes_its_part_on_sigint_and_sigterm_and_stale_ones_on_the_next_run() {
     let data = random_bytes(71, 16 * MIB);
-    let origin = Origin::new();
-    origin.route("/slow", Resource::bytes(data.clone()).with(slow()));
-    origin.route("/fast", Resource::bytes(data.clone()));
-    let o = origin.spawn().await.unwrap();
+    let (_origin, o) = Origin::serving([
+        ("/slow", Resource::bytes(data.clone()).with(slow())),
+        ("/fast", Resource::bytes(data.clone())),
+    ])
+    .await;
     let work = tempfile::tempdir().unwrap();
     let out = work.path().join("out");
     let no_daemon = work.path().join("no-daemon.sock");
@@ -71,22 +71,17 @@ async fn dfget_removes_its_part_on_sigint_and_sigterm_and_stale_ones_on_the_next
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_daemons_part_is_removed_when_it_starts_again() {
     let data = random_bytes(72, 16 * MIB);
-    let origin = Origin::new();
-    origin.route("/slow", Resource::bytes(data.clone()).with(slow()));
-    let o = origin.spawn().await.unwrap();
+    let (_origin, o) =
+        Origin::serving([("/slow", Resource::bytes(data.clone()).with(slow()))]).await;
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("d");
     let outs = work.path().join("outs");
     std::fs::create_dir_all(&outs).unwrap();
     let out = outs.join("out");
     let mut d = start_daemon(&dir, false);
-    let first = tokio::spawn({
-        let (s, url, out) = (d.socket(), o.url("/slow"), out.clone());
-        async move { dfget(&s, &[&url, "-O", out.to_str().unwrap()]).await }
-    });
+    let first = tokio::spawn(d.dfget(&[&o.url("/slow"), "-O", out.to_str().unwrap()]));
     let part = wait_part(&outs, ".out.dfdaemon-").await;
-    d.child.kill().unwrap();
-    d.child.wait().unwrap();
+    d.kill();
     assert!(!first.await.unwrap().status.success(), "its daemon died");
     assert_eq!(
         parts_in(&outs),

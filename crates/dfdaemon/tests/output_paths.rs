@@ -1,27 +1,23 @@
 //! Where `-O` lands, as real processes: another file system than the daemon's data dir, FIFOs,
 //! character devices and dangling symlinks at the output, and two runs racing for one output.
 
-#[path = "support/procs.rs"]
-mod procs;
-#[path = "support/tmpfs.rs"]
-mod tmpfs;
+#[path = "support/outputs.rs"]
+mod outputs;
 
-use procs::{dfget, ok, parts_in, start_daemon, stderr};
+use outputs::{parts_in, start_daemon};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use testkit::data::random_bytes;
-use testkit::origin::{Behavior, Origin, Resource};
-use tmpfs::Tmpfs;
+use testkit::daemon::DaemonProcess;
+use testkit::dfget::{ok, run as dfget, stderr};
+use testkit::origin::{Behavior, Origin};
+use testkit::tmpfs::Tmpfs;
 
 const MIB: usize = 1 << 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_on_another_file_system_than_the_data_dir_is_copied() {
-    let data = random_bytes(61, 9 * MIB + 5);
-    let origin = Origin::new();
-    origin.route("/file", Resource::bytes(data.clone()));
-    let o = origin.spawn().await.unwrap();
+    let (data, _origin, o) = Origin::random("/file", 61, 9 * MIB + 5).await;
     let work = tempfile::tempdir().unwrap();
     let mnt = Tmpfs::mount(&work.path().join("mnt"), "256m");
     let dev = |p: &Path| std::fs::metadata(p).unwrap().dev();
@@ -45,7 +41,7 @@ async fn output_on_another_file_system_than_the_data_dir_is_copied() {
 }
 
 /// The daemon's socket, or a missing one for a standalone run.
-fn modes(work: &Path) -> Vec<(&'static str, PathBuf, Option<procs::Daemon>)> {
+fn modes(work: &Path) -> Vec<(&'static str, PathBuf, Option<DaemonProcess>)> {
     let d = start_daemon(&work.join("daemon"), true);
     vec![
         ("standalone", work.join("no-daemon.sock"), None),
@@ -56,10 +52,7 @@ fn modes(work: &Path) -> Vec<(&'static str, PathBuf, Option<procs::Daemon>)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overwrite_writes_into_a_fifo_or_character_device_instead_of_replacing_it() {
     use rustix::fs::{CWD, FileType, Mode, makedev, mknodat};
-    let data = random_bytes(62, 3 * MIB + 1);
-    let origin = Origin::new();
-    origin.route("/file", Resource::bytes(data.clone()));
-    let o = origin.spawn().await.unwrap();
+    let (data, _origin, o) = Origin::random("/file", 62, 3 * MIB + 1).await;
     let work = tempfile::tempdir().unwrap();
     for (mode, socket, _daemon) in modes(work.path()) {
         // A /dev/null of our own: character device 1:3.
@@ -117,10 +110,7 @@ async fn overwrite_writes_into_a_fifo_or_character_device_instead_of_replacing_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dangling_symlink_at_the_output_needs_overwrite_which_replaces_the_link() {
-    let data = random_bytes(63, MIB);
-    let origin = Origin::new();
-    origin.route("/file", Resource::bytes(data.clone()));
-    let o = origin.spawn().await.unwrap();
+    let (data, _origin, o) = Origin::random("/file", 63, MIB).await;
     let work = tempfile::tempdir().unwrap();
     for (mode, socket, _daemon) in modes(work.path()) {
         let target = work.path().join(format!("nowhere-{mode}"));
@@ -151,20 +141,21 @@ async fn a_dangling_symlink_at_the_output_needs_overwrite_which_replaces_the_lin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_runs_to_one_output_without_overwrite_one_fails() {
-    let data = random_bytes(64, 4 * MIB);
-    let origin = Origin::new();
-    let slow = Behavior {
-        frame_delay: Duration::from_millis(10),
-        ..Behavior::default()
-    };
-    origin.route("/file", Resource::bytes(data.clone()).with(slow));
-    let o = origin.spawn().await.unwrap();
+    let (data, _origin, o) = Origin::random_with(
+        "/file",
+        64,
+        4 * MIB,
+        Behavior::slow(Duration::from_millis(10)),
+    )
+    .await;
     let work = tempfile::tempdir().unwrap();
     for (mode, socket, _daemon) in modes(work.path()) {
         let out = work.path().join(format!("out-{mode}"));
         let run = || {
-            let (s, url, out) = (socket.clone(), o.url("/file"), out.clone());
-            tokio::spawn(async move { dfget(&s, &[&url, "-O", out.to_str().unwrap()]).await })
+            tokio::spawn(dfget(
+                &socket,
+                &[&o.url("/file"), "-O", out.to_str().unwrap()],
+            ))
         };
         let (a, b) = (run(), run());
         let (a, b) = (a.await.unwrap(), b.await.unwrap());

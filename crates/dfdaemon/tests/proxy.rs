@@ -1,7 +1,7 @@
 //! The proxy and registry mirror of a daemon started in-process, against a plain-HTTP origin:
 //! forwarding, P2P rules, Range and HEAD, mirror routing, digest checks, auth pass-through,
 //! redirects to blob storage, CONNECT tunnels and bad input. The TLS parts (hijacking) run
-//! against a real registry and real clients in `registry_e2e.rs`.
+//! against a real registry and real clients in `tests/e2e/registry.rs` (top-level `tests/`).
 
 #[path = "support/proxy.rs"]
 mod proxy_daemon;
@@ -9,10 +9,11 @@ mod proxy_daemon;
 use dfdaemon::proxy::SERVED_HEADER;
 use dragonfly_common::digest::{Algorithm, Digest};
 use dragonfly_common::task_id::TaskId;
-use proxy_daemon::{LOCAL, daemon, daemon_with, free_port, raw, read_head, read_response};
+use proxy_daemon::{LOCAL, daemon, daemon_with, raw, read_head, read_response};
 use std::time::Duration;
 use testkit::data::random_bytes;
-use testkit::origin::{Behavior, Origin, Resource, RunningOrigin};
+use testkit::net::free_port;
+use testkit::origin::{Behavior, Origin, Resource};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MIB: usize = 1 << 20;
@@ -22,20 +23,12 @@ fn blob_path(data: &[u8]) -> (String, Digest) {
     (format!("/v2/lib/img/blobs/{d}"), d)
 }
 
-async fn origin_with(routes: Vec<(String, Resource)>) -> (Origin, RunningOrigin) {
-    let origin = Origin::new();
-    for (p, r) in routes {
-        origin.route(&p, r);
-    }
-    let running = origin.spawn().await.expect("origin");
-    (origin, running)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p2p_blob_is_fetched_once_and_served_with_ranges_and_head() {
     let data = random_bytes(1, 10 * MIB + 123);
     let (path, digest) = blob_path(&data);
-    let (origin, running) = origin_with(vec![(path.clone(), Resource::bytes(data.clone()))]).await;
+    let (origin, running) =
+        Origin::serving(vec![(path.clone(), Resource::bytes(data.clone()))]).await;
     let d = daemon(LOCAL).await;
     let c = d.client();
     let url = running.url(&path);
@@ -128,8 +121,8 @@ async fn p2p_blob_is_fetched_once_and_served_with_ranges_and_head() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_requests_are_forwarded_without_hop_by_hop_headers() {
     let page = b"manifest-ish".to_vec();
-    let (origin, running) = origin_with(vec![(
-        "/v2/lib/img/manifests/latest".into(),
+    let (origin, running) = Origin::serving([(
+        "/v2/lib/img/manifests/latest",
         Resource::bytes(page.clone()).with(Behavior {
             forbid_header: Some("x-conn-only".into()),
             ..Behavior::default()
@@ -166,7 +159,7 @@ async fn other_requests_are_forwarded_without_hop_by_hop_headers() {
         }),
     );
     let answer = raw(
-        d.proxy,
+        d.proxy_addr(),
         format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nExpect: 100-continue\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             running.url("/upload-check"),
@@ -183,7 +176,7 @@ async fn other_requests_are_forwarded_without_hop_by_hop_headers() {
 async fn mirror_requests_go_to_the_registry_in_the_header() {
     let data = random_bytes(2, 3 * MIB);
     let (path, _) = blob_path(&data);
-    let (origin, running) = origin_with(vec![
+    let (origin, running) = Origin::serving(vec![
         (path.clone(), Resource::bytes(data.clone())),
         (
             "/v2/lib/img/manifests/v1".into(),
@@ -198,7 +191,7 @@ async fn mirror_requests_go_to_the_registry_in_the_header() {
     let registry = running.url("");
     let plain = reqwest::Client::new();
     let r = plain
-        .get(format!("{}{path}?ns=elsewhere.example", d.url()))
+        .get(format!("{}{path}?ns=elsewhere.example", d.proxy_url()))
         .header("X-Dragonfly-Registry", registry.trim_end_matches('/'))
         .send()
         .await
@@ -206,7 +199,7 @@ async fn mirror_requests_go_to_the_registry_in_the_header() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.expect("body"), data[..]);
     let r = plain
-        .get(format!("{}/v2/lib/img/manifests/v1", d.url()))
+        .get(format!("{}/v2/lib/img/manifests/v1", d.proxy_url()))
         .header("X-Dragonfly-Registry", registry.trim_end_matches('/'))
         .send()
         .await
@@ -216,14 +209,14 @@ async fn mirror_requests_go_to_the_registry_in_the_header() {
 
     // Without the header the mirror's url is used: nothing listens there.
     let r = plain
-        .get(format!("{}/v2/", d.url()))
+        .get(format!("{}/v2/", d.proxy_url()))
         .send()
         .await
         .expect("get");
     assert_eq!(r.status(), 502);
     assert!(r.text().await.unwrap_or_default().contains("127.0.0.1:1"));
     let r = plain
-        .get(format!("{}/v2/", d.url()))
+        .get(format!("{}/v2/", d.proxy_url()))
         .header("X-Dragonfly-Registry", "ftp://nope")
         .send()
         .await
@@ -236,7 +229,7 @@ async fn mirror_requests_go_to_the_registry_in_the_header() {
 async fn wrong_bytes_for_a_digest_fail_the_client_and_are_not_kept() {
     let data = random_bytes(3, 6 * MIB);
     let (path, digest) = blob_path(&data);
-    let (origin, running) = origin_with(vec![(
+    let (origin, running) = Origin::serving(vec![(
         path.clone(),
         Resource::bytes(data.clone()).with(Behavior {
             corrupt: true,
@@ -258,7 +251,7 @@ async fn wrong_bytes_for_a_digest_fail_the_client_and_are_not_kept() {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
-        !d.stored(&TaskId::for_blob(&digest, &url)),
+        !d.stored(TaskId::for_blob(&digest, &url).as_str()),
         "nothing of a wrong content is kept"
     );
     assert_eq!(
@@ -273,7 +266,7 @@ async fn auth_challenge_reaches_the_client_and_tokens_reach_the_origin() {
     let data = random_bytes(4, MIB);
     let (path, _) = blob_path(&data);
     let challenge = r#"Bearer realm="http://auth.example/token",service="registry""#;
-    let (_origin, running) = origin_with(vec![(
+    let (_origin, running) = Origin::serving(vec![(
         path.clone(),
         Resource::bytes(data.clone()).with(Behavior {
             require_header: Some(("authorization".into(), "Bearer good".into())),
@@ -348,11 +341,10 @@ async fn redirect_to_blob_storage_is_followed_without_the_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_tunnels_bytes_and_names_a_dead_target() {
     let data = random_bytes(6, 64 * 1024);
-    let (_origin, running) =
-        origin_with(vec![("/file".into(), Resource::bytes(data.clone()))]).await;
+    let (_origin, running) = Origin::serving([("/file", Resource::bytes(data.clone()))]).await;
     let d = daemon(LOCAL).await;
     let target = running.addr;
-    let mut s = tokio::net::TcpStream::connect(d.proxy)
+    let mut s = tokio::net::TcpStream::connect(d.proxy_addr())
         .await
         .expect("connect");
     s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
@@ -373,7 +365,7 @@ async fn connect_tunnels_bytes_and_names_a_dead_target() {
     );
 
     let closed = format!("127.0.0.1:{}", free_port());
-    let mut s = tokio::net::TcpStream::connect(d.proxy)
+    let mut s = tokio::net::TcpStream::connect(d.proxy_addr())
         .await
         .expect("connect");
     s.write_all(format!("CONNECT {closed} HTTP/1.1\r\nHost: {closed}\r\n\r\n").as_bytes())
@@ -389,82 +381,66 @@ async fn connect_tunnels_bytes_and_names_a_dead_target() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_clear_errors() {
     let d = daemon(LOCAL).await;
-    let out = raw(d.proxy, b"THIS IS NOT HTTP\r\n\r\n").await;
-    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
-    assert!(
-        out.contains("not an HTTP/1.1 request"),
-        "a one-line body: {out}"
-    );
-    // Bare-LF heads are answered (they used to wait forever for a CRLF blank line).
-    let out = raw(
-        d.proxy,
-        b"GET /index.html HTTP/1.1\nHost: x\nConnection: close\n\n",
-    )
-    .await;
-    assert!(out.starts_with("HTTP/1.1 404"), "{out:?}");
     let big = format!(
         "GET http://127.0.0.1:1/ HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
         "a".repeat(100 * 1024)
     );
-    let out = raw(d.proxy, big.as_bytes()).await;
-    assert!(out.starts_with("HTTP/1.1 431"), "{out}");
-    assert!(out.contains("is over the limit"), "a one-line body: {out}");
     // A head that never ends, past the limit: the same answer from the fast path.
     let endless = format!("GET /v2/x HTTP/1.1\r\nX-Big: {}", "a".repeat(70 * 1024));
-    let out = raw(d.proxy, endless.as_bytes()).await;
-    assert!(
-        out.starts_with("HTTP/1.1 431") && out.contains("is over the limit"),
-        "{out}"
-    );
-    let out = raw(
-        d.proxy,
-        b"GET ftp://example.com/x HTTP/1.1\r\nHost: example.com\r\n\r\n",
-    )
-    .await;
-    assert!(
-        out.starts_with("HTTP/1.1 400") && out.contains("ftp"),
-        "{out}"
-    );
-    let out = raw(
-        d.proxy,
-        b"GET /index.html HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .await;
-    assert!(
-        out.starts_with("HTTP/1.1 404") && out.contains("/index.html"),
-        "{out}"
-    );
-    let out = raw(
-        d.proxy,
-        b"GET /ca.crt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .await;
-    assert!(
-        out.starts_with("HTTP/1.1 404") && out.contains("hijackHTTPS"),
-        "{out}"
-    );
-    // The proxy still works after all that.
-    let out = raw(
-        d.proxy,
-        b"GET http://127.0.0.1:1/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .await;
-    assert!(
-        out.starts_with("HTTP/1.1 502") && out.contains("127.0.0.1:1"),
-        "{out}"
-    );
+    // (request, the status line's start, what the one-line body names; "" for nothing)
+    let cases: [(&[u8], &str, &str); 8] = [
+        (
+            b"THIS IS NOT HTTP\r\n\r\n",
+            "HTTP/1.1 400",
+            "not an HTTP/1.1 request",
+        ),
+        // Bare-LF heads are answered (they used to wait forever for a CRLF blank line).
+        (
+            b"GET /index.html HTTP/1.1\nHost: x\nConnection: close\n\n",
+            "HTTP/1.1 404",
+            "",
+        ),
+        (big.as_bytes(), "HTTP/1.1 431", "is over the limit"),
+        (endless.as_bytes(), "HTTP/1.1 431", "is over the limit"),
+        (
+            b"GET ftp://example.com/x HTTP/1.1\r\nHost: example.com\r\n\r\n",
+            "HTTP/1.1 400",
+            "ftp",
+        ),
+        (
+            b"GET /index.html HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 404",
+            "/index.html",
+        ),
+        (
+            b"GET /ca.crt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 404",
+            "hijackHTTPS",
+        ),
+        // The proxy still works after all that.
+        (
+            b"GET http://127.0.0.1:1/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 502",
+            "127.0.0.1:1",
+        ),
+    ];
+    for (request, status, names) in cases {
+        let out = raw(d.proxy_addr(), request).await;
+        assert!(
+            out.starts_with(status) && out.contains(names),
+            "{} answered {out:?}, not {status} naming {names:?}",
+            String::from_utf8_lossy(&request[..request.len().min(60)])
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_leaves_mid_blob_does_not_stop_the_task() {
     let data = random_bytes(7, 12 * MIB);
     let (path, digest) = blob_path(&data);
-    let (origin, running) = origin_with(vec![(
+    let (origin, running) = Origin::serving(vec![(
         path.clone(),
-        Resource::bytes(data.clone()).with(Behavior {
-            frame_delay: Duration::from_millis(5),
-            ..Behavior::default()
-        }),
+        Resource::bytes(data.clone()).with(Behavior::slow(Duration::from_millis(5))),
     )])
     .await;
     let d = daemon(LOCAL).await;
@@ -509,7 +485,7 @@ async fn a_client_that_leaves_mid_blob_does_not_stop_the_task() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ca_certificate_is_served_when_hijacking() {
     let d = daemon("  hijackHTTPS:\n    hosts:\n      - regx: registry.test\n").await;
-    let r = reqwest::get(format!("{}/ca.crt", d.url()))
+    let r = reqwest::get(format!("{}/ca.crt", d.proxy_url()))
         .await
         .expect("get");
     assert_eq!(r.status(), 200);
@@ -522,16 +498,13 @@ async fn ca_certificate_is_served_when_hijacking() {
 async fn first_bytes_arrive_before_the_blob_is_fetched() {
     let data = random_bytes(8, 32 * MIB);
     let (path, _) = blob_path(&data);
-    let (origin, running) = origin_with(vec![(
+    let (origin, running) = Origin::serving(vec![(
         path.clone(),
-        Resource::bytes(data.clone()).with(Behavior {
-            frame_delay: Duration::from_millis(2),
-            ..Behavior::default()
-        }),
+        Resource::bytes(data.clone()).with(Behavior::slow(Duration::from_millis(2))),
     )])
     .await;
     // One piece at a time: eight piece fetches of at least 128 ms each from the origin.
-    let d2 = daemon_with("  concurrentPieceCount: 1\n", LOCAL).await;
+    let d2 = daemon_with(|c| c.download.concurrent_piece_count = 1, LOCAL).await;
     let mut r = d2
         .client()
         .get(running.url(&path))
@@ -554,8 +527,7 @@ async fn first_bytes_arrive_before_the_blob_is_fetched() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_basic_auth_is_required_when_configured() {
-    let (_origin, running) =
-        origin_with(vec![("/page".into(), Resource::bytes(&b"hello"[..]))]).await;
+    let (_origin, running) = Origin::serving([("/page", Resource::bytes(&b"hello"[..]))]).await;
     let d = daemon(&format!(
         "  basicAuth:\n    username: alice\n    password: s3cret\n{LOCAL}"
     ))
@@ -570,7 +542,7 @@ async fn proxy_basic_auth_is_required_when_configured() {
     assert!(r.headers().contains_key("proxy-authenticate"));
     let authed = reqwest::Client::builder()
         .proxy(
-            reqwest::Proxy::all(d.url())
+            reqwest::Proxy::all(d.proxy_url())
                 .expect("proxy")
                 .basic_auth("alice", "s3cret"),
         )
@@ -585,7 +557,7 @@ async fn proxy_basic_auth_is_required_when_configured() {
 async fn stored_blobs_go_out_with_sendfile_and_other_requests_share_the_connection() {
     let data = random_bytes(21, 9 * MIB + 17);
     let (path, digest) = blob_path(&data);
-    let (origin, running) = origin_with(vec![
+    let (origin, running) = Origin::serving(vec![
         (path.clone(), Resource::bytes(data.clone())),
         (
             "/v2/lib/img/manifests/v1".into(),
@@ -602,7 +574,7 @@ async fn stored_blobs_go_out_with_sendfile_and_other_requests_share_the_connecti
     let get = |p: &str, extra: &str| format!("GET {p} HTTP/1.1\r\nHost: mirror\r\n{extra}\r\n");
 
     // Not stored yet: the streaming P2P path answers (no sendfile header) and stores it.
-    let mut s = tokio::net::TcpStream::connect(d.proxy)
+    let mut s = tokio::net::TcpStream::connect(d.proxy_addr())
         .await
         .expect("connect");
     s.write_all(get(&path, "").as_bytes()).await.expect("send");
@@ -611,14 +583,14 @@ async fn stored_blobs_go_out_with_sendfile_and_other_requests_share_the_connecti
     assert!(!head.to_ascii_lowercase().contains(SERVED_HEADER), "{head}");
     assert!(body == data, "first answer's bytes differ");
     for _ in 0..100 {
-        if d.stored(&TaskId::for_blob(&digest, &registry)) {
+        if d.stored(TaskId::for_blob(&digest, &registry).as_str()) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     // Stored: two pipelined GETs, a manifest (hyper's) and the blob again, on one connection.
-    let mut s = tokio::net::TcpStream::connect(d.proxy)
+    let mut s = tokio::net::TcpStream::connect(d.proxy_addr())
         .await
         .expect("connect");
     let burst = [
@@ -657,7 +629,7 @@ async fn stored_blobs_go_out_with_sendfile_and_other_requests_share_the_connecti
     assert!(rest.is_empty());
 
     // One range: 206 with sendfile too; past the end: hyper's 416, on the same connection.
-    let mut s = tokio::net::TcpStream::connect(d.proxy)
+    let mut s = tokio::net::TcpStream::connect(d.proxy_addr())
         .await
         .expect("connect");
     let len = data.len();
@@ -692,7 +664,7 @@ async fn stored_blobs_go_out_with_sendfile_and_other_requests_share_the_connecti
     );
     // A client that tries TLS first on the plain port (skopeo with an `insecure` mirror) is
     // refused at once, so it falls back to plain HTTP without waiting for its handshake timeout.
-    let mut s = tokio::net::TcpStream::connect(d.proxy)
+    let mut s = tokio::net::TcpStream::connect(d.proxy_addr())
         .await
         .expect("connect");
     s.write_all(&[
@@ -715,7 +687,8 @@ async fn stored_blobs_go_out_with_sendfile_and_other_requests_share_the_connecti
 async fn a_stored_blob_damaged_on_disk_is_never_served_whole() {
     let data = random_bytes(41, 12 * MIB + 9);
     let (path, digest) = blob_path(&data);
-    let (origin, running) = origin_with(vec![(path.clone(), Resource::bytes(data.clone()))]).await;
+    let (origin, running) =
+        Origin::serving(vec![(path.clone(), Resource::bytes(data.clone()))]).await;
     let d = daemon(LOCAL).await;
     let c = d.client();
     let url = running.url(&path);
@@ -731,7 +704,7 @@ async fn a_stored_blob_damaged_on_disk_is_never_served_whole() {
     // 8 bytes overwritten inside piece 1 (4 MiB pieces) of the stored content.
     let id = TaskId::for_blob(&digest, &url);
     let file = d
-        .cfg
+        .config
         .data_dir
         .join("content")
         .join(&id.as_str()[..2])
@@ -770,7 +743,7 @@ async fn a_stored_blob_damaged_on_disk_is_never_served_whole() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirror_paths_that_would_leave_v2_or_the_prefix_are_refused() {
-    let (origin, running) = origin_with(vec![
+    let (origin, running) = Origin::serving(vec![
         ("/not-v2/x".to_string(), Resource::bytes(vec![1u8; 10])),
         ("/some/admin".to_string(), Resource::bytes(vec![2u8; 10])),
     ])
@@ -782,7 +755,7 @@ async fn mirror_paths_that_would_leave_v2_or_the_prefix_are_refused() {
     .await;
     for path in ["/v2/../not-v2/x", "/v2/%2e%2e/%2e%2e/admin"] {
         let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        let out = raw(d.proxy, req.as_bytes()).await;
+        let out = raw(d.proxy_addr(), req.as_bytes()).await;
         assert!(
             out.starts_with("HTTP/1.1 400") && out.contains(path),
             "{path}: {out}"
@@ -795,13 +768,14 @@ async fn mirror_paths_that_would_leave_v2_or_the_prefix_are_refused() {
 async fn mirror_requests_need_the_proxy_credentials_and_a_whitelisted_registry() {
     let data = random_bytes(43, 3 * MIB);
     let (path, _) = blob_path(&data);
-    let (origin, running) = origin_with(vec![(path.clone(), Resource::bytes(data.clone()))]).await;
+    let (origin, running) =
+        Origin::serving(vec![(path.clone(), Resource::bytes(data.clone()))]).await;
     let mirror = format!("  registryMirror:\n    url: {}\n", running.url(""));
     let d = daemon(&format!(
         "  basicAuth:\n    username: alice\n    password: s3cret\n{mirror}"
     ))
     .await;
-    let url = format!("{}{path}", d.url());
+    let url = format!("{}{path}", d.proxy_url());
     let client = reqwest::Client::new();
     let alice = format!(
         "Basic {}",
@@ -830,7 +804,7 @@ async fn mirror_requests_need_the_proxy_credentials_and_a_whitelisted_registry()
     ))
     .await;
     let r = client
-        .get(format!("{}{path}", d.url()))
+        .get(format!("{}{path}", d.proxy_url()))
         .send()
         .await
         .expect("get");

@@ -10,22 +10,13 @@ use dragonfly_common::digest::{Algorithm, Digest};
 use proxy_daemon::{LOCAL, daemon, raw, read_head, read_response};
 use std::net::SocketAddr;
 use std::time::Duration;
-use testkit::origin::{Behavior, Origin, Resource, RunningOrigin};
+use testkit::origin::{Behavior, Origin, Resource};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Longest a test waits for the daemon to close a connection it should close (the configured
 /// timeouts are 1-2 s; the machine is shared and may be slow).
 const CLOSE_BOUND: Duration = Duration::from_secs(30);
-
-async fn origin(routes: &[(&str, Resource)]) -> (Origin, RunningOrigin) {
-    let origin = Origin::new();
-    for (p, r) in routes {
-        origin.route(p, r.clone());
-    }
-    let running = origin.spawn().await.expect("origin");
-    (origin, running)
-}
 
 /// `method target` with these extra header lines, `Connection: close`: the whole answer.
 async fn ask(proxy: SocketAddr, method: &str, target: &str, headers: &str) -> String {
@@ -59,18 +50,18 @@ fn refused(answer: &str, names: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unlisted_internal_targets_and_the_daemons_own_ports_are_refused() {
-    let (origin, running) = origin(&[("/file", Resource::bytes(&b"secret"[..]))]).await;
+    let (origin, running) = Origin::serving([("/file", Resource::bytes(&b"secret"[..]))]).await;
     let port = running.addr.port();
     let d = daemon("  registryMirror:\n    dynamic: true\n").await;
     let upload = d.upload.port();
 
     // CONNECT to the loopback-only upload port (it used to tunnel).
-    let out = connect(d.proxy, &format!("127.0.0.1:{upload}")).await;
+    let out = connect(d.proxy_addr(), &format!("127.0.0.1:{upload}")).await;
     refused(
         &out,
         &[&format!("127.0.0.1:{upload}"), "upload.tcpListen.port"],
     );
-    let out = connect(d.proxy, &format!("127.0.0.1:{port}")).await;
+    let out = connect(d.proxy_addr(), &format!("127.0.0.1:{port}")).await;
     refused(&out, &[&format!("127.0.0.1:{port}"), "proxy.whiteList"]);
     // Forward requests: a literal, a name that resolves to loopback, IPv4-mapped, 0.0.0.0,
     // the link-local metadata address (refused before any connection is tried).
@@ -81,13 +72,13 @@ async fn unlisted_internal_targets_and_the_daemons_own_ports_are_refused() {
         format!("http://0.0.0.0:{port}/file"),
         "http://169.254.169.254/latest/meta-data/".to_string(),
     ] {
-        let out = ask(d.proxy, "GET", &target, "").await;
+        let out = ask(d.proxy_addr(), "GET", &target, "").await;
         refused(&out, &["proxy.whiteList"]);
     }
     let out = ask(
-        d.proxy,
+        d.proxy_addr(),
         "GET",
-        &format!("http://127.0.0.1:{}/", d.proxy.port()),
+        &format!("http://127.0.0.1:{}/", d.proxy_addr().port()),
         "",
     )
     .await;
@@ -98,7 +89,7 @@ async fn unlisted_internal_targets_and_the_daemons_own_ports_are_refused() {
         format!("http://127.0.0.1:{upload}"),
     ] {
         let out = ask(
-            d.proxy,
+            d.proxy_addr(),
             "GET",
             "/v2/lib/app/manifests/v1",
             &format!("X-Dragonfly-Registry: {registry}\r\n"),
@@ -107,7 +98,7 @@ async fn unlisted_internal_targets_and_the_daemons_own_ports_are_refused() {
         refused(&out, &["127.0.0.1"]);
     }
     let out = ask(
-        d.proxy,
+        d.proxy_addr(),
         "GET",
         "/v2/lib/app/manifests/v1?ns=localhost:1",
         "",
@@ -122,7 +113,7 @@ async fn unlisted_internal_targets_and_the_daemons_own_ports_are_refused() {
         running.url("").trim_end_matches('/')
     ))
     .await;
-    let out = ask(d.proxy, "GET", "/v2/", "").await;
+    let out = ask(d.proxy_addr(), "GET", "/v2/", "").await;
     assert!(
         out.starts_with("HTTP/1.1 404"),
         "the origin's answer: {out}"
@@ -134,7 +125,7 @@ async fn unlisted_internal_targets_and_the_daemons_own_ports_are_refused() {
 async fn listed_hosts_are_reached_but_never_the_daemons_own_ports() {
     let data = vec![7u8; 1000];
     let blob = format!("/v2/lib/app/blobs/{}", Digest::of(Algorithm::Sha256, &data));
-    let (origin, running) = origin(&[
+    let (origin, running) = Origin::serving([
         ("/file", Resource::bytes(&b"hello"[..])),
         (&blob, Resource::bytes(data.clone())),
     ])
@@ -144,18 +135,30 @@ async fn listed_hosts_are_reached_but_never_the_daemons_own_ports() {
         "{LOCAL}  registryMirror:\n    dynamic: true\n    allow:\n      - host: 127.0.0.1\n        ports: [{port}]\n"
     ))
     .await;
-    let out = ask(d.proxy, "GET", &format!("http://127.0.0.1:{port}/file"), "").await;
+    let out = ask(
+        d.proxy_addr(),
+        "GET",
+        &format!("http://127.0.0.1:{port}/file"),
+        "",
+    )
+    .await;
     assert!(out.ends_with("hello"), "{out}");
-    let out = ask(d.proxy, "GET", &format!("http://localhost:{port}/file"), "").await;
+    let out = ask(
+        d.proxy_addr(),
+        "GET",
+        &format!("http://localhost:{port}/file"),
+        "",
+    )
+    .await;
     assert!(out.ends_with("hello"), "{out}");
-    let out = connect(d.proxy, &format!("127.0.0.1:{port}")).await;
+    let out = connect(d.proxy_addr(), &format!("127.0.0.1:{port}")).await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     let registry = format!("X-Dragonfly-Registry: http://127.0.0.1:{port}\r\n");
-    let out = ask(d.proxy, "GET", &blob, &registry).await;
+    let out = ask(d.proxy_addr(), "GET", &blob, &registry).await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     // allow lists 127.0.0.1 on the origin's port only.
     let out = ask(
-        d.proxy,
+        d.proxy_addr(),
         "GET",
         &blob,
         "X-Dragonfly-Registry: http://127.0.0.1:1\r\n",
@@ -165,11 +168,21 @@ async fn listed_hosts_are_reached_but_never_the_daemons_own_ports() {
     let before = origin.stats().requests();
     // Listed or not, the daemon's own ports are refused.
     let upload = d.upload.port();
-    let out = connect(d.proxy, &format!("127.0.0.1:{upload}")).await;
+    let out = connect(d.proxy_addr(), &format!("127.0.0.1:{upload}")).await;
     refused(&out, &["upload.tcpListen.port"]);
-    let out = connect(d.proxy, &format!("localhost:{}", d.proxy.port())).await;
+    let out = connect(
+        d.proxy_addr(),
+        &format!("localhost:{}", d.proxy_addr().port()),
+    )
+    .await;
     refused(&out, &["proxy.tcpListen.port"]);
-    let out = ask(d.proxy, "GET", &format!("http://127.0.0.1:{upload}/"), "").await;
+    let out = ask(
+        d.proxy_addr(),
+        "GET",
+        &format!("http://127.0.0.1:{upload}/"),
+        "",
+    )
+    .await;
     refused(&out, &["upload.tcpListen.port"]);
     assert_eq!(origin.stats().requests(), before);
 }
@@ -185,7 +198,7 @@ async fn a_redirect_to_an_unlisted_loopback_name_is_not_followed() {
     storage.route("/storage/blob", Resource::bytes(data.clone()));
     let storage_run = storage.spawn().await.expect("storage");
     let redirect = format!("http://localhost:{}/storage/blob", storage_run.addr.port());
-    let (_origin, running) = origin(&[(
+    let (_origin, running) = Origin::serving([(
         &blob,
         Resource::bytes(Vec::new()).with(Behavior {
             redirect_to: Some(redirect),
@@ -194,7 +207,7 @@ async fn a_redirect_to_an_unlisted_loopback_name_is_not_followed() {
     )])
     .await;
     let d = daemon("  whiteList:\n    - host: 127.0.0.1\n").await;
-    let out = ask(d.proxy, "GET", &running.url(&blob), "").await;
+    let out = ask(d.proxy_addr(), "GET", &running.url(&blob), "").await;
     assert!(!out.starts_with("HTTP/1.1 200"), "{out}");
     assert!(out.contains("localhost"), "the error names the host: {out}");
     assert_eq!(
@@ -212,7 +225,7 @@ async fn health_path_answers_with_and_without_basic_auth() {
     ] {
         let d = daemon(extra).await;
         for method in ["GET", "HEAD"] {
-            let out = ask(d.proxy, method, "/healthy", "").await;
+            let out = ask(d.proxy_addr(), method, "/healthy", "").await;
             assert!(out.starts_with("HTTP/1.1 200"), "{extra}{method}: {out}");
             if method == "GET" {
                 assert!(out.ends_with("OK\n"), "{out}");
@@ -220,7 +233,7 @@ async fn health_path_answers_with_and_without_basic_auth() {
         }
         // Anything else still needs the credentials.
         if !extra.is_empty() {
-            let out = ask(d.proxy, "GET", "/v2/", "").await;
+            let out = ask(d.proxy_addr(), "GET", "/v2/", "").await;
             assert!(out.starts_with("HTTP/1.1 407"), "{out}");
         }
     }
@@ -244,21 +257,21 @@ async fn closed_by_proxy(s: &mut TcpStream) -> (bool, Vec<u8>) {
 async fn silent_half_sent_and_idle_connections_are_closed() {
     let data = vec![3u8; 4096];
     let blob = format!("/v2/lib/app/blobs/{}", Digest::of(Algorithm::Sha256, &data));
-    let (_origin, running) = origin(&[(&blob, Resource::bytes(data.clone()))]).await;
+    let (_origin, running) = Origin::serving([(&blob, Resource::bytes(data.clone()))]).await;
     let d = daemon(&format!(
         "  readHeaderTimeout: 1s\n  idleTimeout: 2s\n  registryMirror:\n    url: {}\n",
         running.url("").trim_end_matches('/')
     ))
     .await;
     // No byte at all.
-    let mut silent = TcpStream::connect(d.proxy).await.expect("connect");
+    let mut silent = TcpStream::connect(d.proxy_addr()).await.expect("connect");
     // Half a head (the fast path reads it).
-    let mut half = TcpStream::connect(d.proxy).await.expect("connect");
+    let mut half = TcpStream::connect(d.proxy_addr()).await.expect("connect");
     half.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n")
         .await
         .expect("write");
     // Half a head after a first request (hyper serves the connection by then).
-    let mut half_hyper = TcpStream::connect(d.proxy).await.expect("connect");
+    let mut half_hyper = TcpStream::connect(d.proxy_addr()).await.expect("connect");
     half_hyper
         .write_all(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -282,7 +295,7 @@ async fn silent_half_sent_and_idle_connections_are_closed() {
     // Idle after a response: hyper's path (a manifest), then the sendfile path (the blob,
     // stored by then).
     for path in ["/v2/lib/app/manifests/v1", blob.as_str(), blob.as_str()] {
-        let mut s = TcpStream::connect(d.proxy).await.expect("connect");
+        let mut s = TcpStream::connect(d.proxy_addr()).await.expect("connect");
         s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
             .await
             .expect("write");
@@ -299,7 +312,7 @@ async fn silent_half_sent_and_idle_connections_are_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_slower_than_the_timeouts_is_not_cut() {
     let data = vec![5u8; 256 * 1024];
-    let (_origin, running) = origin(&[(
+    let (_origin, running) = Origin::serving([(
         "/slow",
         Resource::bytes(data.clone()).with(Behavior {
             header_delay: Duration::from_millis(2500),
@@ -313,7 +326,7 @@ async fn a_response_slower_than_the_timeouts_is_not_cut() {
     ))
     .await;
     let started = std::time::Instant::now();
-    let out = ask(d.proxy, "GET", &running.url("/slow"), "").await;
+    let out = ask(d.proxy_addr(), "GET", &running.url("/slow"), "").await;
     assert!(
         out.starts_with("HTTP/1.1 200"),
         "{}",
@@ -350,10 +363,10 @@ async fn a_client_gets_its_connection_cap_and_room_again_when_one_closes() {
     let d = daemon("  perClientConnectionLimit: 4\n").await;
     let mut held = Vec::new();
     for _ in 0..4 {
-        held.push(from("127.0.0.1", d.proxy).await);
+        held.push(from("127.0.0.1", d.proxy_addr()).await);
     }
     // Each held one is accepted and counted before the next connects: the daemon answers.
-    let mut extra = from("127.0.0.1", d.proxy).await;
+    let mut extra = from("127.0.0.1", d.proxy_addr()).await;
     let (closed, got) = closed_by_proxy(&mut extra).await;
     assert!(closed, "the fifth connection is closed");
     let got = String::from_utf8_lossy(&got);
@@ -363,12 +376,12 @@ async fn a_client_gets_its_connection_cap_and_room_again_when_one_closes() {
         "{got}"
     );
     // Another client address is counted apart.
-    assert!(served(from("127.0.0.2", d.proxy).await).await);
+    assert!(served(from("127.0.0.2", d.proxy_addr()).await).await);
     // One closes: a new connection gets its place (once the daemon saw the close).
     drop(held.pop());
     let mut ok = false;
     for _ in 0..100 {
-        if served(from("127.0.0.1", d.proxy).await).await {
+        if served(from("127.0.0.1", d.proxy_addr()).await).await {
             ok = true;
             break;
         }
@@ -379,7 +392,7 @@ async fn a_client_gets_its_connection_cap_and_room_again_when_one_closes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_gets_its_tunnel_cap() {
-    let (_origin, running) = origin(&[("/f", Resource::bytes(&b"x"[..]))]).await;
+    let (_origin, running) = Origin::serving([("/f", Resource::bytes(&b"x"[..]))]).await;
     let target = running.addr.to_string();
     let d = daemon(&format!("{LOCAL}  perClientTunnelLimit: 2\n")).await;
     let open = |proxy| {
@@ -393,15 +406,15 @@ async fn a_client_gets_its_tunnel_cap() {
             (s, head)
         }
     };
-    let (t1, h1) = open(d.proxy).await;
-    let (_t2, h2) = open(d.proxy).await;
+    let (t1, h1) = open(d.proxy_addr()).await;
+    let (_t2, h2) = open(d.proxy_addr()).await;
     assert!(h1.starts_with("HTTP/1.1 200") && h2.starts_with("HTTP/1.1 200"));
-    let (_t3, h3) = open(d.proxy).await;
+    let (_t3, h3) = open(d.proxy_addr()).await;
     assert!(h3.starts_with("HTTP/1.1 503"), "{h3}");
     drop(t1);
     let mut ok = false;
     for _ in 0..100 {
-        let (_t, h) = open(d.proxy).await;
+        let (_t, h) = open(d.proxy_addr()).await;
         if h.starts_with("HTTP/1.1 200") {
             ok = true;
             break;

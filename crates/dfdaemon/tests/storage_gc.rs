@@ -1,17 +1,14 @@
 //! Storage GC: TTL, quota in LRU order, in-use and running tasks, the report. Time is an
 //! injected clock; nothing sleeps.
 
-use dfdaemon::storage::{EvictionReason, GcPolicy, NewTask, Storage};
+use dfdaemon::storage::{EvictionReason, GcPolicy, Storage};
 use dragonfly_common::task_id::TaskId;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use testkit::storage::{new_task, task_id as id};
 
 const SEC: u64 = 1000;
-
-fn id(n: u32) -> TaskId {
-    TaskId::for_url(&format!("https://origin/file/{n}"), "", "", None, &[])
-}
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -35,16 +32,7 @@ impl Fixture {
 
     fn create(&self, n: u32, len: u64) -> TaskId {
         let t = id(n);
-        self.s
-            .create_task(NewTask {
-                id: t.clone(),
-                url: format!("https://origin/{n}"),
-                content_length: len,
-                piece_length: 4,
-                digest: None,
-                validator: None,
-            })
-            .unwrap();
+        self.s.create_task(new_task(&t, len, 4)).unwrap();
         // GC counts stored bytes, not claimed lengths: every piece is written.
         for n in 0..len.div_ceil(4) as u32 {
             let mut w = self.s.piece_writer(&t, n).unwrap();

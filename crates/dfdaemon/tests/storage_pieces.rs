@@ -4,19 +4,13 @@ use dfdaemon::storage::{NewTask, PieceRecord, Storage, StorageError, TaskState};
 use dragonfly_common::task_id::TaskId;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
+use testkit::storage::{put_piece, task_id as id};
 
-fn id(n: u32) -> TaskId {
-    TaskId::for_url(&format!("https://origin/file/{n}"), "", "", None, &[])
-}
-
+/// testkit's task, with a content digest.
 fn new_task(id: &TaskId, len: u64, piece_length: u64) -> NewTask {
     NewTask {
-        id: id.clone(),
-        url: format!("https://origin/{id}"),
-        content_length: len,
-        piece_length,
         digest: Some(format!("sha256:{}", "0".repeat(64))),
-        validator: None,
+        ..testkit::storage::new_task(id, len, piece_length)
     }
 }
 
@@ -24,6 +18,15 @@ fn content(len: usize) -> Vec<u8> {
     (0..len as u64)
         .map(|i| ((i * 2654435761) >> 13) as u8)
         .collect()
+}
+
+/// A storage in a new directory holding task 1: 10 bytes in pieces of 4.
+fn ten_bytes() -> (tempfile::TempDir, Storage, TaskId) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Storage::open(dir.path()).unwrap();
+    let t = id(1);
+    s.create_task(new_task(&t, 10, 4)).unwrap();
+    (dir, s, t)
 }
 
 /// Writes piece `number` of `data` (laid out in `piece_length` pieces) in uneven chunks.
@@ -103,10 +106,7 @@ fn pieces_written_out_of_order_read_back() {
 
 #[test]
 fn crc_mismatch_on_commit_is_rejected_and_not_recorded() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Storage::open(dir.path()).unwrap();
-    let t = id(1);
-    s.create_task(new_task(&t, 10, 4)).unwrap();
+    let (_dir, s, t) = ten_bytes();
     let mut w = s.piece_writer(&t, 0).unwrap();
     w.write(b"abcd").unwrap();
     let err = w
@@ -145,10 +145,7 @@ fn crc_mismatch_on_commit_is_rejected_and_not_recorded() {
 
 #[test]
 fn piece_lengths_are_enforced() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Storage::open(dir.path()).unwrap();
-    let t = id(1);
-    s.create_task(new_task(&t, 10, 4)).unwrap();
+    let (_dir, s, t) = ten_bytes();
     let mut w = s.piece_writer(&t, 2).unwrap(); // the short last piece: 2 bytes
     assert_eq!(w.range().length, 2);
     w.write(b"x").unwrap();
@@ -190,9 +187,7 @@ fn create_is_idempotent_and_conflicts_are_named() {
     let s = Storage::open(dir.path()).unwrap();
     let t = id(1);
     let first = s.create_task(new_task(&t, 10, 4)).unwrap();
-    let mut w = s.piece_writer(&t, 0).unwrap();
-    w.write(b"abcd").unwrap();
-    w.commit(None, None).unwrap();
+    put_piece(&s, &t, 0, b"abcd", None);
     // Same layout: the stored record, pieces untouched.
     let again = s.create_task(new_task(&t, 10, 4)).unwrap();
     assert_eq!(again.created_at, first.created_at);
@@ -224,13 +219,8 @@ fn create_is_idempotent_and_conflicts_are_named() {
 
 #[test]
 fn finish_requires_every_piece() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Storage::open(dir.path()).unwrap();
-    let t = id(1);
-    s.create_task(new_task(&t, 10, 4)).unwrap();
-    let mut w = s.piece_writer(&t, 1).unwrap();
-    w.write(b"efgh").unwrap();
-    w.commit(None, None).unwrap();
+    let (_dir, s, t) = ten_bytes();
+    put_piece(&s, &t, 1, b"efgh", None);
     let err = s.finish_task(&t).unwrap_err();
     assert!(matches!(
         err,
@@ -262,13 +252,8 @@ fn finish_requires_every_piece() {
 
 #[test]
 fn delete_is_idempotent_and_removes_the_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Storage::open(dir.path()).unwrap();
-    let t = id(1);
-    s.create_task(new_task(&t, 10, 4)).unwrap();
-    let mut w = s.piece_writer(&t, 0).unwrap();
-    w.write(b"abcd").unwrap();
-    w.commit(None, None).unwrap();
+    let (_dir, s, t) = ten_bytes();
+    put_piece(&s, &t, 0, b"abcd", None);
     s.delete_task(&t).unwrap();
     assert_eq!(s.task(&t).unwrap(), None);
     assert!(s.pieces(&t).unwrap().is_empty());
@@ -282,14 +267,9 @@ fn delete_is_idempotent_and_removes_the_file() {
 
 #[test]
 fn on_disk_corruption_is_detected_by_verified_reads() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = Storage::open(dir.path()).unwrap();
-    let t = id(1);
-    s.create_task(new_task(&t, 10, 4)).unwrap();
+    let (_dir, s, t) = ten_bytes();
     for (n, b) in [(0u32, &b"abcd"[..]), (1, b"efgh")] {
-        let mut w = s.piece_writer(&t, n).unwrap();
-        w.write(b).unwrap();
-        w.commit(None, None).unwrap();
+        put_piece(&s, &t, n, b, None);
     }
     let file = std::fs::OpenOptions::new()
         .write(true)

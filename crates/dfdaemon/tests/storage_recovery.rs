@@ -1,34 +1,18 @@
 //! Storage: what a reopen keeps, resumes, drops and removes.
 
-use dfdaemon::storage::{NewTask, Storage, TaskState};
+use dfdaemon::storage::{Storage, TaskState};
 use dragonfly_common::task_id::TaskId;
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-
-fn id(n: u32) -> TaskId {
-    TaskId::for_url(&format!("https://origin/file/{n}"), "", "", None, &[])
-}
-
-fn new_task(id: &TaskId, len: u64, piece_length: u64) -> NewTask {
-    NewTask {
-        id: id.clone(),
-        url: format!("https://origin/{id}"),
-        content_length: len,
-        piece_length,
-        digest: None,
-        validator: None,
-    }
-}
+use testkit::storage::{new_task, put_piece, task_id as id};
 
 fn piece_bytes(n: u32) -> Vec<u8> {
     format!("p{n:03}").into_bytes() // 4 bytes
 }
 
 fn write(s: &Storage, t: &TaskId, n: u32) {
-    let mut w = s.piece_writer(t, n).unwrap();
-    w.write(&piece_bytes(n)).unwrap();
-    w.commit(None, Some("")).unwrap();
+    put_piece(s, t, n, &piece_bytes(n), Some(""));
 }
 
 fn corrupt(path: &Path, offset: u64) {

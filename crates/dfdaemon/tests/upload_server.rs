@@ -57,22 +57,38 @@ async fn upload_node(
     (engine, addr, (dir, stop))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn piece_requests_over_raw_http() {
-    let data = random_bytes(40, 9 * MIB);
-    let origin = Origin::new();
-    origin.route("/blob", Resource::bytes(data.clone()));
-    let o = origin.spawn().await.unwrap();
-    let (engine, addr, _node) = upload_node(UploadLimits::default()).await;
+/// What keeps a node of [`node_holding`] running.
+type Guard = (
+    (tempfile::TempDir, tokio::sync::oneshot::Sender<()>),
+    testkit::origin::RunningOrigin,
+);
+
+/// [`upload_node`] holding `data` as a finished task (in pieces of `piece_length`, `None`: the
+/// engine's choice), fetched from an origin; also returns the task's id.
+async fn node_holding(
+    limits: UploadLimits,
+    data: &[u8],
+    piece_length: Option<u64>,
+) -> (TaskManager, SocketAddr, String, Guard) {
+    let (_origin, o) = Origin::serving([("/blob", Resource::bytes(data.to_vec()))]).await;
+    let (engine, addr, node) = upload_node(limits).await;
     let task = engine
         .download(TaskRequest {
             url: o.url("/blob"),
+            piece_length,
             ..TaskRequest::default()
         })
         .await
         .unwrap();
     task.wait_finished().await.unwrap();
     let id = task.id.to_string();
+    (engine, addr, id, (node, o))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn piece_requests_over_raw_http() {
+    let data = random_bytes(40, 9 * MIB);
+    let (engine, addr, id, _node) = node_holding(UploadLimits::default(), &data, None).await;
 
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (b"GARBAGE\r\n\r\n".to_vec(), "HTTP/1.1 400"),
@@ -166,10 +182,7 @@ async fn download_task_on_the_upload_port_is_for_seed_peers_only() {
     use dragonfly_proto::dfdaemon::v1::DownloadTaskRequest;
     use std::sync::Arc;
 
-    let data = random_bytes(41, 5 * MIB);
-    let origin = Origin::new();
-    origin.route("/seeded", Resource::bytes(data.clone()));
-    let o = origin.spawn().await.unwrap();
+    let (data, _origin, o) = Origin::random("/seeded", 41, 5 * MIB).await;
     let mut addrs = Vec::new();
     let mut keep = Vec::new();
     for seed in [false, true] {
@@ -253,26 +266,13 @@ async fn download_task_on_the_upload_port_is_for_seed_peers_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_that_stops_reading_frees_its_slot_after_the_stall_timeout() {
     let data = random_bytes(41, 64 * MIB);
-    let origin = Origin::new();
-    origin.route("/big", Resource::bytes(data.clone()));
-    let o = origin.spawn().await.unwrap();
     // One upload slot in all, held by whoever is being sent a piece.
     let limits = UploadLimits {
         concurrent_total: 1,
         stall_timeout: Duration::from_secs(1),
         ..UploadLimits::default()
     };
-    let (engine, addr, _node) = upload_node(limits).await;
-    let task = engine
-        .download(TaskRequest {
-            url: o.url("/big"),
-            piece_length: Some(32 * MIB as u64),
-            ..TaskRequest::default()
-        })
-        .await
-        .unwrap();
-    task.wait_finished().await.unwrap();
-    let id = task.id.to_string();
+    let (_engine, addr, id, _node) = node_holding(limits, &data, Some(32 * MIB as u64)).await;
     // A child asks for a 32 MiB piece and never reads it (a tiny receive window).
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
@@ -333,25 +333,12 @@ async fn slots_held_by_many_addresses_that_never_read_do_not_lock_out_another_ad
     use std::sync::atomic::Ordering::Relaxed;
 
     let data = random_bytes(42, 64 * MIB);
-    let origin = Origin::new();
-    origin.route("/big", Resource::bytes(data.clone()));
-    let o = origin.spawn().await.unwrap();
     let limits = UploadLimits {
         concurrent_total: 8,
         stall_timeout: Duration::from_secs(300),
         ..UploadLimits::default()
     };
-    let (engine, addr, _node) = upload_node(limits).await;
-    let task = engine
-        .download(TaskRequest {
-            url: o.url("/big"),
-            piece_length: Some(32 * MIB as u64),
-            ..TaskRequest::default()
-        })
-        .await
-        .unwrap();
-    task.wait_finished().await.unwrap();
-    let id = task.id.to_string();
+    let (engine, addr, id, _node) = node_holding(limits, &data, Some(32 * MIB as u64)).await;
 
     // 127.0.0.2 ..= 127.0.0.21, ten requests each (under the per-address limit of 16), in turn.
     let mut stuck = Vec::new();

@@ -1,51 +1,16 @@
 //! scheduler.yaml: the example file, error messages, and the binary's `--print-config`.
 
 use scheduler::config::SchedulerConfig;
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn repo_file(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(rel)
-}
+use testkit::cli::{keys_missing_from, repo_file, run, text};
 
 fn scheduler(args: &[&str]) -> Output {
-    match Command::new(env!("CARGO_BIN_EXE_scheduler"))
-        .args(args)
-        .env_remove("SCHEDULER_CONFIG")
-        .output()
-    {
-        Ok(out) => out,
-        Err(e) => panic!("cannot run scheduler: {e}"),
-    }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn key_paths(value: &yaml_serde::Value, prefix: &str, out: &mut BTreeSet<String>) {
-    if let yaml_serde::Value::Mapping(map) = value {
-        for (k, v) in map {
-            let key = k.as_str().unwrap_or_default();
-            let path = if prefix.is_empty() {
-                key.to_owned()
-            } else {
-                format!("{prefix}.{key}")
-            };
-            out.insert(path.clone());
-            key_paths(v, &path, out);
-        }
-    }
-}
-
-fn parse(text: &str) -> yaml_serde::Value {
-    match yaml_serde::from_str(text) {
-        Ok(v) => v,
-        Err(e) => panic!("{e}"),
-    }
+    run(
+        Path::new(env!("CARGO_BIN_EXE_scheduler")),
+        args,
+        "SCHEDULER_CONFIG",
+    )
 }
 
 #[test]
@@ -58,12 +23,10 @@ fn example_file_has_every_key_with_its_default_and_no_warnings() {
     assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
     assert_eq!(loaded.value, SchedulerConfig::default());
 
-    let example = parse(&std::fs::read_to_string(&path).unwrap_or_default());
-    let printed = parse(&SchedulerConfig::default().to_yaml().unwrap_or_default());
-    let (mut in_example, mut in_config) = (BTreeSet::new(), BTreeSet::new());
-    key_paths(&example, "", &mut in_example);
-    key_paths(&printed, "", &mut in_config);
-    let missing: Vec<_> = in_config.difference(&in_example).collect();
+    let missing = keys_missing_from(
+        &std::fs::read_to_string(&path).unwrap_or_default(),
+        &SchedulerConfig::default().to_yaml().unwrap_or_default(),
+    );
     assert!(
         missing.is_empty(),
         "keys missing from config/scheduler.yaml: {missing:?}"

@@ -3,14 +3,15 @@
 use dragonfly_proto::scheduler::v1 as sch;
 use dragonfly_proto::scheduler::v1::announce_peer_response::Response as Resp;
 use dragonfly_proto::{Download, Host, HostType, Piece, SchedulerClient, TaskState};
+use scheduler::SchedulerState;
 use scheduler::config::SchedulerConfig;
 use scheduler::resource::Resources;
 use scheduler::seed::SeedTrigger;
-use scheduler::{SchedulerState, serve};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use testkit::scheduler::InProcessScheduler;
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 use tonic::transport::Channel;
@@ -21,7 +22,7 @@ const TASK: &str = "task-1";
 struct Cluster {
     client: SchedulerClient<Channel>,
     state: Arc<SchedulerState>,
-    _stop: Arc<oneshot::Sender<()>>,
+    _server: Arc<InProcessScheduler>,
 }
 
 fn config(back_to_source_count: u32, retry_back_to_source_limit: u32) -> SchedulerConfig {
@@ -34,29 +35,23 @@ fn config(back_to_source_count: u32, retry_back_to_source_limit: u32) -> Schedul
     c
 }
 
+/// [`config`]`(1, 5)` with `scheduler.childLimit` at `n`.
+fn with_child_limit(n: u32) -> SchedulerConfig {
+    let mut c = config(1, 5);
+    c.scheduler.child_limit = n;
+    c
+}
+
 async fn start(config: SchedulerConfig) -> Cluster {
     start_with(SchedulerState::new(config)).await
 }
 
 async fn start_with(state: SchedulerState) -> Cluster {
-    let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
-        Ok(l) => l,
-        Err(e) => panic!("bind: {e}"),
-    };
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
-    let state = Arc::new(state);
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(serve(listener, state.clone(), async move {
-        let _ = stopped.await;
-    }));
-    let client = match SchedulerClient::connect(format!("http://{addr}")).await {
-        Ok(c) => c,
-        Err(e) => panic!("connect: {e}"),
-    };
+    let server = InProcessScheduler::with_state(state).await;
     Cluster {
-        client,
-        state,
-        _stop: Arc::new(stop),
+        client: server.client.clone(),
+        state: server.state.clone(),
+        _server: Arc::new(server),
     }
 }
 
@@ -104,6 +99,24 @@ impl Cluster {
         p.rx = Some(stream);
         let first = p.next().await;
         (p, first)
+    }
+
+    /// Announces hosts `h1` ..= `h{n}` on 127.0.0.2 and up.
+    async fn hosts(&mut self, n: u8) {
+        for i in 1..=n {
+            self.host(&format!("h{i}"), &format!("127.0.0.{}", i + 1))
+                .await;
+        }
+    }
+
+    /// [`Self::register`], asserting the scheduler sends the peer to the source, and the peer
+    /// saying it started there.
+    async fn register_to_source(&mut self, host: &str, peer: &str) -> SimPeer {
+        let (p, answer) = self.register(host, peer).await;
+        assert!(is_back_to_source(&answer), "{peer}: {answer:?}");
+        p.send(sch::DownloadPeerBackToSourceStartedRequest { description: None })
+            .await;
+        p
     }
 
     fn has_cycle(&self) -> bool {
@@ -182,22 +195,24 @@ fn is_back_to_source(r: &Resp) -> bool {
 }
 
 /// Waits until the scheduler has processed the peer's earlier messages.
+/// A cluster of hosts `h1` ..= `h{hosts}` where `p1` on `h1` went to the source and holds
+/// piece 0 (settled).
+async fn p1_holds_piece_0(config: SchedulerConfig, hosts: u8) -> (Cluster, SimPeer) {
+    let mut c = start(config).await;
+    c.hosts(hosts).await;
+    let p1 = c.register_to_source("h1", "p1").await;
+    p1.piece_from_source(0).await;
+    settle().await;
+    (c, p1)
+}
+
 async fn settle() {
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
 #[tokio::test]
 async fn first_peer_goes_to_source_and_feeds_the_second() {
-    let mut c = start(config(1, 5)).await;
-    c.host("h1", "127.0.0.2").await;
-    c.host("h2", "127.0.0.3").await;
-
-    let (p1, first) = c.register("h1", "p1").await;
-    assert!(is_back_to_source(&first), "{first:?}");
-    p1.send(sch::DownloadPeerBackToSourceStartedRequest { description: None })
-        .await;
-    p1.piece_from_source(0).await;
-    settle().await;
+    let (mut c, p1) = p1_holds_piece_0(config(1, 5), 2).await;
 
     let (_p2, answer) = c.register("h2", "p2").await;
     let Resp::NormalTaskResponse(normal) = &answer else {
@@ -239,8 +254,7 @@ async fn first_peer_goes_to_source_and_feeds_the_second() {
 #[tokio::test]
 async fn second_peer_waits_for_the_one_going_to_source() {
     let mut c = start(config(1, 5)).await;
-    c.host("h1", "127.0.0.2").await;
-    c.host("h2", "127.0.0.3").await;
+    c.hosts(2).await;
     let (p1, first) = c.register("h1", "p1").await;
     assert!(is_back_to_source(&first));
 
@@ -259,13 +273,7 @@ async fn second_peer_waits_for_the_one_going_to_source() {
 #[tokio::test]
 async fn blocklisted_parent_is_never_offered_again() {
     let mut c = start(config(2, 5)).await;
-    for (h, ip) in [
-        ("h1", "127.0.0.2"),
-        ("h2", "127.0.0.3"),
-        ("h3", "127.0.0.4"),
-    ] {
-        c.host(h, ip).await;
-    }
+    c.hosts(3).await;
     let (p1, a1) = c.register("h1", "p1").await;
     let (p3, a3) = c.register("h3", "p3").await;
     assert!(is_back_to_source(&a1) && is_back_to_source(&a3));
@@ -298,8 +306,7 @@ async fn blocklisted_parent_is_never_offered_again() {
 #[tokio::test]
 async fn reschedule_exhaustion_leads_back_to_source() {
     let mut c = start(config(1, 2)).await;
-    c.host("h1", "127.0.0.2").await;
-    c.host("h2", "127.0.0.3").await;
+    c.hosts(2).await;
     let (p1, _) = c.register("h1", "p1").await;
     p1.piece_from_source(0).await;
     settle().await;
@@ -350,7 +357,7 @@ async fn two_peers_never_feed_each_other() {
 #[tokio::test]
 async fn leaves_and_unknown_messages() {
     let mut c = start(config(1, 5)).await;
-    c.host("h1", "127.0.0.2").await;
+    c.hosts(1).await;
     let (p1, _) = c.register("h1", "p1").await;
     // An empty oneof (a newer peer's message) is ignored and the stream stays up.
     assert!(
@@ -432,7 +439,7 @@ async fn seed_peer_is_triggered_and_offered_while_it_downloads() {
     let trigger = Arc::new(RecordingTrigger::default());
     let mut c = start_with(SchedulerState::with_seed_trigger(cfg, trigger.clone())).await;
     c.host_of_type("seed", "127.0.0.9", HostType::Seed).await;
-    c.host("h1", "127.0.0.2").await;
+    c.hosts(1).await;
 
     let mut seed_client = c.clone();
     // p1 waits: the scheduler asks the seed instead of sending p1 to the origin.
@@ -458,14 +465,9 @@ async fn seed_peer_is_triggered_and_offered_while_it_downloads() {
 #[tokio::test]
 async fn a_source_peer_that_vanishes_leaves_the_graph_and_a_child_takes_over_the_source() {
     let mut c = start(config(1, 5)).await;
-    c.host("h1", "127.0.0.2").await;
-    c.host("h2", "127.0.0.3").await;
-    c.host("h3", "127.0.0.4").await;
+    c.hosts(3).await;
 
-    let (p1, first) = c.register("h1", "p1").await;
-    assert!(is_back_to_source(&first));
-    p1.send(sch::DownloadPeerBackToSourceStartedRequest { description: None })
-        .await;
+    let p1 = c.register_to_source("h1", "p1").await;
     p1.piece_from_source(0).await;
     p1.piece_from_source(1).await;
     settle().await;
@@ -487,10 +489,7 @@ async fn a_source_peer_that_vanishes_leaves_the_graph_and_a_child_takes_over_the
 
     // p3 arrives: p2 holds a piece, but nobody fetches the rest any more, so p3 is sent to the
     // source instead of joining a swarm that would stall.
-    let (p3, answer) = c.register("h3", "p3").await;
-    assert!(is_back_to_source(&answer), "{answer:?}");
-    p3.send(sch::DownloadPeerBackToSourceStartedRequest { description: None })
-        .await;
+    let p3 = c.register_to_source("h3", "p3").await;
     p3.piece_from_source(1).await;
     settle().await;
 
@@ -502,24 +501,7 @@ async fn a_source_peer_that_vanishes_leaves_the_graph_and_a_child_takes_over_the
 
 #[tokio::test]
 async fn a_parent_feeds_at_most_child_limit_children_and_the_swarm_grows_as_a_tree() {
-    let mut cfg = config(1, 5);
-    cfg.scheduler.child_limit = 2;
-    let mut c = start(cfg).await;
-    for (h, ip) in [
-        ("h1", "127.0.0.2"),
-        ("h2", "127.0.0.3"),
-        ("h3", "127.0.0.4"),
-        ("h4", "127.0.0.5"),
-        ("h5", "127.0.0.6"),
-    ] {
-        c.host(h, ip).await;
-    }
-    let (p1, first) = c.register("h1", "p1").await;
-    assert!(is_back_to_source(&first));
-    p1.send(sch::DownloadPeerBackToSourceStartedRequest { description: None })
-        .await;
-    p1.piece_from_source(0).await;
-    settle().await;
+    let (mut c, _p1) = p1_holds_piece_0(with_child_limit(2), 5).await;
 
     let (p2, a2) = c.register("h2", "p2").await;
     let (_p3, a3) = c.register("h3", "p3").await;
@@ -546,18 +528,7 @@ async fn a_parent_feeds_at_most_child_limit_children_and_the_swarm_grows_as_a_tr
 
 #[tokio::test]
 async fn a_full_parent_is_still_better_than_the_origin_on_the_last_attempt() {
-    let mut cfg = config(1, 5);
-    cfg.scheduler.child_limit = 1;
-    let mut c = start(cfg).await;
-    c.host("h1", "127.0.0.2").await;
-    c.host("h2", "127.0.0.3").await;
-    c.host("h3", "127.0.0.4").await;
-    let (p1, first) = c.register("h1", "p1").await;
-    assert!(is_back_to_source(&first));
-    p1.send(sch::DownloadPeerBackToSourceStartedRequest { description: None })
-        .await;
-    p1.piece_from_source(0).await;
-    settle().await;
+    let (mut c, _p1) = p1_holds_piece_0(with_child_limit(1), 3).await;
     let (_p2, a2) = c.register("h2", "p2").await;
     assert_eq!(parent_ids(&a2), vec!["p1"]);
     // p2 has nothing yet and p1 is full: p3 waits, then gets p1 anyway (not the origin).
@@ -567,20 +538,7 @@ async fn a_full_parent_is_still_better_than_the_origin_on_the_last_attempt() {
 
 #[tokio::test]
 async fn more_parents_adds_parents_without_counting_against_the_peer() {
-    let mut c = start(config(1, 1)).await;
-    for (h, ip) in [
-        ("h1", "127.0.0.2"),
-        ("h2", "127.0.0.3"),
-        ("h3", "127.0.0.4"),
-    ] {
-        c.host(h, ip).await;
-    }
-    let (p1, first) = c.register("h1", "p1").await;
-    assert!(is_back_to_source(&first));
-    p1.send(sch::DownloadPeerBackToSourceStartedRequest { description: None })
-        .await;
-    p1.piece_from_source(0).await;
-    settle().await;
+    let (mut c, _p1) = p1_holds_piece_0(config(1, 1), 3).await;
     let (mut p2, a2) = c.register("h2", "p2").await;
     assert_eq!(parent_ids(&a2), vec!["p1"]);
 

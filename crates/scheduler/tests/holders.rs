@@ -12,11 +12,10 @@ use dragonfly_proto::{
     DfdaemonUpload, DfdaemonUploadServer, Download, Host, HostType, SchedulerClient,
 };
 use scheduler::config::SchedulerConfig;
-use scheduler::{SchedulerState, serve};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use testkit::scheduler::InProcessScheduler;
+use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status};
@@ -79,6 +78,36 @@ async fn bind() -> tokio::net::TcpListener {
     }
 }
 
+/// Registers `peer` of `host` for [`TASK`] (`http://origin/held`) and returns the scheduler's
+/// first answer, waiting `wait` at most.
+async fn first_answer(
+    client: &mut SchedulerClient<tonic::transport::Channel>,
+    host: &str,
+    peer: &str,
+    wait: Duration,
+) -> Resp {
+    let (tx, rx) = mpsc::channel(4);
+    let register = sch::RegisterPeerRequest {
+        download: Some(Download {
+            url: "http://origin/held".into(),
+            ..Default::default()
+        }),
+    };
+    assert!(
+        tx.send(sch::AnnouncePeerRequest::new(host, TASK, peer, register))
+            .await
+            .is_ok()
+    );
+    let mut answers = match client.announce_peer(ReceiverStream::new(rx)).await {
+        Ok(s) => s.into_inner(),
+        Err(e) => panic!("announce_peer: {e}"),
+    };
+    match tokio::time::timeout(wait, answers.message()).await {
+        Ok(Ok(Some(sch::AnnouncePeerResponse { response: Some(r) }))) => r,
+        other => panic!("{peer}: no answer: {other:?}"),
+    }
+}
+
 async fn announce(client: &mut SchedulerClient<tonic::transport::Channel>, host: Host) {
     let req = sch::AnnounceHostRequest {
         host: Some(host),
@@ -102,17 +131,8 @@ async fn a_seed_peer_serving_a_task_from_storage_is_a_finished_parent_at_once() 
     // Two seconds of waiting before the scheduler gives up on the seed and says back-to-source.
     config.scheduler.retry_limit = 100;
     config.scheduler.retry_interval = Duration::from_millis(20).into();
-    let listener = bind().await;
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
-    let state = Arc::new(SchedulerState::new(config));
-    let (_stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(serve(listener, state.clone(), async move {
-        let _ = stopped.await;
-    }));
-    let mut client = match SchedulerClient::connect(format!("http://{addr}")).await {
-        Ok(c) => c,
-        Err(e) => panic!("connect: {e}"),
-    };
+    let server = InProcessScheduler::start(config).await;
+    let (state, mut client) = (server.state.clone(), server.client.clone());
     let mut seed = Host {
         id: "seed".into(),
         ip: "127.0.0.1".into(),
@@ -129,27 +149,8 @@ async fn a_seed_peer_serving_a_task_from_storage_is_a_finished_parent_at_once() 
     };
     announce(&mut client, peer_host).await;
 
-    let (tx, rx) = mpsc::channel(4);
-    let register = sch::RegisterPeerRequest {
-        download: Some(Download {
-            url: "http://origin/held".into(),
-            ..Default::default()
-        }),
-    };
-    assert!(
-        tx.send(sch::AnnouncePeerRequest::new("h1", TASK, "p1", register))
-            .await
-            .is_ok()
-    );
     let started = tokio::time::Instant::now();
-    let mut answers = match client.announce_peer(ReceiverStream::new(rx)).await {
-        Ok(s) => s.into_inner(),
-        Err(e) => panic!("announce_peer: {e}"),
-    };
-    let answer = match tokio::time::timeout(Duration::from_secs(10), answers.message()).await {
-        Ok(Ok(Some(sch::AnnouncePeerResponse { response: Some(r) }))) => r,
-        other => panic!("no answer: {other:?}"),
-    };
+    let answer = first_answer(&mut client, "h1", "p1", Duration::from_secs(10)).await;
     let Resp::NormalTaskResponse(normal) = answer else {
         panic!("the seed holds the task, yet the answer was {answer:?}")
     };
@@ -190,17 +191,8 @@ async fn a_restarted_scheduler_asks_for_finished_tasks_and_offers_their_holders(
     config.scheduler.held_peer_limit = 2;
     config.scheduler.retry_limit = 2;
     config.scheduler.retry_interval = Duration::from_millis(10).into();
-    let listener = bind().await;
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
-    let state = Arc::new(SchedulerState::new(config));
-    let (_stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(serve(listener, state.clone(), async move {
-        let _ = stopped.await;
-    }));
-    let mut client = match SchedulerClient::connect(format!("http://{addr}")).await {
-        Ok(c) => c,
-        Err(e) => panic!("connect: {e}"),
-    };
+    let server = InProcessScheduler::start(config).await;
+    let (state, mut client) = (server.state.clone(), server.client.clone());
     let host = |id: &str, ip: &str| Host {
         id: id.into(),
         ip: ip.into(),
@@ -256,26 +248,7 @@ async fn a_restarted_scheduler_asks_for_finished_tasks_and_offers_their_holders(
     );
 
     // A new peer gets the holders as parents, not the origin.
-    let (tx, rx) = mpsc::channel(4);
-    let register = sch::RegisterPeerRequest {
-        download: Some(Download {
-            url: "http://origin/held".into(),
-            ..Default::default()
-        }),
-    };
-    assert!(
-        tx.send(sch::AnnouncePeerRequest::new("h4", TASK, "p4", register))
-            .await
-            .is_ok()
-    );
-    let mut answers = match client.announce_peer(ReceiverStream::new(rx)).await {
-        Ok(s) => s.into_inner(),
-        Err(e) => panic!("announce_peer: {e}"),
-    };
-    let answer = match tokio::time::timeout(Duration::from_secs(5), answers.message()).await {
-        Ok(Ok(Some(sch::AnnouncePeerResponse { response: Some(r) }))) => r,
-        other => panic!("no answer: {other:?}"),
-    };
+    let answer = first_answer(&mut client, "h4", "p4", Duration::from_secs(5)).await;
     let Resp::NormalTaskResponse(normal) = answer else {
         panic!("two hosts hold the task, yet the answer was {answer:?}")
     };
@@ -322,17 +295,8 @@ async fn measure_finished_task_announces() {
     const HOSTS: usize = 16;
     let mut config = SchedulerConfig::default();
     config.seed_peer.enable = false;
-    let listener = bind().await;
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
-    let state = Arc::new(SchedulerState::new(config));
-    let (_stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(serve(listener, state.clone(), async move {
-        let _ = stopped.await;
-    }));
-    let mut client = match SchedulerClient::connect(format!("http://{addr}")).await {
-        Ok(c) => c,
-        Err(e) => panic!("connect: {e}"),
-    };
+    let server = InProcessScheduler::start(config).await;
+    let (state, mut client) = (server.state.clone(), server.client.clone());
     let tasks: Vec<sch::FinishedTask> = (0..TASKS)
         .map(|i| sch::FinishedTask {
             task_id: format!("{i:064x}"),

@@ -4,15 +4,13 @@
 use std::path::Path;
 use testkit::scheduler::SchedulerProcess;
 
-#[tokio::test]
-async fn the_scheduler_raises_its_open_files_limit_to_the_hard_limit() {
+#[test]
+fn the_scheduler_raises_its_open_files_limit_to_the_hard_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let scheduler = SchedulerProcess::start_wrapped(
-        Path::new(env!("CARGO_BIN_EXE_scheduler")),
-        dir.path(),
-        &["prlimit", "--nofile=256:4096"],
-    )
-    .await;
+    let scheduler = SchedulerProcess::builder(dir.path())
+        .bin(Path::new(env!("CARGO_BIN_EXE_scheduler")))
+        .wrapped(&["prlimit", "--nofile=256:4096"])
+        .start();
     // It listens only after raising the limit.
     let limits = testkit::process::open_files_limits(scheduler.pid());
     assert_eq!(limits, Some(("4096".into(), "4096".into())), "soft, hard");

@@ -7,11 +7,12 @@ use dragonfly_proto::scheduler::v1 as sch;
 use dragonfly_proto::scheduler::v1::announce_peer_request::Request as Req;
 use dragonfly_proto::{Download, Host, Piece, SchedulerClient};
 use scheduler::config::SchedulerConfig;
-use scheduler::{SchedulerState, serve};
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use testkit::scheduler::InProcessScheduler;
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+use tonic::transport::Channel;
 
 const TASK: &str = "bounds-task";
 
@@ -76,20 +77,41 @@ fn extreme_messages() -> Vec<(&'static str, Req)> {
     ]
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn extreme_numbers_close_the_stream_and_are_not_stored() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut config = SchedulerConfig::default();
-    config.seed_peer.enable = false;
-    let state = Arc::new(SchedulerState::new(config));
-    let (_stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(serve(listener, state.clone(), async move {
-        let _ = stopped.await;
-    }));
-    let mut client = SchedulerClient::connect(format!("http://{addr}"))
+/// Opens `peer`'s stream (host `h`) and sends its registration for [`TASK`] with
+/// `piece_length`: the sender for more messages and the scheduler's answers.
+async fn register(
+    client: &mut SchedulerClient<Channel>,
+    peer: &str,
+    piece_length: Option<u64>,
+) -> (
+    mpsc::Sender<sch::AnnouncePeerRequest>,
+    Streaming<sch::AnnouncePeerResponse>,
+) {
+    let (tx, rx) = mpsc::channel(4);
+    let register = sch::RegisterPeerRequest {
+        download: Some(Download {
+            url: "http://origin/file".into(),
+            piece_length,
+            ..Default::default()
+        }),
+    };
+    tx.send(sch::AnnouncePeerRequest::new("h", TASK, peer, register))
         .await
         .unwrap();
+    let stream = client
+        .announce_peer(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    (tx, stream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extreme_numbers_close_the_stream_and_are_not_stored() {
+    let mut config = SchedulerConfig::default();
+    config.seed_peer.enable = false;
+    let server = InProcessScheduler::start(config).await;
+    let (state, mut client) = (server.state.clone(), server.client.clone());
     let host = Host {
         id: "h".into(),
         ip: "127.0.0.1".into(),
@@ -105,22 +127,7 @@ async fn extreme_numbers_close_the_stream_and_are_not_stored() {
         .unwrap();
     for (i, (what, msg)) in extreme_messages().into_iter().enumerate() {
         let peer = format!("peer-{i}");
-        let (tx, rx) = mpsc::channel(4);
-        let register = sch::RegisterPeerRequest {
-            download: Some(Download {
-                url: "http://origin/file".into(),
-                piece_length: Some(4 << 20),
-                ..Default::default()
-            }),
-        };
-        tx.send(sch::AnnouncePeerRequest::new("h", TASK, &peer, register))
-            .await
-            .unwrap();
-        let mut stream = client
-            .announce_peer(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
+        let (tx, mut stream) = register(&mut client, &peer, Some(4 << 20)).await;
         let first = stream.message().await;
         assert!(
             matches!(first, Ok(Some(_))),
@@ -164,34 +171,12 @@ async fn extreme_numbers_close_the_stream_and_are_not_stored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_scheduler_closes_open_peer_streams_after_the_grace_period() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let state = Arc::new(SchedulerState::new(SchedulerConfig::default()));
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, state, async move {
-        let _ = stopped.await;
-    }));
-    let mut client = SchedulerClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let mut server = InProcessScheduler::start(SchedulerConfig::default()).await;
+    let mut client = server.client.clone();
     // A peer in the middle of a download: registered, its stream open, sending nothing more.
-    let (tx, rx) = mpsc::channel(4);
-    let register = sch::RegisterPeerRequest {
-        download: Some(Download {
-            url: "http://origin/file".into(),
-            ..Default::default()
-        }),
-    };
-    tx.send(sch::AnnouncePeerRequest::new("h", TASK, "p", register))
-        .await
-        .unwrap();
-    let mut stream = client
-        .announce_peer(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut stream) = register(&mut client, "p", None).await;
     assert!(matches!(stream.message().await, Ok(Some(_))));
-    stop.send(()).unwrap();
+    let server = server.stop();
     // Before, the stop waited for this stream for as long as it stayed open.
     let ended = tokio::time::timeout(
         scheduler::server::SHUTDOWN_GRACE + Duration::from_secs(10),

@@ -67,6 +67,16 @@ pub struct Behavior {
     pub no_length: bool,
 }
 
+impl Behavior {
+    /// Well-behaved, but waiting `frame_delay` between body frames (64 KiB each): a slow origin.
+    pub fn slow(frame_delay: Duration) -> Self {
+        Behavior {
+            frame_delay,
+            ..Behavior::default()
+        }
+    }
+}
+
 /// Where a resource's bytes come from.
 #[derive(Debug, Clone)]
 pub enum Content {
@@ -258,6 +268,38 @@ impl Origin {
     pub fn with_rate_limit(mut self, bytes_per_sec: u64) -> Self {
         self.rate_limit = (bytes_per_sec > 0).then(|| Arc::new(RateLimiter::new(bytes_per_sec)));
         self
+    }
+
+    /// A new origin serving `routes`, running on 127.0.0.1: the routing table (more routes can
+    /// be added while it runs) and the running server. Panics when it cannot bind (test helper).
+    pub async fn serving<P: AsRef<str>>(
+        routes: impl IntoIterator<Item = (P, Resource)>,
+    ) -> (Origin, RunningOrigin) {
+        let origin = Origin::new();
+        for (path, resource) in routes {
+            origin.route(path.as_ref(), resource);
+        }
+        let running = origin.spawn().await.expect("bind an origin on 127.0.0.1");
+        (origin, running)
+    }
+
+    /// A new origin serving `len` deterministic bytes from `seed` ([`crate::data::random_bytes`])
+    /// at `path`: the bytes, the routing table and the running server.
+    pub async fn random(path: &str, seed: u64, len: usize) -> (Vec<u8>, Origin, RunningOrigin) {
+        Self::random_with(path, seed, len, Behavior::default()).await
+    }
+
+    /// [`Origin::random`], misbehaving as `behavior` says.
+    pub async fn random_with(
+        path: &str,
+        seed: u64,
+        len: usize,
+        behavior: Behavior,
+    ) -> (Vec<u8>, Origin, RunningOrigin) {
+        let data = crate::data::random_bytes(seed, len);
+        let resource = Resource::bytes(data.clone()).with(behavior);
+        let (origin, running) = Origin::serving([(path, resource)]).await;
+        (data, origin, running)
     }
 
     /// Serve `resource` at `path` (e.g. `/blob`).

@@ -1,4 +1,4 @@
-//! What the kernel says about a running process (Linux `/proc`).
+//! What the kernel says about a running process (Linux `/proc`), and signals to it.
 
 /// The soft and hard limits on open files of process `pid`, as `/proc/PID/limits` writes them
 /// (`"4096"`, `"unlimited"`); `None` when the process or the line is gone.
@@ -7,6 +7,17 @@ pub fn open_files_limits(pid: u32) -> Option<(String, String)> {
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
     let mut numbers = line.split_whitespace().skip(3);
     Some((numbers.next()?.to_string(), numbers.next()?.to_string()))
+}
+
+/// Send `signal` (`TERM`, `KILL`, ...) to process `pid` with kill(1); panics when kill fails
+/// (test helper).
+pub fn signal(pid: u32, signal: &str) {
+    let s = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(s.success(), "kill -{signal} {pid} failed");
 }
 
 #[cfg(test)]

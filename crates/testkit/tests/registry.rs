@@ -16,6 +16,71 @@ fn pki(dir: &Path) -> testkit::registry::Pki {
     testkit::registry::Pki::generate(&dir.join("pki"), &["registry.test"]).expect("generate PKI")
 }
 
+/// An anonymous registry with an image of `layers` (sizes) pushed as `repo:v1`.
+struct Pushed {
+    tmp: tempfile::TempDir,
+    pki: testkit::registry::Pki,
+    reg: Registry,
+    image: TestImage,
+}
+
+impl Pushed {
+    async fn new(repo: &str, layers: &[u64], seed: u64) -> Pushed {
+        let tmp = tempfile::tempdir().unwrap();
+        let pki = pki(tmp.path());
+        let reg = Registry::start(RegistryOptions::new(&pki)).await.unwrap();
+        let spec = ImageSpec::new(repo, "v1", layers, seed);
+        let image = reg
+            .client()
+            .unwrap()
+            .push_new_image(&spec, &tmp.path().join("layers"))
+            .await
+            .unwrap();
+        Pushed {
+            tmp,
+            pki,
+            reg,
+            image,
+        }
+    }
+
+    /// A second registry serving the same storage, with htpasswd user `tester:testpass`.
+    async fn with_auth(&self) -> Registry {
+        Registry::start(
+            RegistryOptions::new(&self.pki)
+                .auth("tester", "testpass")
+                .storage(self.reg.storage_dir()),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// A `certs.d` directory trusting the registry's CA.
+    fn certs(&self) -> std::path::PathBuf {
+        self.pki
+            .cert_dir(&self.tmp.path().join("certs.d"), &[])
+            .unwrap()
+    }
+}
+
+/// `skopeo copy` of `image` from `reg` into `dir:out`, with `extra` arguments first.
+async fn skopeo_copy(
+    extra: &[&str],
+    certs: &Path,
+    reg: &Registry,
+    image: &TestImage,
+    out: &Path,
+) -> Result<String, testkit::registry::Error> {
+    let mut cmd = skopeo();
+    cmd.args(["copy", "-q"])
+        .args(extra)
+        .arg("--src-cert-dir")
+        .arg(certs)
+        .arg(format!("docker://{}", image.reference(&reg.host_port())))
+        .arg(format!("dir:{}", out.display()));
+    run(cmd).await
+}
+
 /// The layers skopeo wrote to `out` (dir: transport, blobs named by hex digest) match the pushed ones.
 fn assert_skopeo_dir_matches(out: &Path, image: &TestImage) {
     for layer in &image.layers {
@@ -61,39 +126,19 @@ async fn assert_each_layer_served_once(reg: &Registry, image: &TestImage) {
 
 #[tokio::test]
 async fn skopeo_pulls_pushed_image_from_anonymous_and_htpasswd_registries() {
-    let tmp = tempfile::tempdir().unwrap();
-    let pki = pki(tmp.path());
-    let anon = Registry::start(RegistryOptions::new(&pki)).await.unwrap();
-    let auth = Registry::start(
-        RegistryOptions::new(&pki)
-            .auth("tester", "testpass")
-            .storage(anon.storage_dir()),
-    )
-    .await
-    .unwrap();
+    let p = Pushed::new("e2e/skopeo", &[3000, 70_000, 300_000], 1).await;
+    let (anon, image, tmp) = (&p.reg, &p.image, p.tmp.path());
+    let auth = p.with_auth().await;
     assert_ne!(anon.port(), auth.port());
     assert_eq!(anon.url(), format!("https://registry.test:{}", anon.port()));
-
-    let spec = ImageSpec::new("e2e/skopeo", "v1", &[3000, 70_000, 300_000], 1);
-    let image = anon
-        .client()
-        .unwrap()
-        .push_new_image(&spec, &tmp.path().join("layers"))
-        .await
-        .unwrap();
     assert_eq!(image.layers.len(), 3);
-    let certs = pki.cert_dir(&tmp.path().join("certs.d"), &[]).unwrap();
+    let certs = p.certs();
 
     // Anonymous pull.
-    let out = tmp.path().join("out-anon");
-    let mut cmd = skopeo();
-    cmd.args(["copy", "-q", "--src-cert-dir"])
-        .arg(&certs)
-        .arg(format!("docker://{}", image.reference(&anon.host_port())))
-        .arg(format!("dir:{}", out.display()));
-    run(cmd).await.unwrap();
-    assert_skopeo_dir_matches(&out, &image);
-    assert_each_layer_served_once(&anon, &image).await;
+    let out = tmp.join("out-anon");
+    skopeo_copy(&[], &certs, anon, image, &out).await.unwrap();
+    assert_skopeo_dir_matches(&out, image);
+    assert_each_layer_served_once(anon, image).await;
     assert_eq!(
         anon.blob_gets(&image.config.digest).unwrap(),
         1,
@@ -101,32 +146,18 @@ async fn skopeo_pulls_pushed_image_from_anonymous_and_htpasswd_registries() {
     );
 
     // The htpasswd instance serves the same storage, but only with credentials.
-    let denied = tmp.path().join("out-denied");
-    let mut cmd = skopeo();
-    cmd.args(["copy", "-q", "--src-cert-dir"])
-        .arg(&certs)
-        .arg(format!("docker://{}", image.reference(&auth.host_port())))
-        .arg(format!("dir:{}", denied.display()));
-    let err = run(cmd)
+    let err = skopeo_copy(&[], &certs, &auth, image, &tmp.join("out-denied"))
         .await
         .expect_err("pull without credentials must fail");
     assert!(err.to_string().contains("unauthorized"), "{err}");
 
-    let out = tmp.path().join("out-auth");
-    let mut cmd = skopeo();
-    cmd.args([
-        "copy",
-        "-q",
-        "--src-creds",
-        "tester:testpass",
-        "--src-cert-dir",
-    ])
-    .arg(&certs)
-    .arg(format!("docker://{}", image.reference(&auth.host_port())))
-    .arg(format!("dir:{}", out.display()));
-    run(cmd).await.unwrap();
-    assert_skopeo_dir_matches(&out, &image);
-    assert_each_layer_served_once(&auth, &image).await;
+    let out = tmp.join("out-auth");
+    let creds = ["--src-creds", "tester:testpass"];
+    skopeo_copy(&creds, &certs, &auth, image, &out)
+        .await
+        .unwrap();
+    assert_skopeo_dir_matches(&out, image);
+    assert_each_layer_served_once(&auth, image).await;
     // The pull without credentials was refused; the one with them got the manifest.
     let reqs = auth.requests().unwrap();
     let manifest_gets: Vec<u16> = reqs
@@ -145,23 +176,9 @@ async fn skopeo_pulls_pushed_image_from_anonymous_and_htpasswd_registries() {
 
 #[tokio::test]
 async fn containerd_pulls_and_unpacks_pushed_image() {
-    let tmp = tempfile::tempdir().unwrap();
-    let pki = pki(tmp.path());
-    let reg = Registry::start(RegistryOptions::new(&pki)).await.unwrap();
-    let auth = Registry::start(
-        RegistryOptions::new(&pki)
-            .auth("tester", "testpass")
-            .storage(reg.storage_dir()),
-    )
-    .await
-    .unwrap();
-    let spec = ImageSpec::new("e2e/ctr", "v1", &[4096, 100_000, 1_000_000], 2);
-    let image = reg
-        .client()
-        .unwrap()
-        .push_new_image(&spec, &tmp.path().join("layers"))
-        .await
-        .unwrap();
+    let p = Pushed::new("e2e/ctr", &[4096, 100_000, 1_000_000], 2).await;
+    let (reg, image, tmp, pki) = (&p.reg, &p.image, &p.tmp, &p.pki);
+    let auth = p.with_auth().await;
     let containerd = Containerd::start().await.unwrap();
 
     // --hosts-dir with the CA in hosts.toml.
@@ -216,17 +233,9 @@ async fn containerd_pulls_and_unpacks_pushed_image() {
 
 #[tokio::test]
 async fn podman_pulls_pushed_image_into_vfs_storage() {
-    let tmp = tempfile::tempdir().unwrap();
-    let pki = pki(tmp.path());
-    let reg = Registry::start(RegistryOptions::new(&pki)).await.unwrap();
-    let spec = ImageSpec::new("e2e/podman", "v1", &[2048, 50_000, 200_000], 3);
-    let image = reg
-        .client()
-        .unwrap()
-        .push_new_image(&spec, &tmp.path().join("layers"))
-        .await
-        .unwrap();
-    let certs = pki.cert_dir(&tmp.path().join("certs.d"), &[]).unwrap();
+    let p = Pushed::new("e2e/podman", &[2048, 50_000, 200_000], 3).await;
+    let (reg, image) = (&p.reg, &p.image);
+    let certs = p.certs();
     let podman = Podman::new().unwrap();
     let reference = image.reference(&reg.host_port());
     let mut pull = podman.command(["pull", "-q", "--cert-dir"]);
@@ -239,28 +248,17 @@ async fn podman_pulls_pushed_image_into_vfs_storage() {
 
 #[tokio::test]
 async fn corrupt_blob_is_served_with_wrong_bytes_and_clients_reject_it() {
-    let tmp = tempfile::tempdir().unwrap();
-    let pki = pki(tmp.path());
-    let reg = Registry::start(RegistryOptions::new(&pki)).await.unwrap();
+    let p = Pushed::new("e2e/corrupt", &[10_000, 20_000], 4).await;
+    let (reg, image) = (&p.reg, &p.image);
     let client = reg.client().unwrap();
-    let spec = ImageSpec::new("e2e/corrupt", "v1", &[10_000, 20_000], 4);
-    let image = client
-        .push_new_image(&spec, &tmp.path().join("layers"))
-        .await
-        .unwrap();
     let bad = &image.layers[1];
     reg.corrupt_blob(&bad.digest).unwrap();
     let served = client.get_blob(&image.repo, &bad.digest).await.unwrap();
     assert_eq!(served.len() as u64, bad.size, "same length");
     assert_ne!(sha256_digest(&served), bad.digest, "wrong bytes");
 
-    let certs = pki.cert_dir(&tmp.path().join("certs.d"), &[]).unwrap();
-    let mut cmd = skopeo();
-    cmd.args(["copy", "-q", "--src-cert-dir"])
-        .arg(&certs)
-        .arg(format!("docker://{}", image.reference(&reg.host_port())))
-        .arg(format!("dir:{}", tmp.path().join("out").display()));
-    let err = run(cmd)
+    let out = p.tmp.path().join("out");
+    let err = skopeo_copy(&[], &p.certs(), reg, image, &out)
         .await
         .expect_err("skopeo must reject a blob that does not match its digest");
     assert!(

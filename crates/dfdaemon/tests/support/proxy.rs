@@ -1,103 +1,33 @@
-//! A daemon with its proxy, started in-process on 127.0.0.1 for the proxy tests, and raw-socket
-//! helpers to talk to it.
+//! A daemon with its proxy, started in-process on 127.0.0.1 for the proxy tests (testkit's
+//! builder), and raw-socket helpers to talk to it.
 #![allow(dead_code)] // each test file uses its own subset
 
 use dfdaemon::config::DfdaemonConfig;
-use dragonfly_common::task_id::TaskId;
 use std::net::SocketAddr;
 use std::time::Duration;
+use testkit::daemon::{DaemonProcess, InProcessDaemon};
+use testkit::net::free_port;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The test origins run on 127.0.0.1 (and `localhost`): the proxy reaches loopback hosts only
 /// when they are listed, as a user would list a registry on the node itself.
 pub const LOCAL: &str = "  whiteList:\n    - host: 127.0.0.1\n    - host: localhost\n";
 
-/// A port free on 127.0.0.1 right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+/// A daemon in this process with its proxy on 127.0.0.1 and `section` YAML under `proxy:`.
+pub async fn daemon(section: &str) -> InProcessDaemon {
+    daemon_with(|_| {}, section).await
 }
 
-/// A daemon running in this process; stopped on drop.
-pub struct Daemon {
-    /// The proxy listener.
-    pub proxy: SocketAddr,
-    /// The upload server.
-    pub upload: SocketAddr,
-    pub cfg: DfdaemonConfig,
-    _dir: tempfile::TempDir,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
-impl Daemon {
-    pub fn url(&self) -> String {
-        format!("http://{}", self.proxy)
-    }
-
-    /// A client that sends everything through the proxy.
-    pub fn client(&self) -> reqwest::Client {
-        reqwest::Client::builder()
-            .proxy(reqwest::Proxy::all(self.url()).expect("proxy url"))
-            .build()
-            .expect("client")
-    }
-
-    /// Whether any file of this task is on disk.
-    pub fn stored(&self, id: &TaskId) -> bool {
-        find_file(&self.cfg.data_dir, id.as_str())
-    }
-}
-
-fn find_file(dir: &std::path::Path, name: &str) -> bool {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return false;
-    };
-    entries.flatten().any(|e| {
-        let p = e.path();
-        if p.is_dir() {
-            find_file(&p, name)
-        } else {
-            p.file_name().is_some_and(|n| n.to_string_lossy() == name)
-        }
-    })
-}
-
-/// A daemon with `extra` YAML under `proxy:`.
-pub async fn daemon(extra: &str) -> Daemon {
-    daemon_with("", extra).await
-}
-
-/// A daemon with `download` YAML under `download:` and `extra` YAML under `proxy:`.
-pub async fn daemon_with(download: &str, extra: &str) -> Daemon {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let d = dir.path().display();
-    let yaml = format!(
-        "dataDir: {d}/data\nlogDir: {d}/log\nkeepStorage: true\n\
-         download:\n  unixListen:\n    socket: {d}/sock\n{download}\
-         upload:\n  tcpListen:\n    listen: 127.0.0.1\n    port: {up}\n\
-         proxy:\n  tcpListen:\n    listen: 127.0.0.1\n    port: {port}\n{extra}",
-        up = free_port(),
-    );
-    let cfg = DfdaemonConfig::from_yaml(&yaml, "test.yaml")
-        .unwrap_or_else(|e| panic!("config: {e}\n{yaml}"))
-        .value;
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let (bound, run) = dfdaemon::daemon::start(cfg.clone(), async {
-        let _ = rx.await;
-    })
-    .await
-    .expect("daemon starts");
-    tokio::spawn(run);
-    Daemon {
-        proxy: bound.proxy.expect("proxy is on"),
-        upload: bound.upload,
-        cfg,
-        _dir: dir,
-        _stop: tx,
-    }
+/// [`daemon`] with `edit` applied to the rest of its config.
+pub async fn daemon_with(edit: impl FnOnce(&mut DfdaemonConfig), section: &str) -> InProcessDaemon {
+    DaemonProcess::temp()
+        .proxy(free_port(), section)
+        .config(|c| {
+            c.keep_storage = true;
+            edit(c);
+        })
+        .start_in_process()
+        .await
 }
 
 /// The response head `s` sends next (up to its blank line).

@@ -133,7 +133,7 @@ impl Registry {
 
         let mut last = String::new();
         for _ in 0..PORT_ATTEMPTS {
-            let port = free_port()?;
+            let port = crate::net::try_free_port().map_err(Error::io("bind", "127.0.0.1:0"))?;
             for log in [&access_log, &app_log] {
                 std::fs::write(log, b"").map_err(Error::io("truncate", log))?;
             }
@@ -395,16 +395,6 @@ pub fn blob_data_path(storage: &Path, digest: &str) -> Result<PathBuf> {
         )));
     }
     Ok(path)
-}
-
-/// A port that was free a moment ago (the registry binds it itself, hence the retries).
-fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(Error::io("bind", "127.0.0.1:0"))?;
-    let port = l
-        .local_addr()
-        .map_err(Error::io("local addr of", "127.0.0.1:0"))?
-        .port();
-    Ok(port)
 }
 
 fn write_htpasswd(path: &Path, user: &str, pass: &str) -> Result<PathBuf> {

@@ -3,15 +3,15 @@
 //! no log line, no stderr, no dfget output, no metadata file, no scheduler or seed peer. Real
 //! processes: a scheduler, a seed peer and a peer, standalone dfget, and the registry mirror.
 
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/swarm.rs"]
-mod swarm;
-
+use crate::support::{MIB, assert_ok, peer, scheduler};
 use dfdaemon::source::oras::Credentials;
 use dragonfly_common::digest::{Algorithm, Digest};
 use std::path::Path;
+use testkit::daemon::DaemonProcess;
 use testkit::data::random_bytes;
+use testkit::dfget::{failed, ok, standalone};
+use testkit::files::same;
+use testkit::net::free_port;
 use testkit::origin::{Behavior, Origin, Resource};
 
 const SECRET: &str = "s3cr3t-pw";
@@ -43,7 +43,7 @@ async fn a_password_in_a_url_is_sent_to_the_origin_and_printed_or_stored_nowhere
     let basic = Credentials::new("me", SECRET).basic_header();
     let basic_text = basic.to_str().unwrap().to_string();
     let encoded = basic_text.trim_start_matches("Basic ").to_string();
-    let data = random_bytes(401, 9 * swarm::MIB);
+    let data = random_bytes(401, 9 * MIB);
     let digest = Digest::of(Algorithm::Sha256, &data);
     let blob = format!("/v2/lib/img/blobs/{digest}");
     let needs_auth = Behavior {
@@ -65,69 +65,59 @@ async fn a_password_in_a_url_is_sent_to_the_origin_and_printed_or_stored_nowhere
     let mut printed = String::new();
 
     // A swarm: the seed peer fetches for the peer, with the credentials the peer was given.
-    let sched = swarm::Scheduler::start(&work.path().join("scheduler"), true);
-    let _seed = swarm::Daemon::start(
+    let sched = scheduler(&work.path().join("scheduler"), true);
+    let _seed = peer(
         &work.path().join("seed"),
         "127.0.7.1",
         &[sched.addr()],
         true,
-    );
-    let peer = swarm::Daemon::start(
+    )
+    .start();
+    let peer = peer(
         &work.path().join("peer"),
         "127.0.7.2",
         &[sched.addr()],
         false,
-    );
+    )
+    .start();
     let out = work.path().join("via-daemon");
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_dfget"))
-        .args([&with_password("/private"), "-O", out.to_str().unwrap()])
-        .arg("--digest")
-        .arg(digest.to_string())
-        .env("DFGET_DAEMON_SOCK", peer.socket())
-        .output()
-        .await
-        .unwrap();
-    swarm::assert_ok(&run, "peer");
-    assert!(swarm::same(&out, &data));
+    let digest_text = digest.to_string();
+    let url = with_password("/private");
+    let run = peer
+        .dfget(&[&url, "-O", out.to_str().unwrap(), "--digest", &digest_text])
+        .await;
+    assert_ok(&run, "peer");
+    assert!(same(&out, &data));
     assert!(peer.fed().keys().all(|k| k != "source"), "{:?}", peer.fed());
     printed.push_str(&String::from_utf8_lossy(&run.stdout));
     printed.push_str(&String::from_utf8_lossy(&run.stderr));
 
     // Standalone dfget, and its error line for a wrong digest.
     let out = work.path().join("standalone");
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_dfget"))
-        .args([
-            "--standalone",
-            &with_password("/private"),
-            "-O",
-            out.to_str().unwrap(),
-        ])
-        .output()
-        .await
-        .unwrap();
-    daemon::ok(&run);
-    assert!(swarm::same(&out, &data));
+    let run = standalone(&[&with_password("/private"), "-O", out.to_str().unwrap()]).await;
+    ok(&run);
+    assert!(same(&out, &data));
     printed.push_str(&String::from_utf8_lossy(&run.stdout));
     let wrong = format!("sha256:{}", "0".repeat(64));
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_dfget"))
-        .args(["--standalone", &with_password("/private"), "-O"])
-        .arg(work.path().join("wrong"))
-        .args(["--digest", &wrong])
-        .output()
-        .await
-        .unwrap();
-    printed.push_str(&daemon::failed(&run));
+    let wrong_out = work.path().join("wrong");
+    let run = standalone(&[
+        &with_password("/private"),
+        "-O",
+        wrong_out.to_str().unwrap(),
+        "--digest",
+        &wrong,
+    ])
+    .await;
+    printed.push_str(&failed(&run));
 
     // The registry mirror with credentials in X-Dragonfly-Registry.
-    let proxy_port = daemon::free_port();
-    let mirror = daemon::Daemon::start_with(
-        &work.path().join("mirror"),
-        &[],
-        daemon::free_port(),
-        &format!(
-            "proxy:\n  tcpListen:\n    listen: 127.0.0.1\n    port: {proxy_port}\n  registryMirror:\n    dynamic: true\n    allow:\n      - host: 127.0.0.1\n"
-        ),
-    );
+    let proxy_port = free_port();
+    let mirror = DaemonProcess::builder(&work.path().join("mirror"))
+        .proxy(
+            proxy_port,
+            "  registryMirror:\n    dynamic: true\n    allow:\n      - host: 127.0.0.1\n",
+        )
+        .start();
     let registry = with_password("");
     let body = reqwest::Client::new()
         .get(format!("http://127.0.0.1:{proxy_port}{blob}"))

@@ -3,16 +3,16 @@
 //! consistently is caught by the content digest, and an origin that changes mid-download never
 //! yields a file mixed of two versions. Real daemon processes, real dfget, a real origin.
 
-#[path = "support/daemon.rs"]
-mod daemon;
-
-use daemon::{Daemon, content_file, failed, free_port, ok, scribble};
 use dragonfly_common::digest::{Algorithm, Digest};
 use dragonfly_common::task_id::TaskId;
 use std::path::Path;
 use std::time::Duration;
+use testkit::daemon::DaemonProcess;
 use testkit::data::random_bytes;
-use testkit::origin::{Behavior, Origin, Resource};
+use testkit::dfget::{failed, ok, standalone};
+use testkit::files::{content_file, scribble};
+use testkit::net::free_port;
+use testkit::origin::{Behavior, Origin, Resource, RunningOrigin};
 
 const MIB: usize = 1 << 20;
 
@@ -24,17 +24,28 @@ fn read(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap_or_default()
 }
 
+/// An origin serving 24 MiB of `seed`'s bytes (v1) at `path` that turns into another 24 MiB
+/// (v2, from `seed + 1`, another ETag) after the GETs `behavior.new_version_after_gets` names
+/// (2 when it names none), misbehaving otherwise as `behavior` says: v2 and the origin.
+async fn changing(path: &str, seed: u64, mut behavior: Behavior) -> (Vec<u8>, RunningOrigin) {
+    let v1 = random_bytes(seed, 24 * MIB);
+    let v2 = random_bytes(seed + 1, 24 * MIB);
+    let after = behavior.new_version_after_gets.map_or(2, |(n, _)| n);
+    behavior.new_version_after_gets = Some((after, v2.clone().into()));
+    let (_origin, o) = Origin::serving([(path, Resource::bytes(v1).with(behavior))]).await;
+    (v2, o)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_digest_is_refused_for_content_the_daemon_already_holds() {
-    let data = random_bytes(301, 12 * MIB + 5);
-    let origin = Origin::new();
-    origin.route("/held", Resource::bytes(data.clone()));
-    let o = origin.spawn().await.unwrap();
+    let (data, _origin, o) = Origin::random("/held", 301, 12 * MIB + 5).await;
     let url = o.url("/held");
     let work = tempfile::tempdir().unwrap();
     let wrong = format!("sha256:{}", "0".repeat(64));
-    for (name, extra) in [("copy", ""), ("hardlink", "storage:\n  multiplex: true\n")] {
-        let d = Daemon::start_with(&work.path().join(name), &[], free_port(), extra);
+    for (name, multiplex) in [("copy", false), ("hardlink", true)] {
+        let d = DaemonProcess::builder(&work.path().join(name))
+            .multiplex(multiplex)
+            .start();
         let out = |n: &str| work.path().join(format!("{name}-{n}"));
         let first = out("first");
         ok(&d.dfget(&[&url, "-O", first.to_str().unwrap()]).await);
@@ -89,15 +100,12 @@ async fn callers_joining_a_running_download_are_checked_against_their_own_digest
     let wrong = format!("sha256:{}", "e".repeat(64));
     let origin = Origin::new();
     // Slow enough (about 2 s a piece) that the later callers join the running task.
-    let slow = Behavior {
-        frame_delay: Duration::from_millis(30),
-        ..Behavior::default()
-    };
+    let slow = Behavior::slow(Duration::from_millis(30));
     origin.route("/a", Resource::bytes(data.clone()).with(slow.clone()));
     origin.route("/b", Resource::bytes(data.clone()).with(slow));
     let o = origin.spawn().await.unwrap();
     let work = tempfile::tempdir().unwrap();
-    let d = Daemon::start(&work.path().join("d"), &[], free_port());
+    let d = DaemonProcess::builder(&work.path().join("d")).start();
     let out = |n: &str| work.path().join(n).to_str().unwrap().to_string();
 
     // The first caller's digest is wrong; a joiner with the right one gets its file, one
@@ -143,13 +151,10 @@ async fn callers_joining_a_running_download_are_checked_against_their_own_digest
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_piece_damaged_on_disk_is_fetched_again_before_it_reaches_an_output() {
-    let data = random_bytes(303, 24 * MIB);
-    let origin = Origin::new();
-    origin.route("/f", Resource::bytes(data.clone()));
-    let o = origin.spawn().await.unwrap();
+    let (data, _origin, o) = Origin::random("/f", 303, 24 * MIB).await;
     let url = o.url("/f");
     let work = tempfile::tempdir().unwrap();
-    let d = Daemon::start(&work.path().join("d"), &[], free_port());
+    let d = DaemonProcess::builder(&work.path().join("d")).start();
     let first = work.path().join("first");
     ok(&d.dfget(&[&url, "-O", first.to_str().unwrap()]).await);
     // 8 bytes overwritten inside piece 2 (4 MiB pieces) of the stored content.
@@ -194,18 +199,18 @@ async fn a_piece_damaged_on_disk_is_fetched_again_before_it_reaches_an_output() 
 async fn a_parent_lying_consistently_is_caught_by_the_digest_and_the_source_asked() {
     let data = random_bytes(304, 24 * MIB);
     let digest = sha256(&data);
-    let origin = Origin::new();
-    origin.route("/l", Resource::bytes(data.clone()));
-    let o = origin.spawn().await.unwrap();
+    let (_origin, o) = Origin::serving([("/l", Resource::bytes(data.clone()))]).await;
     let url = o.url("/l");
     let id = TaskId::for_url(&url, "", "", None, &[]);
     let work = tempfile::tempdir().unwrap();
     let a_port = free_port();
-    let mut a = Daemon::start(&work.path().join("a"), &[], a_port);
+    let mut a = DaemonProcess::builder(&work.path().join("a"))
+        .upload_port(a_port)
+        .start();
     ok(&a
         .dfget(&[&url, "-O", work.path().join("out-a").to_str().unwrap()])
         .await);
-    a.stop();
+    a.kill();
     // Make the parent a consistent liar: piece 1 holds garbage and its record the garbage's
     // crc32, so every child's per-piece check passes.
     {
@@ -221,8 +226,12 @@ async fn a_parent_lying_consistently_is_caught_by_the_digest_and_the_source_aske
         w.commit(None, Some("")).unwrap();
         s.finish_task(&id).unwrap();
     }
-    let _a = Daemon::start(&work.path().join("a"), &[], a_port);
-    let b = Daemon::start(&work.path().join("b"), &[a_port], free_port());
+    let _a = DaemonProcess::builder(&work.path().join("a"))
+        .upload_port(a_port)
+        .start();
+    let b = DaemonProcess::builder(&work.path().join("b"))
+        .parents(&[a_port])
+        .start();
     let out = work.path().join("out-b");
     ok(&b
         .dfget(&[&url, "-O", out.to_str().unwrap(), "--digest", &digest])
@@ -241,21 +250,13 @@ async fn a_parent_lying_consistently_is_caught_by_the_digest_and_the_source_aske
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_origin_that_changes_mid_download_never_yields_a_mix() {
-    let v1 = random_bytes(305, 24 * MIB);
-    let v2 = random_bytes(306, 24 * MIB);
-    let origin = Origin::new();
     // v1 for the first two GETs, then v2 (another ETag).
-    let changing = Behavior {
-        new_version_after_gets: Some((2, v2.clone().into())),
-        ..Behavior::default()
-    };
-    origin.route("/daemon", Resource::bytes(v1.clone()).with(changing));
-    let o = origin.spawn().await.unwrap();
+    let (v2, o) = changing("/daemon", 305, Behavior::default()).await;
     let work = tempfile::tempdir().unwrap();
 
     // Through the daemon: the change is seen (If-Range) and the task fails cleanly, keeping
     // nothing; the next run gets v2 whole.
-    let d = Daemon::start(&work.path().join("d"), &[], free_port());
+    let d = DaemonProcess::builder(&work.path().join("d")).start();
     let url = o.url("/daemon");
     let out = work.path().join("through-daemon");
     let err = failed(&d.dfget(&[&url, "-O", out.to_str().unwrap()]).await);
@@ -267,57 +268,42 @@ async fn an_origin_that_changes_mid_download_never_yields_a_mix() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_dfget_starts_over_when_the_origin_changes_mid_download() {
-    let v1 = random_bytes(307, 24 * MIB);
-    let v2 = random_bytes(308, 24 * MIB);
-    let origin = Origin::new();
-    let changing = Behavior {
-        new_version_after_gets: Some((2, v2.clone().into())),
-        ..Behavior::default()
-    };
-    origin.route("/alone", Resource::bytes(v1.clone()).with(changing));
-    let o = origin.spawn().await.unwrap();
+    let (v2, o) = changing("/alone", 307, Behavior::default()).await;
     let work = tempfile::tempdir().unwrap();
     let out = work.path().join("standalone");
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_dfget"))
-        .args([
-            "--standalone",
-            &o.url("/alone"),
-            "-O",
-            out.to_str().unwrap(),
-        ])
-        .output()
-        .await
-        .unwrap();
-    ok(&run);
+    ok(&standalone(&[&o.url("/alone"), "-O", out.to_str().unwrap()]).await);
     assert!(read(&out) == v2, "v2, whole");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_download_resumed_after_a_restart_never_mixes_two_versions() {
-    let v1 = random_bytes(309, 24 * MIB);
-    let v2 = random_bytes(310, 24 * MIB);
-    let origin = Origin::new();
     // One range at a time (one GET for all six pieces, about 1.3 s a piece); v2 from the
     // second GET on.
-    let changing = Behavior {
-        frame_delay: Duration::from_millis(20),
-        new_version_after_gets: Some((1, v2.clone().into())),
-        ..Behavior::default()
+    let slow = Behavior {
+        new_version_after_gets: Some((1, Default::default())),
+        ..Behavior::slow(Duration::from_millis(20))
     };
-    origin.route("/r", Resource::bytes(v1.clone()).with(changing));
-    let o = origin.spawn().await.unwrap();
+    let (v2, o) = changing("/r", 309, slow).await;
     let url = o.url("/r");
     let work = tempfile::tempdir().unwrap();
     let port = free_port();
-    let one_lane = "  concurrentPieceCount: 1\n";
-    let mut d = Daemon::start_full(&work.path().join("d"), &[], port, one_lane, "");
+    let one_lane = |c: &mut dfdaemon::config::DfdaemonConfig| {
+        c.download.concurrent_piece_count = 1;
+    };
+    let mut d = DaemonProcess::builder(&work.path().join("d"))
+        .upload_port(port)
+        .config(one_lane)
+        .start();
     let out = work.path().join("out");
     let first = tokio::spawn(d.dfget(&[&url, "-O", out.to_str().unwrap()]));
     tokio::time::sleep(Duration::from_millis(3500)).await;
-    d.stop(); // killed mid-download, the first pieces of v1 stored
+    d.kill(); // killed mid-download, the first pieces of v1 stored
     let _ = first.await;
     assert!(!out.exists());
-    let d = Daemon::start_full(&work.path().join("d"), &[], port, one_lane, "");
+    let d = DaemonProcess::builder(&work.path().join("d"))
+        .upload_port(port)
+        .config(one_lane)
+        .start();
     // The resumed task asks for ranges of v1 (If-Range); the origin now serves v2.
     assert!(
         d.log().contains("resumed: [TaskId("),

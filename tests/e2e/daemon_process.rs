@@ -1,39 +1,41 @@
 //! Real daemon processes (`dfget daemon`) and dfget talking to them over the unix socket.
 
-#[path = "support/daemon.rs"]
-mod daemon;
-
-use daemon::{Daemon, content_file as find_content_file, dfget_at as dfget, free_port, ok};
 use dragonfly_common::digest::{Algorithm, Digest};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
+use testkit::daemon::DaemonProcess;
 use testkit::data::random_bytes;
+use testkit::dfget::{ok, run as dfget};
+use testkit::files::content_file as find_content_file;
+use testkit::net::free_port;
 use testkit::origin::{Behavior, Origin, Resource};
 
 const MIB: usize = 1 << 20;
 
 /// A daemon with static `parents` (upload ports); `multiplex` hardlinks outputs.
-fn start_daemon(dir: &Path, parents: &[u16], upload_port: u16, multiplex: bool) -> Daemon {
-    let extra = if multiplex {
-        "storage:\n  multiplex: true\n"
-    } else {
-        "storage:\n  multiplex: false\n"
-    };
-    Daemon::start_with(dir, parents, upload_port, extra)
+fn start_daemon(dir: &Path, parents: &[u16], upload_port: u16, multiplex: bool) -> DaemonProcess {
+    DaemonProcess::builder(dir)
+        .parents(parents)
+        .upload_port(upload_port)
+        .multiplex(multiplex)
+        .start()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dfget_through_two_daemons_takes_pieces_from_the_parent() {
     let data = random_bytes(21, 40 * MIB + 7);
     let digest = Digest::of(Algorithm::Sha256, &data).to_string();
-    let origin = Origin::new();
-    origin.route("/file", Resource::bytes(data.clone()));
-    let o = origin.spawn().await.unwrap();
+    let (_origin, o) = Origin::serving([("/file", Resource::bytes(data.clone()))]).await;
     let url = o.url("/file");
     let work = tempfile::tempdir().unwrap();
     let a = start_daemon(&work.path().join("a"), &[], free_port(), true);
-    let b = start_daemon(&work.path().join("b"), &[a.upload_port], free_port(), false);
+    let b = start_daemon(
+        &work.path().join("b"),
+        &[a.upload_port()],
+        free_port(),
+        false,
+    );
 
     let out_a = work.path().join("out-a");
     let s = ok(&dfget(
@@ -79,7 +81,7 @@ async fn dfget_through_two_daemons_takes_pieces_from_the_parent() {
         let line = log
             .lines()
             .find(|l| l.contains("peer task done, cost: "))
-            .unwrap_or_else(|| panic!("no 'peer task done' in {}:\n{log}", d.dir.display()));
+            .unwrap_or_else(|| panic!("no 'peer task done' in {}:\n{log}", d.dir().display()));
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         assert!(
             v["msg"]
@@ -145,26 +147,21 @@ async fn daemon_errors_reach_dfget_and_leave_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_daemon_resumes_from_the_pieces_it_has() {
-    let data = random_bytes(23, 48 * MIB);
+    let (data, _origin, o) = Origin::random_with(
+        "/file",
+        23,
+        48 * MIB,
+        Behavior::slow(Duration::from_millis(3)),
+    )
+    .await;
     let digest = Digest::of(Algorithm::Sha256, &data).to_string();
-    let origin = Origin::new();
-    let slow = Behavior {
-        frame_delay: Duration::from_millis(3),
-        ..Behavior::default()
-    };
-    origin.route("/file", Resource::bytes(data.clone()).with(slow));
-    let o = origin.spawn().await.unwrap();
     let url = o.url("/file");
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("a");
     let port = free_port();
     let mut a = start_daemon(&dir, &[], port, false);
     let out = work.path().join("out");
-    let socket = a.socket();
-    let first = tokio::spawn({
-        let (url, out) = (url.clone(), out.clone());
-        async move { dfget(&socket, &[&url, "-O", out.to_str().unwrap()]).await }
-    });
+    let first = tokio::spawn(a.dfget(&[&url, "-O", out.to_str().unwrap()]));
     // Wait until some of the content has been served, then kill -9 the daemon.
     for _ in 0..400 {
         if o.stats.for_path("/file").1 > 16 * MIB as u64 {
@@ -172,8 +169,7 @@ async fn killed_daemon_resumes_from_the_pieces_it_has() {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    a.child.kill().unwrap();
-    a.child.wait().unwrap();
+    a.kill();
     let r = first.await.unwrap();
     assert!(!r.status.success(), "dfget must fail when its daemon dies");
     assert!(!out.exists());
@@ -208,24 +204,25 @@ async fn wait_served(o: &testkit::origin::RunningOrigin, path: &str, bytes: u64)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn child_gets_every_piece_from_a_parent_that_is_still_downloading() {
-    let data = random_bytes(24, 256 * MIB);
+    let (data, _origin, o) = Origin::random_with(
+        "/big",
+        24,
+        256 * MIB,
+        Behavior::slow(Duration::from_millis(4)),
+    )
+    .await;
     let digest = Digest::of(Algorithm::Sha256, &data).to_string();
-    let origin = Origin::new();
-    let slow = Behavior {
-        frame_delay: Duration::from_millis(4),
-        ..Behavior::default()
-    };
-    origin.route("/big", Resource::bytes(data.clone()).with(slow));
-    let o = origin.spawn().await.unwrap();
     let url = o.url("/big");
     let work = tempfile::tempdir().unwrap();
     let a = start_daemon(&work.path().join("a"), &[], free_port(), false);
-    let b = start_daemon(&work.path().join("b"), &[a.upload_port], free_port(), false);
+    let b = start_daemon(
+        &work.path().join("b"),
+        &[a.upload_port()],
+        free_port(),
+        false,
+    );
     let (out_a, out_b) = (work.path().join("out-a"), work.path().join("out-b"));
-    let first = tokio::spawn({
-        let (s, url, out, d) = (a.socket(), url.clone(), out_a.clone(), digest.clone());
-        async move { dfget(&s, &[&url, "-O", out.to_str().unwrap(), "--digest", &d]).await }
-    });
+    let first = tokio::spawn(a.dfget(&[&url, "-O", out_a.to_str().unwrap(), "--digest", &digest]));
     wait_served(&o, "/big", 8 * MIB as u64).await;
     assert!(
         !out_a.exists(),
@@ -248,32 +245,30 @@ async fn child_gets_every_piece_from_a_parent_that_is_still_downloading() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn child_finishes_from_the_source_when_its_parent_is_killed() {
-    let data = random_bytes(25, 96 * MIB);
+    let (data, _origin, o) = Origin::random_with(
+        "/big",
+        25,
+        96 * MIB,
+        Behavior::slow(Duration::from_millis(4)),
+    )
+    .await;
     let digest = Digest::of(Algorithm::Sha256, &data).to_string();
-    let origin = Origin::new();
-    let slow = Behavior {
-        frame_delay: Duration::from_millis(4),
-        ..Behavior::default()
-    };
-    origin.route("/big", Resource::bytes(data.clone()).with(slow));
-    let o = origin.spawn().await.unwrap();
     let url = o.url("/big");
     let work = tempfile::tempdir().unwrap();
     let mut a = start_daemon(&work.path().join("a"), &[], free_port(), false);
-    let b = start_daemon(&work.path().join("b"), &[a.upload_port], free_port(), false);
+    let b = start_daemon(
+        &work.path().join("b"),
+        &[a.upload_port()],
+        free_port(),
+        false,
+    );
     let out_b = work.path().join("out-b");
-    let first = tokio::spawn({
-        let (s, url, out) = (a.socket(), url.clone(), work.path().join("out-a"));
-        async move { dfget(&s, &[&url, "-O", out.to_str().unwrap()]).await }
-    });
+    let out_a = work.path().join("out-a");
+    let first = tokio::spawn(a.dfget(&[&url, "-O", out_a.to_str().unwrap()]));
     wait_served(&o, "/big", 8 * MIB as u64).await;
-    let second = tokio::spawn({
-        let (s, url, out, d) = (b.socket(), url.clone(), out_b.clone(), digest.clone());
-        async move { dfget(&s, &[&url, "-O", out.to_str().unwrap(), "--digest", &d]).await }
-    });
+    let second = tokio::spawn(b.dfget(&[&url, "-O", out_b.to_str().unwrap(), "--digest", &digest]));
     wait_served(&o, "/big", 24 * MIB as u64).await;
-    a.child.kill().unwrap(); // kill -9 the parent mid-transfer
-    a.child.wait().unwrap();
+    a.kill(); // kill -9 the parent mid-transfer
     let _ = first.await;
     ok(&second.await.unwrap());
     assert!(
@@ -291,9 +286,7 @@ async fn child_finishes_from_the_source_when_its_parent_is_killed() {
 async fn a_parent_serving_corrupted_pieces_is_detected_and_the_piece_refetched() {
     let data = random_bytes(26, 32 * MIB);
     let digest = Digest::of(Algorithm::Sha256, &data).to_string();
-    let origin = Origin::new();
-    origin.route("/file", Resource::bytes(data.clone()));
-    let o = origin.spawn().await.unwrap();
+    let (_origin, o) = Origin::serving([("/file", Resource::bytes(data.clone()))]).await;
     let url = o.url("/file");
     let work = tempfile::tempdir().unwrap();
     let a = start_daemon(&work.path().join("a"), &[], free_port(), false);
@@ -321,7 +314,12 @@ async fn a_parent_serving_corrupted_pieces_is_detected_and_the_piece_refetched()
         f.write_all_at(b"garbage!", 3 * 4 * MIB as u64 + 100)
             .unwrap();
     }
-    let b = start_daemon(&work.path().join("b"), &[a.upload_port], free_port(), false);
+    let b = start_daemon(
+        &work.path().join("b"),
+        &[a.upload_port()],
+        free_port(),
+        false,
+    );
     let out_b = work.path().join("out-b");
     ok(&dfget(
         &b.socket(),
@@ -349,11 +347,11 @@ async fn the_daemon_raises_its_open_files_limit_to_the_hard_limit() {
     let dir = work.path().join("d");
     // Start an ordinary daemon for its config, then the same config under a low soft limit.
     let mut probe = start_daemon(&dir, &[], free_port(), false);
-    probe.stop();
+    probe.kill();
     let _ = std::fs::remove_file(dir.join("dfdaemon.sock"));
     let mut child = std::process::Command::new("prlimit")
         .arg("--nofile=256:4096")
-        .arg(env!("CARGO_BIN_EXE_dfget"))
+        .arg(testkit::bins::bin("dfget"))
         .args(["daemon", "--config"])
         .arg(dir.join("dfget.yaml"))
         .stdout(std::process::Stdio::null())

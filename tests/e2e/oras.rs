@@ -6,6 +6,7 @@
 //! Needs root (`/etc/hosts`), the Makefile's `TEST_PACKAGES` (python3-venv among them) and
 //! PyPI: oras-py is installed once into a venv under the cargo target dir. A missing tool fails.
 
+use dfdaemon::config::{DfdaemonConfig, NetAddr};
 use dragonfly_common::digest::{Algorithm, Digest};
 use dragonfly_common::task_id::TaskId;
 use std::ffi::OsStr;
@@ -13,9 +14,12 @@ use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use testkit::bins::bin;
+use testkit::daemon::{DaemonProcess, Program};
+use testkit::net::free_port;
 use testkit::registry::{PROXY_VARS, Pki, Registry, RegistryOptions, ensure_test_hosts};
 use testkit::scheduler::SchedulerProcess;
 
@@ -56,13 +60,6 @@ if a.op == "push":
 else:
     print(json.dumps({"files": c.pull(target=a.ref, outdir=a.path)}))
 "#;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 fn sha256(data: &[u8]) -> Digest {
     Digest::of(Algorithm::Sha256, data)
@@ -246,94 +243,36 @@ impl Setup {
     }
 }
 
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+/// A `dfdaemon` process in `dir` with `edit` applied to its config, none of the host's proxy
+/// variables, and `ca_bundle` as its `SSL_CERT_FILE`.
+fn daemon(
+    dir: &Path,
+    ca_bundle: Option<&Path>,
+    edit: impl FnOnce(&mut DfdaemonConfig),
+) -> DaemonProcess {
+    let mut b = DaemonProcess::builder(dir)
+        .program(Program::Dfdaemon)
+        .multiplex(true)
+        .config(edit);
+    for v in PROXY_VARS {
+        b = b.env_remove(v);
     }
-}
-
-/// A `dfdaemon` process.
-struct Daemon {
-    _proc: Proc,
-    dir: PathBuf,
-}
-
-impl Daemon {
-    /// Start a daemon in `dir` with `extra` YAML; `ca_bundle` becomes its `SSL_CERT_FILE`.
-    fn start(dir: &Path, extra: &str, ca_bundle: Option<&Path>) -> Daemon {
-        std::fs::create_dir_all(dir).expect("dir");
-        let cfg = format!(
-            "dataDir: {d}/data\nlogDir: {d}/log\ngcInterval: 1m\n\
-             download:\n  unixListen:\n    socket: {d}/dfdaemon.sock\n\
-             upload:\n  tcpListen:\n    listen: 127.0.0.1\n    port: {up}\n\
-             storage:\n  multiplex: true\n{extra}",
-            d = dir.display(),
-            up = free_port(),
-        );
-        std::fs::write(dir.join("dfget.yaml"), &cfg).expect("config");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dfdaemon"));
-        cmd.arg("--config")
-            .arg(dir.join("dfget.yaml"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::File::create(dir.join("stderr.log")).expect("stderr log"),
-            ));
-        for v in PROXY_VARS {
-            cmd.env_remove(v);
-        }
-        if let Some(b) = ca_bundle {
-            cmd.env("SSL_CERT_FILE", b);
-        }
-        let d = Daemon {
-            _proc: Proc(cmd.spawn().expect("dfdaemon starts")),
-            dir: dir.to_path_buf(),
-        };
-        for _ in 0..200 {
-            if std::os::unix::net::UnixStream::connect(d.socket()).is_ok() {
-                return d;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "daemon in {} did not start: {}",
-            dir.display(),
-            std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default()
-        );
+    if let Some(bundle) = ca_bundle {
+        b = b.env("SSL_CERT_FILE", bundle);
     }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join("dfdaemon.sock")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("log/core.log")).unwrap_or_default()
-    }
-
-    /// The JSON log lines with `msg` starting with `prefix` and `task` equal to `task`.
-    fn task_lines(&self, prefix: &str, task: &TaskId) -> Vec<serde_json::Value> {
-        self.log()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| {
-                v["msg"].as_str().is_some_and(|m| m.starts_with(prefix))
-                    && v["task"].as_str() == Some(task.as_str())
-            })
-            .collect()
-    }
+    b.start()
 }
 
 /// How a dfget run finds registry credentials and the daemon.
 struct Dfget<'a> {
     setup: &'a Setup,
-    daemon: Option<&'a Daemon>,
+    daemon: Option<&'a DaemonProcess>,
     docker_config: Option<PathBuf>,
     env: Vec<(&'static str, String)>,
 }
 
 impl<'a> Dfget<'a> {
-    fn via(setup: &'a Setup, daemon: Option<&'a Daemon>) -> Self {
+    fn via(setup: &'a Setup, daemon: Option<&'a DaemonProcess>) -> Self {
         Self {
             setup,
             daemon,
@@ -342,8 +281,14 @@ impl<'a> Dfget<'a> {
         }
     }
 
+    /// `dfget URL -O OUT --username USER --password PASSWORD`.
+    async fn run_as(&self, url: &str, out: &str, user: &str, password: &str) -> Output {
+        self.run(&[url, "-O", out, "--username", user, "--password", password])
+            .await
+    }
+
     async fn run(&self, args: &[&str]) -> Output {
-        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_dfget"));
+        let mut c = tokio::process::Command::new(bin("dfget"));
         c.args(args);
         for v in PROXY_VARS {
             c.env_remove(v);
@@ -410,7 +355,7 @@ fn s(p: &Path) -> &str {
 async fn oras_pull_through_the_daemon_and_again_from_local_storage_by_hardlink() {
     let s_ = Setup::new().await;
     let a = s_.push("sif/app:v1", 24 * MIB + 5, 61).await;
-    let d = Daemon::start(&s_.out("daemon"), "", Some(&s_.bundle));
+    let d = daemon(&s_.out("daemon"), Some(&s_.bundle), |_| {});
     let dfget = Dfget::via(&s_, Some(&d));
     let task = TaskId::for_blob(&a.blob, &format!("https://{}/", s_.registry.host_port()));
 
@@ -465,7 +410,7 @@ async fn htpasswd_registry_with_credentials_from_flags_env_and_docker_config() {
     let a = s_.push("private/app:v1", 6 * MIB + 1, 62).await;
     let basic = s_.with_basic_auth().await;
     let url = s_.url(&basic, "private/app:v1");
-    let d = Daemon::start(&s_.out("daemon"), "", Some(&s_.bundle));
+    let d = daemon(&s_.out("daemon"), Some(&s_.bundle), |_| {});
 
     // No credentials: a clear error, through the daemon and without it, and no output.
     for daemon in [Some(&d), None] {
@@ -480,15 +425,7 @@ async fn htpasswd_registry_with_credentials_from_flags_env_and_docker_config() {
     // Flags, standalone.
     let out = s_.out("flags.sif");
     ok(&Dfget::via(&s_, None)
-        .run(&[
-            &url,
-            "-O",
-            s(&out),
-            "--username",
-            "tester",
-            "--password",
-            "testpass",
-        ])
+        .run_as(&url, s(&out), "tester", "testpass")
         .await);
     assert_content(&out, &a);
 
@@ -526,7 +463,7 @@ async fn htpasswd_registry_with_credentials_from_flags_env_and_docker_config() {
     assert!(!out.exists());
     for log in [
         d.log(),
-        std::fs::read_to_string(d.dir.join("stderr.log")).unwrap_or_default(),
+        std::fs::read_to_string(d.dir().join("stderr.log")).unwrap_or_default(),
     ] {
         assert!(
             !log.contains("testpass") && !log.contains("wrong-Pa55") && !log.contains("dGVzdGVy"),
@@ -699,7 +636,7 @@ async fn bearer_token_flow_against_a_token_auth_registry() {
     let private = s_.push("team/model:v2", 5 * MIB + 9, 64).await;
     let tokens = TokenServer::start(s_.dir.path());
     let reg = tokens.registry(&s_).await;
-    let d = Daemon::start(&s_.out("daemon"), "", Some(&s_.bundle));
+    let d = daemon(&s_.out("daemon"), Some(&s_.bundle), |_| {});
     let dfget = Dfget::via(&s_, Some(&d));
 
     // Anonymous token for a public repository, through the daemon.
@@ -719,15 +656,7 @@ async fn bearer_token_flow_against_a_token_auth_registry() {
     for (daemon, name) in [(Some(&d), "daemon.sif"), (None, "alone.sif")] {
         let out = s_.out(name);
         ok(&Dfget::via(&s_, daemon)
-            .run(&[
-                &url,
-                "-O",
-                s(&out),
-                "--username",
-                "tester",
-                "--password",
-                "testpass",
-            ])
+            .run_as(&url, s(&out), "tester", "testpass")
             .await);
         assert_content(&out, &private);
     }
@@ -740,15 +669,7 @@ async fn bearer_token_flow_against_a_token_auth_registry() {
     // A wrong password: the token server refuses it.
     fails(
         &Dfget::via(&s_, Some(&d))
-            .run(&[
-                &url,
-                "-O",
-                s(&s_.out("y.sif")),
-                "--username",
-                "tester",
-                "--password",
-                "nope",
-            ])
+            .run_as(&url, s(&s_.out("y.sif")), "tester", "nope")
             .await,
         &["refused the credentials of user \"tester\""],
     );
@@ -759,7 +680,7 @@ async fn missing_tags_ambiguous_indexes_and_corrupt_blobs_fail_clearly() {
     let s_ = Setup::new().await;
     let one = s_.push("multi/app:amd64", 2 * MIB, 65).await;
     let two = s_.push("multi/app:arm64", 2 * MIB + 3, 66).await;
-    let d = Daemon::start(&s_.out("daemon"), "", Some(&s_.bundle));
+    let d = daemon(&s_.out("daemon"), Some(&s_.bundle), |_| {});
     let client = s_.registry.client().expect("client");
     let entry = |digest: &str, manifest: &[u8], arch: &str| {
         serde_json::json!({
@@ -827,11 +748,11 @@ async fn missing_tags_ambiguous_indexes_and_corrupt_blobs_fail_clearly() {
     }
     let task = TaskId::for_blob(&bad.blob, &format!("https://{}/", s_.registry.host_port()));
     assert!(
-        d.task_lines("peer task done", &task).is_empty(),
+        d.task_lines("peer task done", task.as_str()).is_empty(),
         "a corrupt blob never finishes"
     );
     assert!(
-        !d.dir.join("data").read_dir().is_ok_and(|mut r| r
+        !d.dir().join("data").read_dir().is_ok_and(|mut r| r
             .any(|e| { e.is_ok_and(|e| e.file_name().to_string_lossy().contains(task.as_str())) })),
         "nothing of the corrupt blob is kept"
     );
@@ -841,14 +762,15 @@ async fn missing_tags_ambiguous_indexes_and_corrupt_blobs_fail_clearly() {
 async fn a_second_node_takes_the_oras_blob_from_the_first() {
     let s_ = Setup::new().await;
     let a = s_.push("sif/shared:v1", 40 * MIB + 11, 68).await;
-    let scheduler = SchedulerProcess::start(
-        &Path::new(env!("CARGO_BIN_EXE_dfdaemon")).with_file_name("scheduler"),
-        &s_.out("scheduler"),
-    )
-    .await;
-    let sched = scheduler.daemon_yaml();
-    let node_a = Daemon::start(&s_.out("a"), &sched, Some(&s_.bundle));
-    let node_b = Daemon::start(&s_.out("b"), &sched, Some(&s_.bundle));
+    let scheduler = SchedulerProcess::start(&s_.out("scheduler"));
+    let sched = |c: &mut DfdaemonConfig| {
+        c.scheduler.net_addrs = vec![NetAddr {
+            kind: "tcp".into(),
+            addr: scheduler.addr(),
+        }]
+    };
+    let node_a = daemon(&s_.out("a"), Some(&s_.bundle), sched);
+    let node_b = daemon(&s_.out("b"), Some(&s_.bundle), sched);
     let url = s_.url(&s_.registry, "sif/shared:v1");
     let task = TaskId::for_blob(&a.blob, &format!("https://{}/", s_.registry.host_port()));
 
@@ -893,7 +815,7 @@ async fn the_oras_config_section_reaches_the_daemons_registry_client() {
     let a = s_.push("sif/tls:v1", 2 * MIB, 69).await;
     let url = s_.url(&s_.registry, "sif/tls:v1");
     // No SSL_CERT_FILE: the daemon does not know the registry's CA and says so.
-    let strict = Daemon::start(&s_.out("strict"), "", None);
+    let strict = daemon(&s_.out("strict"), None, |_| {});
     let out = s_.out("tls.sif");
     fails(
         &Dfget::via(&s_, Some(&strict))
@@ -902,18 +824,17 @@ async fn the_oras_config_section_reaches_the_daemons_registry_client() {
         &["certificate", "registry.test"],
     );
     // insecureSkipVerify: true reaches the resolution and the blob fetch.
-    let lax = Daemon::start(&s_.out("lax"), "oras:\n  insecureSkipVerify: true\n", None);
+    let lax = daemon(&s_.out("lax"), None, |c| c.oras.insecure_skip_verify = true);
     ok(&Dfget::via(&s_, Some(&lax))
         .run(&[&url, "-O", s(&out)])
         .await);
     assert_content(&out, &a);
     // oras.proxy: every registry request goes to the proxy (here: nothing listens there).
     let dead = free_port();
-    let proxied = Daemon::start(
-        &s_.out("proxied"),
-        &format!("oras:\n  proxy: http://127.0.0.1:{dead}\n  dialTimeout: 2s\n"),
-        Some(&s_.bundle),
-    );
+    let proxied = daemon(&s_.out("proxied"), Some(&s_.bundle), |c| {
+        c.oras.proxy = Some(format!("http://127.0.0.1:{dead}"));
+        c.oras.dial_timeout = Duration::from_secs(2).into();
+    });
     fails(
         &Dfget::via(&s_, Some(&proxied))
             .run(&[&url, "-O", s(&s_.out("p.sif"))])
@@ -921,21 +842,12 @@ async fn the_oras_config_section_reaches_the_daemons_registry_client() {
         &["cannot reach", "registry.test"],
     );
     // A proxy URL that does not parse stops the daemon at start, naming the key.
-    let dir = s_.out("badproxy");
-    std::fs::create_dir_all(&dir).expect("dir");
-    std::fs::write(
-        dir.join("dfget.yaml"),
-        format!(
-            "dataDir: {d}/data\nlogDir: {d}/log\ndownload:\n  unixListen:\n    socket: {d}/sock\n\
-             upload:\n  tcpListen:\n    listen: 127.0.0.1\n    port: {p}\noras:\n  proxy: \"::nope\"\n",
-            d = dir.display(),
-            p = free_port()
-        ),
-    )
-    .expect("config");
-    let out = Command::new(env!("CARGO_BIN_EXE_dfdaemon"))
+    let cfg = DaemonProcess::builder(&s_.out("badproxy"))
+        .config(|c| c.oras.proxy = Some("::nope".into()))
+        .write_config();
+    let out = Command::new(bin("dfdaemon"))
         .arg("--config")
-        .arg(dir.join("dfget.yaml"))
+        .arg(&cfg)
         .output()
         .expect("dfdaemon runs");
     let err = String::from_utf8_lossy(&out.stderr);

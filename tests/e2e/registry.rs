@@ -3,11 +3,11 @@
 //! talking to a dfdaemon over real sockets. The registry's access log counts what the origin
 //! served. Needs root (`/etc/hosts`) and the Makefile's `TEST_PACKAGES`; a missing tool fails.
 
-use dfdaemon::config::DfdaemonConfig;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+use testkit::daemon::{DaemonProcess, InProcessDaemon};
+use testkit::net::free_port;
 use testkit::registry::{
     Containerd, ImageSpec, Pki, Podman, Registry, RegistryOptions, TestImage, ensure_test_hosts,
     run, skopeo,
@@ -19,13 +19,6 @@ const WAIT: Duration = Duration::from_secs(15);
 /// `proxy.whiteList` of the hosts these tests use (all on loopback here).
 const TEST_HOSTS: &str =
     "  whiteList:\n    - host: registry.test\n    - host: other.test\n    - host: 127.0.0.1\n";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 /// An origin registry, the CA the proxy intercepts with, and a pushed image.
 struct Setup {
@@ -73,6 +66,34 @@ impl Setup {
     }
 
     /// A `--cert-dir` that trusts only the proxy's CA.
+    /// `dfdaemon containerd-hosts` for this registry with `mirror` (and the daemon config
+    /// `config`): the hosts directory, the registry's `hosts.toml` and its text.
+    fn containerd_hosts(&self, mirror: &str, config: Option<&Path>) -> (PathBuf, PathBuf, String) {
+        let hosts = self.dir.path().join("certs.d");
+        let mut cmd = Command::new(testkit::bins::bin("dfdaemon"));
+        cmd.args(["containerd-hosts", "--dir"]).arg(&hosts);
+        if let Some(config) = config {
+            cmd.arg("--config").arg(config);
+        }
+        let out = cmd
+            .args(["--mirror", mirror, &self.registry.host_port()])
+            .output()
+            .expect("containerd-hosts runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let toml = hosts.join(self.registry.host_port()).join("hosts.toml");
+        let text = std::fs::read_to_string(&toml).expect("hosts.toml");
+        (hosts, toml, text)
+    }
+
+    /// The registry's URL of blob `digest` of `image`.
+    fn blob_url(&self, image: &TestImage, digest: &str) -> String {
+        format!("{}/v2/{}/blobs/{digest}", self.registry.url(), image.repo)
+    }
+
     fn proxy_trust(&self) -> PathBuf {
         self.proxy_pki
             .cert_dir(&self.dir.path().join("trust-proxy"), &[])
@@ -116,43 +137,23 @@ impl Setup {
     }
 }
 
-struct Daemon {
-    proxy: SocketAddr,
-    _dir: tempfile::TempDir,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
+/// A daemon running in the test, with its proxy on.
+struct Daemon(InProcessDaemon);
 
 impl Daemon {
-    async fn start(proxy_yaml: &str, extra: &str) -> Daemon {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let d = dir.path().display();
-        let yaml = format!(
-            "dataDir: {d}/data\nlogDir: {d}/log\n\
-             download:\n  unixListen:\n    socket: {d}/sock\n\
-             upload:\n  tcpListen:\n    listen: 127.0.0.1\n    port: {up}\n{extra}\
-             proxy:\n  tcpListen:\n    listen: 127.0.0.1\n    port: {port}\n{proxy_yaml}",
-            up = free_port(),
-            port = free_port(),
-        );
-        let cfg = DfdaemonConfig::from_yaml(&yaml, "e2e.yaml")
-            .unwrap_or_else(|e| panic!("config: {e}\n{yaml}"))
-            .value;
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let (bound, run) = dfdaemon::daemon::start(cfg, async {
-            let _ = rx.await;
-        })
-        .await
-        .expect("daemon starts");
-        tokio::spawn(run);
-        Daemon {
-            proxy: bound.proxy.expect("proxy on"),
-            _dir: dir,
-            _stop: tx,
-        }
+    /// A daemon whose proxy section is `proxy_yaml` and that knows `schedulers`.
+    async fn start(proxy_yaml: &str, schedulers: &[String]) -> Daemon {
+        Daemon(
+            DaemonProcess::temp()
+                .proxy(free_port(), proxy_yaml)
+                .schedulers(schedulers)
+                .start_in_process()
+                .await,
+        )
     }
 
     fn proxy_url(&self) -> String {
-        format!("http://{}", self.proxy)
+        self.0.proxy_url()
     }
 
     fn with_proxy(&self, mut cmd: Command) -> Command {
@@ -165,13 +166,38 @@ impl Daemon {
 
     /// Whether this daemon stores the blob (HEAD through its mirror is answered locally).
     async fn stores(&self, registry: &Registry, repo: &str, digest: &str) -> bool {
-        let r = reqwest::Client::new()
+        self.stores_as(registry, repo, digest, None).await
+    }
+
+    /// [`Self::stores`] asked with `Proxy-Authorization: proxy_auth`.
+    async fn stores_as(
+        &self,
+        registry: &Registry,
+        repo: &str,
+        digest: &str,
+        proxy_auth: Option<&str>,
+    ) -> bool {
+        let mut head = reqwest::Client::new()
             .head(format!("{}/v2/{repo}/blobs/{digest}", self.proxy_url()))
-            .header("X-Dragonfly-Registry", registry.url())
-            .send()
-            .await;
+            .header("X-Dragonfly-Registry", registry.url());
+        if let Some(auth) = proxy_auth {
+            head = head.header("Proxy-Authorization", auth);
+        }
+        let r = head.send().await;
         r.is_ok_and(|r| r.status() == 200 && r.headers().contains_key("x-dragonfly-task"))
     }
+}
+
+/// `ctr images pull --hosts-dir HOSTS REFERENCE` (the registry's mirror from `hosts.toml`).
+async fn ctr_pull_with_hosts(containerd: &Containerd, hosts: &Path, reference: &str) {
+    let c = containerd.ctr([
+        "images",
+        "pull",
+        "--hosts-dir",
+        &hosts.display().to_string(),
+        reference,
+    ]);
+    run(c).await.expect("ctr pull through the mirror");
 }
 
 fn assert_dir_has_layers(out: &Path, image: &TestImage) {
@@ -202,7 +228,7 @@ fn skopeo_copy(s: &Setup, image: &TestImage, out: &Path, cert_dir: &Path) -> Com
 async fn skopeo_pulls_through_the_hijacking_proxy_and_the_second_pull_is_cached() {
     let s = Setup::new(false).await;
     let image = s.push("e2e/skopeo", &[MIB, 6 * MIB, 9 * MIB + 7], 51).await;
-    let d = Daemon::start(&s.hijack_yaml(), "").await;
+    let d = Daemon::start(&s.hijack_yaml(), &[]).await;
     let trust = s.proxy_trust();
 
     let out1 = s.dir.path().join("out1");
@@ -260,7 +286,7 @@ async fn skopeo_pulls_through_the_hijacking_proxy_and_the_second_pull_is_cached(
 async fn htpasswd_registry_works_through_the_proxy_with_credentials_only() {
     let s = Setup::new(true).await;
     let image = s.push("e2e/auth", &[2 * MIB, 5 * MIB], 52).await;
-    let d = Daemon::start(&s.hijack_yaml(), "").await;
+    let d = Daemon::start(&s.hijack_yaml(), &[]).await;
     let trust = s.proxy_trust();
     let out = s.dir.path().join("out");
     let mut c = skopeo_copy(&s, &image, &out, &trust);
@@ -283,7 +309,7 @@ async fn ctr_pulls_through_the_proxy_and_through_a_generated_hosts_toml() {
     let s = Setup::new(false).await;
     let via_proxy = s.push("e2e/ctr-proxy", &[MIB, 5 * MIB], 53).await;
     let via_mirror = s.push("e2e/ctr-mirror", &[2 * MIB, 6 * MIB], 54).await;
-    let d = Daemon::start(&s.hijack_yaml(), "").await;
+    let d = Daemon::start(&s.hijack_yaml(), &[]).await;
     let containerd = Containerd::start().await.expect("containerd");
 
     // 1. HTTPS_PROXY in ctr's environment (ctr pulls in its own process), the proxy CA trusted.
@@ -299,30 +325,15 @@ async fn ctr_pulls_through_the_proxy_and_through_a_generated_hosts_toml() {
     s.assert_served_once(&via_proxy).await;
 
     // 2. A hosts.toml written by `dfdaemon containerd-hosts`, the daemon as mirror.
-    let hosts = s.dir.path().join("certs.d");
-    let out = Command::new(env!("CARGO_BIN_EXE_dfdaemon"))
-        .args(["containerd-hosts", "--dir"])
-        .arg(&hosts)
-        .args(["--mirror", &d.proxy_url(), &s.registry.host_port()])
-        .output()
-        .expect("containerd-hosts runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (hosts, _, text) = s.containerd_hosts(&d.proxy_url(), None);
     // containerd must trust the registry's CA for the fallback `server`; the mirror is http.
-    let toml = hosts.join(s.registry.host_port()).join("hosts.toml");
-    let text = std::fs::read_to_string(&toml).expect("hosts.toml");
     assert!(text.contains("X-Dragonfly-Registry"), "{text}");
-    let c = containerd.ctr([
-        "images",
-        "pull",
-        "--hosts-dir",
-        &hosts.display().to_string(),
+    ctr_pull_with_hosts(
+        &containerd,
+        &hosts,
         &via_mirror.reference(&s.registry.host_port()),
-    ]);
-    run(c).await.expect("ctr pull through the mirror");
+    )
+    .await;
     s.assert_served_once(&via_mirror).await;
     for l in &via_mirror.layers {
         assert!(
@@ -343,27 +354,12 @@ async fn ctr_sends_the_mirror_its_basic_auth_credentials_from_a_generated_hosts_
     let s = Setup::new(false).await;
     let image = s.push("e2e/ctr-auth", &[2 * MIB, 3 * MIB], 60).await;
     let auth = "  basicAuth:\n    username: node\n    password: pull-secret\n";
-    let d = Daemon::start(&format!("{}{auth}", s.hijack_yaml()), "").await;
+    let d = Daemon::start(&format!("{}{auth}", s.hijack_yaml()), &[]).await;
     let containerd = Containerd::start().await.expect("containerd");
     // The daemon's config, where containerd-hosts reads the credentials.
     let cfg = s.dir.path().join("dfget.yaml");
     std::fs::write(&cfg, format!("proxy:\n{auth}")).expect("config");
-    let hosts = s.dir.path().join("certs.d");
-    let out = Command::new(env!("CARGO_BIN_EXE_dfdaemon"))
-        .args(["containerd-hosts", "--dir"])
-        .arg(&hosts)
-        .arg("--config")
-        .arg(&cfg)
-        .args(["--mirror", &d.proxy_url(), &s.registry.host_port()])
-        .output()
-        .expect("containerd-hosts runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let toml = hosts.join(s.registry.host_port()).join("hosts.toml");
-    let text = std::fs::read_to_string(&toml).expect("hosts.toml");
+    let (hosts, toml, text) = s.containerd_hosts(&d.proxy_url(), Some(&cfg));
     assert!(text.contains("Proxy-Authorization"), "{text}");
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&toml).expect("mode").permissions().mode();
@@ -372,14 +368,12 @@ async fn ctr_sends_the_mirror_its_basic_auth_credentials_from_a_generated_hosts_
         0o600,
         "credentials are not readable by others"
     );
-    let c = containerd.ctr([
-        "images",
-        "pull",
-        "--hosts-dir",
-        &hosts.display().to_string(),
+    ctr_pull_with_hosts(
+        &containerd,
+        &hosts,
         &image.reference(&s.registry.host_port()),
-    ]);
-    run(c).await.expect("ctr pull through the mirror");
+    )
+    .await;
     s.assert_served_once(&image).await;
     // containerd falls back to the registry itself when the mirror refuses it: the layers
     // being stored here shows the mirror served them, so the credentials went along.
@@ -388,20 +382,9 @@ async fn ctr_sends_the_mirror_its_basic_auth_credentials_from_a_generated_hosts_
         dfdaemon::source::oras::base64_encode(b"node:pull-secret")
     );
     for l in &image.layers {
-        let r = reqwest::Client::new()
-            .head(format!(
-                "{}/v2/{}/blobs/{}",
-                d.proxy_url(),
-                image.repo,
-                l.digest
-            ))
-            .header("X-Dragonfly-Registry", s.registry.url())
-            .header("Proxy-Authorization", &credentials)
-            .send()
-            .await
-            .expect("head");
         assert!(
-            r.status() == 200 && r.headers().contains_key("x-dragonfly-task"),
+            d.stores_as(&s.registry, &image.repo, &l.digest, Some(&credentials))
+                .await,
             "layer {} went through the daemon",
             l.digest
         );
@@ -412,7 +395,7 @@ async fn ctr_sends_the_mirror_its_basic_auth_credentials_from_a_generated_hosts_
 async fn podman_pulls_through_the_proxy() {
     let s = Setup::new(false).await;
     let image = s.push("e2e/podman", &[MIB, 3 * MIB], 55).await;
-    let d = Daemon::start(&s.hijack_yaml(), "").await;
+    let d = Daemon::start(&s.hijack_yaml(), &[]).await;
     let podman = Podman::new().expect("podman");
     let trust = s.proxy_trust();
     let c = podman.command([
@@ -438,26 +421,25 @@ fn curl(d: &Daemon, args: &[&str]) -> Command {
     c
 }
 
+/// curl through `d`'s proxy to the end, whatever its exit status.
+async fn curl_output(d: &Daemon, args: &[&str]) -> std::process::Output {
+    tokio::process::Command::from(curl(d, args))
+        .output()
+        .await
+        .expect("curl")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_ranges_head_tunnel_and_plain_http_through_the_proxy() {
     let s = Setup::new(false).await;
     let image = s.push("e2e/curl", &[5 * MIB + 3], 56).await;
-    let d = Daemon::start(&s.hijack_yaml(), "").await;
+    let d = Daemon::start(&s.hijack_yaml(), &[]).await;
     let layer = &image.layers[0];
     let data = layer.read().expect("layer");
-    let url = format!(
-        "{}/v2/{}/blobs/{}",
-        s.registry.url(),
-        image.repo,
-        layer.digest
-    );
+    let url = s.blob_url(&image, &layer.digest);
     let ca = s.proxy_pki.ca_cert().display().to_string();
 
-    let got =
-        tokio::process::Command::from(curl(&d, &["--cacert", &ca, "-r", "100-4194404", &url]))
-            .output()
-            .await
-            .expect("curl");
+    let got = curl_output(&d, &["--cacert", &ca, "-r", "100-4194404", &url]).await;
     assert!(
         got.status.success(),
         "{}",
@@ -518,12 +500,11 @@ async fn curl_ranges_head_tunnel_and_plain_http_through_the_proxy() {
         .expect("tunnelled GET reached the origin");
 
     // A plain-HTTP origin is forwarded.
-    let origin = testkit::origin::Origin::new();
-    origin.route(
+    let (_origin, running) = testkit::origin::Origin::serving([(
         "/plain",
         testkit::origin::Resource::bytes(&b"plain bytes"[..]),
-    );
-    let running = origin.spawn().await.expect("origin");
+    )])
+    .await;
     let out = run(curl(&d, &[&running.url("/plain")]))
         .await
         .expect("plain http");
@@ -536,7 +517,7 @@ async fn wrong_bytes_from_the_registry_fail_the_pull_and_are_not_kept() {
     let image = s.push("e2e/corrupt", &[6 * MIB], 57).await;
     let layer = &image.layers[0];
     s.registry.corrupt_blob(&layer.digest).expect("corrupt");
-    let d = Daemon::start(&s.hijack_yaml(), "").await;
+    let d = Daemon::start(&s.hijack_yaml(), &[]).await;
     let err = run(d.with_proxy(skopeo_copy(
         &s,
         &image,
@@ -556,18 +537,12 @@ async fn wrong_bytes_from_the_registry_fail_the_pull_and_are_not_kept() {
     );
 }
 
-/// The scheduler binary, built next to dfdaemon by `cargo test --workspace` (`make test`).
-fn scheduler_bin() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_dfdaemon")).with_file_name("scheduler")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_node_takes_the_layers_from_the_first() {
     let s = Setup::new(false).await;
     let image = s.push("e2e/two-nodes", &[9 * MIB, 13 * MIB], 58).await;
-    let scheduler =
-        SchedulerProcess::start(&scheduler_bin(), &s.dir.path().join("scheduler")).await;
-    let sched = scheduler.daemon_yaml();
+    let scheduler = SchedulerProcess::start(&s.dir.path().join("scheduler"));
+    let sched = [scheduler.addr()];
     let a = Daemon::start(&s.hijack_yaml(), &sched).await;
     let b = Daemon::start(&s.hijack_yaml(), &sched).await;
     let trust = s.proxy_trust();
@@ -600,12 +575,7 @@ async fn upstream_tls_is_verified_unless_the_host_is_insecure() {
     let s = Setup::new(false).await;
     let image = s.push("e2e/verify", &[MIB], 59).await;
     let layer = &image.layers[0];
-    let url = format!(
-        "{}/v2/{}/blobs/{}",
-        s.registry.url(),
-        image.repo,
-        layer.digest
-    );
+    let url = s.blob_url(&image, &layer.digest);
     let ca = s.proxy_pki.ca_cert().display().to_string();
     let hijack = |extra: &str| {
         format!(
@@ -615,11 +585,8 @@ async fn upstream_tls_is_verified_unless_the_host_is_insecure() {
         )
     };
     // No `certs` for the registry's private CA: the daemon refuses the real registry.
-    let strict = Daemon::start(&hijack(""), "").await;
-    let out = tokio::process::Command::from(curl(&strict, &["--cacert", &ca, &url]))
-        .output()
-        .await
-        .expect("curl");
+    let strict = Daemon::start(&hijack(""), &[]).await;
+    let out = curl_output(&strict, &["--cacert", &ca, &url]).await;
     let body = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "must not pass: {body}");
     assert!(
@@ -627,11 +594,8 @@ async fn upstream_tls_is_verified_unless_the_host_is_insecure() {
         "the error names the host and the certificate problem: {body}"
     );
     // `insecure: true` for that host: no verification, the pull works.
-    let lax = Daemon::start(&hijack("        insecure: true\n"), "").await;
-    let out = tokio::process::Command::from(curl(&lax, &["--cacert", &ca, &url]))
-        .output()
-        .await
-        .expect("curl");
+    let lax = Daemon::start(&hijack("        insecure: true\n"), &[]).await;
+    let out = curl_output(&lax, &["--cacert", &ca, &url]).await;
     assert!(
         out.status.success(),
         "{}",

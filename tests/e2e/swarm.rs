@@ -2,45 +2,34 @@
 //! 127.0.x.y addresses, dfget processes, and a counting origin. Each test uses its own
 //! 127.0.N.0/24 so the tests can run at once.
 
+use crate::support::{MIB, assert_ok, dfget, peer, peers, scheduler};
 use dragonfly_common::digest::{Algorithm, Digest};
 use dragonfly_common::hashring;
 use dragonfly_common::task_id::TaskId;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
-use swarm::{Daemon, MIB, Scheduler, assert_ok, dfget, free_port, same, wait_for};
 use testkit::data::random_bytes;
+use testkit::files::{same, wait_for};
+use testkit::net::free_port;
 use testkit::origin::{Behavior, Origin, Resource};
-
-#[path = "support/swarm.rs"]
-mod swarm;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_and_six_peers_pull_256_mib_and_the_origin_serves_it_once() {
     let data = random_bytes(41, 256 * MIB);
     let digest = Digest::of(Algorithm::Sha256, &data).to_string();
-    let origin = Origin::new();
-    origin.route("/big", Resource::bytes(data.clone()));
-    let o = origin.spawn().await.unwrap();
+    let (_origin, o) = Origin::serving([("/big", Resource::bytes(data.clone()))]).await;
     let url = o.url("/big");
     let work = tempfile::tempdir().unwrap();
-    let sched = Scheduler::start(&work.path().join("scheduler"), true);
-    let seed = Daemon::start(
+    let sched = scheduler(&work.path().join("scheduler"), true);
+    let seed = peer(
         &work.path().join("seed"),
         "127.0.1.2",
         &[sched.addr()],
         true,
-    );
-    let peers: Vec<Daemon> = (0..6)
-        .map(|i| {
-            Daemon::start(
-                &work.path().join(format!("peer{i}")),
-                &format!("127.0.1.{}", 10 + i),
-                &[sched.addr()],
-                false,
-            )
-        })
-        .collect();
+    )
+    .start();
+    let peers = peers(work.path(), "peer", 1, 6, &[sched.addr()]);
 
     let outs: Vec<PathBuf> = (0..6)
         .map(|i| work.path().join(format!("out{i}")))
@@ -66,7 +55,7 @@ async fn seed_and_six_peers_pull_256_mib_and_the_origin_serves_it_once() {
     let mut from_peers = 0;
     for (i, p) in peers.iter().enumerate() {
         let fed = p.fed();
-        eprintln!("peer{i} ({}) <- {fed:?}", p.addr());
+        eprintln!("peer{i} ({}) <- {fed:?}", p.upload_addr());
         assert!(
             !fed.contains_key("source"),
             "peer{i} used the origin: {fed:?}"
@@ -94,44 +83,28 @@ async fn a_parent_killed_mid_transfer_leaves_every_child_finishing() {
     let o = origin.spawn().await.unwrap();
     let url = o.url("/slow");
     let work = tempfile::tempdir().unwrap();
-    let sched = Scheduler::start(&work.path().join("scheduler"), false);
+    let sched = scheduler(&work.path().join("scheduler"), false);
     // Two pieces at a time: the first peer is mid-transfer for about three seconds.
-    let mut first = Daemon::start_with(
+    let mut first = peer(
         &work.path().join("first"),
         "127.0.2.2",
         &[sched.addr()],
         false,
-        2,
-    );
-    let children: Vec<Daemon> = (0..3)
-        .map(|i| {
-            Daemon::start(
-                &work.path().join(format!("child{i}")),
-                &format!("127.0.2.{}", 10 + i),
-                &[sched.addr()],
-                false,
-            )
-        })
-        .collect();
+    )
+    .config(|c| c.download.concurrent_piece_count = 2)
+    .start();
+    let children = peers(work.path(), "child", 2, 3, &[sched.addr()]);
 
     // The first peer goes to the source; once it holds pieces the children get it as parent.
     let out_first = work.path().join("first.out");
-    let first_run = tokio::spawn({
-        let (url, out, digest, sock) = (
-            url.clone(),
-            out_first.clone(),
-            digest.clone(),
-            first.socket(),
-        );
-        async move {
-            tokio::process::Command::new(env!("CARGO_BIN_EXE_dfget"))
-                .args([&url, "-O", out.to_str().unwrap(), "--digest", &digest, "-q"])
-                .env("DFGET_DAEMON_SOCK", sock)
-                .output()
-                .await
-                .unwrap()
-        }
-    });
+    let first_run = tokio::spawn(first.dfget(&[
+        &url,
+        "-O",
+        out_first.to_str().unwrap(),
+        "--digest",
+        &digest,
+        "-q",
+    ]));
     wait_for(
         || o.stats.for_path("/slow").1 >= 8 * MIB as u64,
         "the first peer to fetch two pieces",
@@ -155,7 +128,7 @@ async fn a_parent_killed_mid_transfer_leaves_every_child_finishing() {
         )
         .await;
         tokio::time::sleep(Duration::from_millis(500)).await;
-        first.proc.kill();
+        first.kill();
     };
     let (results, ()) = tokio::join!(futures::future::join_all(runs), killer);
     let _ = first_run.await;
@@ -163,7 +136,7 @@ async fn a_parent_killed_mid_transfer_leaves_every_child_finishing() {
         assert_ok(r, &format!("child{i}"));
         assert!(same(&outs[i], &data), "child{i}'s copy differs");
     }
-    let parent_addr = first.addr();
+    let parent_addr = first.upload_addr();
     for (i, c) in children.iter().enumerate() {
         eprintln!("child{i} <- {:?}", c.fed());
     }
@@ -187,26 +160,15 @@ async fn a_parent_killed_mid_transfer_leaves_every_child_finishing() {
 async fn downloads_finish_from_the_source_when_the_scheduler_dies_or_was_never_there() {
     let data = random_bytes(43, 24 * MIB);
     let digest = Digest::of(Algorithm::Sha256, &data).to_string();
-    let origin = Origin::new();
-    let slow = Behavior {
-        frame_delay: Duration::from_millis(4),
-        ..Behavior::default()
-    };
-    origin.route("/f", Resource::bytes(data.clone()).with(slow));
-    origin.route("/g", Resource::bytes(data.clone()));
-    let o = origin.spawn().await.unwrap();
+    let slow = Behavior::slow(Duration::from_millis(4));
+    let (origin, o) = Origin::serving([
+        ("/f", Resource::bytes(data.clone()).with(slow)),
+        ("/g", Resource::bytes(data.clone())),
+    ])
+    .await;
     let work = tempfile::tempdir().unwrap();
-    let mut sched = Scheduler::start(&work.path().join("scheduler"), false);
-    let peers: Vec<Daemon> = (0..3)
-        .map(|i| {
-            Daemon::start(
-                &work.path().join(format!("p{i}")),
-                &format!("127.0.3.{}", 10 + i),
-                &[sched.addr()],
-                false,
-            )
-        })
-        .collect();
+    let mut sched = scheduler(&work.path().join("scheduler"), false);
+    let peers = peers(work.path(), "p", 3, 3, &[sched.addr()]);
     let outs: Vec<PathBuf> = (0..3).map(|i| work.path().join(format!("o{i}"))).collect();
     let url = o.url("/f");
     let runs: Vec<_> = peers
@@ -220,7 +182,7 @@ async fn downloads_finish_from_the_source_when_the_scheduler_dies_or_was_never_t
             "the transfer to start",
         )
         .await;
-        sched.proc.kill();
+        sched.kill();
     };
     let (results, ()) = tokio::join!(futures::future::join_all(runs), killer);
     for (i, r) in results.iter().enumerate() {
@@ -242,12 +204,13 @@ async fn downloads_finish_from_the_source_when_the_scheduler_dies_or_was_never_t
     assert_eq!(peers[0].fed().get("source"), Some(&6));
 
     // A daemon whose only scheduler address never answered at all.
-    let lonely = Daemon::start(
+    let lonely = peer(
         &work.path().join("lonely"),
         "127.0.3.50",
         &[format!("127.0.0.1:{}", free_port())],
         false,
-    );
+    )
+    .start();
     let out = work.path().join("lonely.out");
     let r = dfget(&lonely, &o.url("/g"), &out, &digest).await;
     assert_ok(&r, "a daemon with a dead scheduler");
@@ -255,7 +218,10 @@ async fn downloads_finish_from_the_source_when_the_scheduler_dies_or_was_never_t
 
     // The scheduler comes back (empty): the daemons announce themselves again before their next
     // task, so P2P works at once rather than after the next periodic announce.
-    let _back = Scheduler::start_on(&work.path().join("scheduler-again"), sched.port, false);
+    let _back = sched
+        .replace(&work.path().join("scheduler-again"))
+        .seed_peers(false)
+        .start();
     origin.route("/h", Resource::bytes(data.clone()));
     let url = o.url("/h");
     for (i, p) in peers.iter().enumerate().take(2) {
@@ -272,7 +238,7 @@ async fn downloads_finish_from_the_source_when_the_scheduler_dies_or_was_never_t
         "served once after the restart"
     );
     let fed = peers[1].fed();
-    assert_eq!(fed.get(&peers[0].addr()), Some(&6), "{fed:?}");
+    assert_eq!(fed.get(&peers[0].upload_addr()), Some(&6), "{fed:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,11 +246,11 @@ async fn two_schedulers_split_the_tasks_by_hash_and_a_dead_one_is_skipped() {
     let origin = Origin::new();
     let o = origin.spawn().await.unwrap();
     let work = tempfile::tempdir().unwrap();
-    let s1 = Scheduler::start(&work.path().join("s1"), false);
-    let mut s2 = Scheduler::start(&work.path().join("s2"), false);
+    let s1 = scheduler(&work.path().join("s1"), false);
+    let mut s2 = scheduler(&work.path().join("s2"), false);
     let addrs = vec![s1.addr(), s2.addr()];
-    let a = Daemon::start(&work.path().join("a"), "127.0.4.2", &addrs, false);
-    let b = Daemon::start(&work.path().join("b"), "127.0.4.3", &addrs, false);
+    let a = peer(&work.path().join("a"), "127.0.4.2", &addrs, false).start();
+    let b = peer(&work.path().join("b"), "127.0.4.3", &addrs, false).start();
     // Four files owned by each scheduler (the ports, hence the owners, differ from run to run).
     let mut per_owner = [0; 2];
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
@@ -319,10 +285,14 @@ async fn two_schedulers_split_the_tasks_by_hash_and_a_dead_one_is_skipped() {
             data.len() as u64,
             "{path} served once"
         );
-        assert!(b.fed().contains_key(&a.addr()), "{path}: {:?}", b.fed());
+        assert!(
+            b.fed().contains_key(&a.upload_addr()),
+            "{path}: {:?}",
+            b.fed()
+        );
         let id = TaskId::for_url(&url, "", "", None, &[]);
         let expected = hashring::ranking(id.as_str(), &addrs)[0];
-        let (k1, k2) = (s1.knows(&id).await, s2.knows(&id).await);
+        let (k1, k2) = (s1.knows(id.as_str()).await, s2.knows(id.as_str()).await);
         assert_eq!(
             (k1, k2),
             (expected == 0, expected == 1),
@@ -333,7 +303,7 @@ async fn two_schedulers_split_the_tasks_by_hash_and_a_dead_one_is_skipped() {
     assert_eq!(owners.len(), 2, "both schedulers got tasks: {owners:?}");
 
     // Scheduler 2 dies: its tasks go to scheduler 1, and P2P still works.
-    s2.proc.kill();
+    s2.kill();
     let moved = (0..40)
         .map(|i| format!("/moved{i}"))
         .find(|p| {
@@ -350,9 +320,12 @@ async fn two_schedulers_split_the_tasks_by_hash_and_a_dead_one_is_skipped() {
         assert_ok(&dfget(d, &url, &out, &digest).await, name);
         assert!(same(&out, &data));
     }
-    assert!(s1.knows(&TaskId::for_url(&url, "", "", None, &[])).await);
+    assert!(
+        s1.knows(TaskId::for_url(&url, "", "", None, &[]).as_str())
+            .await
+    );
     assert_eq!(o.stats.for_path(&moved).1, data.len() as u64);
-    assert!(b.fed().contains_key(&a.addr()), "{:?}", b.fed());
+    assert!(b.fed().contains_key(&a.upload_addr()), "{:?}", b.fed());
 }
 
 /// A peer that tells the scheduler (and its children) it holds every piece, but serves none.
@@ -452,13 +425,11 @@ async fn a_peer_lying_about_its_pieces_is_dropped_and_the_download_still_succeed
 
     let data = random_bytes(44, 20 * MIB);
     let digest = Digest::of(Algorithm::Sha256, &data).to_string();
-    let origin = Origin::new();
-    origin.route("/lie", Resource::bytes(data.clone()));
-    let o = origin.spawn().await.unwrap();
+    let (_origin, o) = Origin::serving([("/lie", Resource::bytes(data.clone()))]).await;
     let url = o.url("/lie");
     let id = TaskId::for_url(&url, "", "", None, &[]);
     let work = tempfile::tempdir().unwrap();
-    let sched = Scheduler::start(&work.path().join("scheduler"), false);
+    let sched = scheduler(&work.path().join("scheduler"), false);
 
     // The liar: an upload port that claims every piece, announced as a host that finished the task.
     let listener = tokio::net::TcpListener::bind("127.0.5.99:0").await.unwrap();
@@ -527,12 +498,13 @@ async fn a_peer_lying_about_its_pieces_is_dropped_and_the_download_still_succeed
     let _keep = (tx, answers);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let honest = Daemon::start(
+    let honest = peer(
         &work.path().join("honest"),
         "127.0.5.10",
         &[sched.addr()],
         false,
-    );
+    )
+    .start();
     let out = work.path().join("out");
     assert_ok(
         &dfget(&honest, &url, &out, &digest).await,

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+/// A mounted tmpfs; its mount point.
 pub struct Tmpfs(pub PathBuf);
 
 impl Tmpfs {

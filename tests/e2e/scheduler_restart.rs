@@ -3,19 +3,19 @@
 //! from that daemon, and the origin serves 0 more bytes. Real processes, as in swarm.rs; each
 //! test uses its own 127.0.N.0/24.
 
+use crate::support::{MIB, assert_ok, dfget, peer, scheduler};
 use dragonfly_common::digest::{Algorithm, Digest};
 use dragonfly_common::hashring;
 use dragonfly_common::task_id::TaskId;
 use std::path::Path;
-use swarm::{Daemon, MIB, Scheduler, assert_ok, dfget, same, wait_for};
+use testkit::daemon::DaemonProcess;
 use testkit::data::random_bytes;
+use testkit::files::{same, wait_for};
 use testkit::origin::{Origin, Resource};
-
-#[path = "support/swarm.rs"]
-mod swarm;
+use testkit::scheduler::SchedulerProcess;
 
 /// Downloads `url` on `d` into `dir/name` and checks the copy.
-async fn pull(d: &Daemon, url: &str, data: &[u8], dir: &Path, name: &str) {
+async fn pull(d: &DaemonProcess, url: &str, data: &[u8], dir: &Path, name: &str) {
     let digest = Digest::of(Algorithm::Sha256, data).to_string();
     let out = dir.join(name);
     assert_ok(&dfget(d, url, &out, &digest).await, name);
@@ -23,9 +23,9 @@ async fn pull(d: &Daemon, url: &str, data: &[u8], dir: &Path, name: &str) {
 }
 
 /// Waits until `s` knows `task` (a daemon told it, or a peer registered).
-async fn until_known(s: &Scheduler, task: &TaskId, what: &str) {
+async fn until_known(s: &SchedulerProcess, task: &TaskId, what: &str) {
     for _ in 0..200 {
-        if s.knows(task).await {
+        if s.knows(task.as_str()).await {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -34,7 +34,7 @@ async fn until_known(s: &Scheduler, task: &TaskId, what: &str) {
 }
 
 /// Asserts the last download of `d` took no piece from the origin, and returns its piece count.
-fn from_peers_only(d: &Daemon, who: &str) -> u32 {
+fn from_peers_only(d: &DaemonProcess, who: &str) -> u32 {
     let fed = d.fed();
     assert!(
         !fed.contains_key("source"),
@@ -45,34 +45,29 @@ fn from_peers_only(d: &Daemon, who: &str) -> u32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_scheduler_restart_the_seed_peer_serves_what_it_holds() {
-    let data = random_bytes(61, 16 * MIB);
-    let origin = Origin::new();
-    origin.route("/f", Resource::bytes(data.clone()));
-    let o = origin.spawn().await.unwrap();
+    let (data, _origin, o) = Origin::random("/f", 61, 16 * MIB).await;
     let url = o.url("/f");
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let mut sched = Scheduler::start(&w.join("s"), true);
-    let _seed = Daemon::start(&w.join("seed"), "127.0.6.2", &[sched.addr()], true);
-    let a = Daemon::start(&w.join("a"), "127.0.6.10", &[sched.addr()], false);
+    let sched = scheduler(&w.join("s"), true);
+    let _seed = peer(&w.join("seed"), "127.0.6.2", &[sched.addr()], true).start();
+    let a = peer(&w.join("a"), "127.0.6.10", &[sched.addr()], false).start();
     pull(&a, &url, &data, w, "a.out").await;
     assert_eq!(o.stats.for_path("/f").1, data.len() as u64);
 
     // The restarted scheduler records no finished task a host announces (heldPeerLimit 0), so
     // only the seed peer, asked for the task, can say it holds it.
-    sched.proc.kill();
-    let sched = Scheduler::start_with(
-        &w.join("s-again"),
-        sched.port,
-        true,
-        "scheduler:\n  heldPeerLimit: 0\n",
-    );
+    let sched = sched
+        .replace(&w.join("s-again"))
+        .seed_peers(true)
+        .config(|c| c.scheduler.held_peer_limit = 0)
+        .start();
     wait_for(
         || sched.log().matches("host announced").count() >= 2,
         "the seed and a to announce themselves again",
     )
     .await;
-    let b = Daemon::start(&w.join("b"), "127.0.6.11", &[sched.addr()], false);
+    let b = peer(&w.join("b"), "127.0.6.11", &[sched.addr()], false).start();
     pull(&b, &url, &data, w, "b.out").await;
     assert_eq!(from_peers_only(&b, "b"), 4);
     assert!(
@@ -91,26 +86,22 @@ async fn after_a_scheduler_restart_the_seed_peer_serves_what_it_holds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_scheduler_restart_daemons_tell_it_what_they_hold() {
-    let data = random_bytes(62, 12 * MIB);
-    let origin = Origin::new();
-    origin.route("/g", Resource::bytes(data.clone()));
-    let o = origin.spawn().await.unwrap();
+    let (data, _origin, o) = Origin::random("/g", 62, 12 * MIB).await;
     let url = o.url("/g");
     let task = TaskId::for_url(&url, "", "", None, &[]);
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
     // No seed peers: only what the daemons say can keep the new peer off the origin.
-    let mut sched = Scheduler::start(&w.join("s"), false);
-    let a = Daemon::start(&w.join("a"), "127.0.7.10", &[sched.addr()], false);
-    let b = Daemon::start(&w.join("b"), "127.0.7.11", &[sched.addr()], false);
+    let sched = scheduler(&w.join("s"), false);
+    let a = peer(&w.join("a"), "127.0.7.10", &[sched.addr()], false).start();
+    let b = peer(&w.join("b"), "127.0.7.11", &[sched.addr()], false).start();
     pull(&a, &url, &data, w, "a.out").await;
     pull(&b, &url, &data, w, "b.out").await;
     assert_eq!(o.stats.for_path("/g").1, data.len() as u64);
 
-    sched.proc.kill();
-    let sched = Scheduler::start_on(&w.join("s-again"), sched.port, false);
+    let sched = sched.replace(&w.join("s-again")).seed_peers(false).start();
     until_known(&sched, &task, "a daemon to re-announce the task").await;
-    let c = Daemon::start(&w.join("c"), "127.0.7.12", &[sched.addr()], false);
+    let c = peer(&w.join("c"), "127.0.7.12", &[sched.addr()], false).start();
     pull(&c, &url, &data, w, "c.out").await;
     assert_eq!(from_peers_only(&c, "c"), 3);
     assert_eq!(o.stats.for_path("/g").1, data.len() as u64);
@@ -134,21 +125,21 @@ async fn when_the_tasks_scheduler_dies_the_next_one_learns_who_holds_it() {
     let o = origin.spawn().await.unwrap();
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let s1 = Scheduler::start(&w.join("s1"), false);
-    let mut s2 = Scheduler::start(&w.join("s2"), false);
+    let s1 = scheduler(&w.join("s1"), false);
+    let mut s2 = scheduler(&w.join("s2"), false);
     let addrs = vec![s1.addr(), s2.addr()];
     let path = path_owned_by(&o, &addrs, 1);
     origin.route(&path, Resource::bytes(data.clone()));
     let url = o.url(&path);
     let task = TaskId::for_url(&url, "", "", None, &[]);
-    let a = Daemon::start(&w.join("a"), "127.0.8.10", &addrs, false);
+    let a = peer(&w.join("a"), "127.0.8.10", &addrs, false).start();
     pull(&a, &url, &data, w, "a.out").await;
     assert!(s2.knows(&task).await && !s1.knows(&task).await);
 
     // Scheduler 2 dies for good: the task's next scheduler on the ring is told who holds it.
-    s2.proc.kill();
+    s2.kill();
     until_known(&s1, &task, "a to tell scheduler 1 about the moved task").await;
-    let c = Daemon::start(&w.join("c"), "127.0.8.12", &addrs, false);
+    let c = peer(&w.join("c"), "127.0.8.12", &addrs, false).start();
     pull(&c, &url, &data, w, "c.out").await;
     assert_eq!(from_peers_only(&c, "c"), 2);
     assert_eq!(o.stats.for_path(&path).1, data.len() as u64);
@@ -161,8 +152,8 @@ async fn a_scheduler_added_to_net_addrs_learns_the_tasks_that_now_hash_to_it() {
     let o = origin.spawn().await.unwrap();
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let s1 = Scheduler::start(&w.join("s1"), false);
-    let s2 = Scheduler::start(&w.join("s2"), false);
+    let s1 = scheduler(&w.join("s1"), false);
+    let s2 = scheduler(&w.join("s2"), false);
     let both = vec![s1.addr(), s2.addr()];
     let path = path_owned_by(&o, &both, 1);
     origin.route(&path, Resource::bytes(data.clone()));
@@ -170,13 +161,13 @@ async fn a_scheduler_added_to_net_addrs_learns_the_tasks_that_now_hash_to_it() {
     let task = TaskId::for_url(&url, "", "", None, &[]);
 
     // A knows only scheduler 1 when it downloads; then it restarts with both.
-    let mut a = Daemon::start(&w.join("a"), "127.0.9.10", &[s1.addr()], false);
+    let mut a = peer(&w.join("a"), "127.0.9.10", &[s1.addr()], false).start();
     pull(&a, &url, &data, w, "a.out").await;
     assert!(!s2.knows(&task).await);
-    a.proc.kill();
-    let _a = Daemon::start(&w.join("a"), "127.0.9.10", &both, false);
+    a.kill();
+    let _a = peer(&w.join("a"), "127.0.9.10", &both, false).start();
     until_known(&s2, &task, "a to tell the added scheduler about its task").await;
-    let c = Daemon::start(&w.join("c"), "127.0.9.12", &both, false);
+    let c = peer(&w.join("c"), "127.0.9.12", &both, false).start();
     pull(&c, &url, &data, w, "c.out").await;
     assert_eq!(from_peers_only(&c, "c"), 2);
     assert_eq!(o.stats.for_path(&path).1, data.len() as u64);
