@@ -76,7 +76,7 @@ async fn per_peer_rate_limit_caps_a_download_from_a_parent() {
     let took = t0.elapsed();
     assert!(std::fs::read(&out).unwrap() == data);
     assert_eq!(
-        o.stats.for_path("/file").1,
+        o.served("/file"),
         data.len() as u64,
         "b took every byte from its parent"
     );
@@ -93,7 +93,7 @@ async fn keep_storage_decides_whether_tasks_survive_a_clean_exit() {
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("a");
     let out = work.path().join("out");
-    let served = || o.stats.for_path("/file").1 / data.len() as u64;
+    let served = || o.served("/file") / data.len() as u64;
 
     // keepStorage: true: the task is still there after SIGTERM and a new start.
     let d = start(&dir, &[], true, |_| {});

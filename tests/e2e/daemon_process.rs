@@ -5,11 +5,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 use testkit::daemon::DaemonProcess;
-use testkit::data::random_bytes;
 use testkit::dfget::{ok, run as dfget};
 use testkit::files::content_file as find_content_file;
 use testkit::net::free_port;
-use testkit::origin::{Behavior, Origin, Resource};
+use testkit::origin::{Behavior, Origin};
 
 const MIB: usize = 1 << 20;
 
@@ -22,20 +21,21 @@ fn start_daemon(dir: &Path, parents: &[u16], upload_port: u16, multiplex: bool) 
         .start()
 }
 
+/// Daemon `a` in `work` (hard-linking outputs if `multiplex`), and daemon `b` with `a` as its
+/// static parent.
+fn parent_and_child(work: &Path, multiplex: bool) -> (DaemonProcess, DaemonProcess) {
+    let a = start_daemon(&work.join("a"), &[], free_port(), multiplex);
+    let b = start_daemon(&work.join("b"), &[a.upload_port()], free_port(), false);
+    (a, b)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dfget_through_two_daemons_takes_pieces_from_the_parent() {
-    let data = random_bytes(21, 40 * MIB + 7);
+    let (data, _origin, o) = Origin::random("/file", 21, 40 * MIB + 7).await;
     let digest = Digest::of(Algorithm::Sha256, &data).to_string();
-    let (_origin, o) = Origin::serving([("/file", Resource::bytes(data.clone()))]).await;
     let url = o.url("/file");
     let work = tempfile::tempdir().unwrap();
-    let a = start_daemon(&work.path().join("a"), &[], free_port(), true);
-    let b = start_daemon(
-        &work.path().join("b"),
-        &[a.upload_port()],
-        free_port(),
-        false,
-    );
+    let (a, b) = parent_and_child(work.path(), true);
 
     let out_a = work.path().join("out-a");
     let s = ok(&dfget(
@@ -70,7 +70,7 @@ async fn dfget_through_two_daemons_takes_pieces_from_the_parent() {
         "without multiplex the output is a copy"
     );
     assert_eq!(
-        o.stats.for_path("/file").1,
+        o.served("/file"),
         data.len() as u64,
         "the origin served the file once"
     );
@@ -98,19 +98,12 @@ async fn dfget_through_two_daemons_takes_pieces_from_the_parent() {
     let again = work.path().join("again");
     ok(&dfget(&a.socket(), &[&url, "-O", again.to_str().unwrap()]).await);
     assert!(std::fs::read(&again).unwrap() == data);
-    assert_eq!(o.stats.for_path("/file").1, data.len() as u64);
+    assert_eq!(o.served("/file"), data.len() as u64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_errors_reach_dfget_and_leave_nothing() {
-    let data = random_bytes(22, 5 * MIB);
-    let origin = Origin::new();
-    let corrupt = Behavior {
-        corrupt: true,
-        ..Behavior::default()
-    };
-    origin.route("/bad", Resource::bytes(data.clone()).with(corrupt));
-    let o = origin.spawn().await.unwrap();
+    let (data, _origin, o) = Origin::random_with("/bad", 22, 5 * MIB, Behavior::corrupt()).await;
     let work = tempfile::tempdir().unwrap();
     let a = start_daemon(&work.path().join("a"), &[], free_port(), false);
     let out = work.path().join("out");
@@ -147,13 +140,8 @@ async fn daemon_errors_reach_dfget_and_leave_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_daemon_resumes_from_the_pieces_it_has() {
-    let (data, _origin, o) = Origin::random_with(
-        "/file",
-        23,
-        48 * MIB,
-        Behavior::slow(Duration::from_millis(3)),
-    )
-    .await;
+    let slow = Behavior::slow(Duration::from_millis(3));
+    let (data, _origin, o) = Origin::random_with("/file", 23, 48 * MIB, slow).await;
     let digest = Digest::of(Algorithm::Sha256, &data).to_string();
     let url = o.url("/file");
     let work = tempfile::tempdir().unwrap();
@@ -164,7 +152,7 @@ async fn killed_daemon_resumes_from_the_pieces_it_has() {
     let first = tokio::spawn(a.dfget(&[&url, "-O", out.to_str().unwrap()]));
     // Wait until some of the content has been served, then kill -9 the daemon.
     for _ in 0..400 {
-        if o.stats.for_path("/file").1 > 16 * MIB as u64 {
+        if o.served("/file") > 16 * MIB as u64 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -173,7 +161,7 @@ async fn killed_daemon_resumes_from_the_pieces_it_has() {
     let r = first.await.unwrap();
     assert!(!r.status.success(), "dfget must fail when its daemon dies");
     assert!(!out.exists());
-    let served_before = o.stats.for_path("/file").1;
+    let served_before = o.served("/file");
     assert!(served_before < data.len() as u64, "killed mid-download");
     drop(a);
     let a = start_daemon(&dir, &[], port, false);
@@ -183,7 +171,7 @@ async fn killed_daemon_resumes_from_the_pieces_it_has() {
     )
     .await);
     assert!(std::fs::read(&out).unwrap() == data);
-    let total = o.stats.for_path("/file").1;
+    let total = o.served("/file");
     assert!(
         total < 2 * data.len() as u64 - 8 * MIB as u64,
         "the restart resumed from stored pieces (origin served {total} bytes for {})",
@@ -194,7 +182,7 @@ async fn killed_daemon_resumes_from_the_pieces_it_has() {
 /// Wait until the origin has served more than `bytes` of `path`.
 async fn wait_served(o: &testkit::origin::RunningOrigin, path: &str, bytes: u64) {
     for _ in 0..800 {
-        if o.stats.for_path(path).1 > bytes {
+        if o.served(path) > bytes {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -204,23 +192,12 @@ async fn wait_served(o: &testkit::origin::RunningOrigin, path: &str, bytes: u64)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn child_gets_every_piece_from_a_parent_that_is_still_downloading() {
-    let (data, _origin, o) = Origin::random_with(
-        "/big",
-        24,
-        256 * MIB,
-        Behavior::slow(Duration::from_millis(4)),
-    )
-    .await;
+    let slow = Behavior::slow(Duration::from_millis(4));
+    let (data, _origin, o) = Origin::random_with("/big", 24, 256 * MIB, slow).await;
     let digest = Digest::of(Algorithm::Sha256, &data).to_string();
     let url = o.url("/big");
     let work = tempfile::tempdir().unwrap();
-    let a = start_daemon(&work.path().join("a"), &[], free_port(), false);
-    let b = start_daemon(
-        &work.path().join("b"),
-        &[a.upload_port()],
-        free_port(),
-        false,
-    );
+    let (a, b) = parent_and_child(work.path(), false);
     let (out_a, out_b) = (work.path().join("out-a"), work.path().join("out-b"));
     let first = tokio::spawn(a.dfget(&[&url, "-O", out_a.to_str().unwrap(), "--digest", &digest]));
     wait_served(&o, "/big", 8 * MIB as u64).await;
@@ -237,7 +214,7 @@ async fn child_gets_every_piece_from_a_parent_that_is_still_downloading() {
     assert!(std::fs::read(&out_a).unwrap() == data);
     assert!(std::fs::read(&out_b).unwrap() == data);
     assert_eq!(
-        o.stats.for_path("/big").1,
+        o.served("/big"),
         data.len() as u64,
         "origin served the bytes once: every piece of the child came from the parent"
     );
@@ -245,23 +222,12 @@ async fn child_gets_every_piece_from_a_parent_that_is_still_downloading() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn child_finishes_from_the_source_when_its_parent_is_killed() {
-    let (data, _origin, o) = Origin::random_with(
-        "/big",
-        25,
-        96 * MIB,
-        Behavior::slow(Duration::from_millis(4)),
-    )
-    .await;
+    let slow = Behavior::slow(Duration::from_millis(4));
+    let (data, _origin, o) = Origin::random_with("/big", 25, 96 * MIB, slow).await;
     let digest = Digest::of(Algorithm::Sha256, &data).to_string();
     let url = o.url("/big");
     let work = tempfile::tempdir().unwrap();
-    let mut a = start_daemon(&work.path().join("a"), &[], free_port(), false);
-    let b = start_daemon(
-        &work.path().join("b"),
-        &[a.upload_port()],
-        free_port(),
-        false,
-    );
+    let (mut a, b) = parent_and_child(work.path(), false);
     let out_b = work.path().join("out-b");
     let out_a = work.path().join("out-a");
     let first = tokio::spawn(a.dfget(&[&url, "-O", out_a.to_str().unwrap()]));
@@ -284,9 +250,8 @@ async fn child_finishes_from_the_source_when_its_parent_is_killed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parent_serving_corrupted_pieces_is_detected_and_the_piece_refetched() {
-    let data = random_bytes(26, 32 * MIB);
+    let (data, _origin, o) = Origin::random("/file", 26, 32 * MIB).await;
     let digest = Digest::of(Algorithm::Sha256, &data).to_string();
-    let (_origin, o) = Origin::serving([("/file", Resource::bytes(data.clone()))]).await;
     let url = o.url("/file");
     let work = tempfile::tempdir().unwrap();
     let a = start_daemon(&work.path().join("a"), &[], free_port(), false);
@@ -336,7 +301,7 @@ async fn a_parent_serving_corrupted_pieces_is_detected_and_the_piece_refetched()
         "the bad piece was detected: {log}"
     );
     assert!(
-        o.stats.for_path("/file").1 > data.len() as u64,
+        o.served("/file") > data.len() as u64,
         "the bad piece was refetched from the source"
     );
 }

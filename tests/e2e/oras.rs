@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use testkit::bins::bin;
 use testkit::daemon::{DaemonProcess, Program};
 use testkit::net::free_port;
+use testkit::process::output_ok;
 use testkit::registry::{PROXY_VARS, Pki, Registry, RegistryOptions, ensure_test_hosts};
 use testkit::scheduler::SchedulerProcess;
 
@@ -95,25 +96,21 @@ fn oras_python() -> PathBuf {
         .expect(
             "python3 is missing: apt-get install python3-venv (see TEST_PACKAGES in the Makefile)",
         );
-    let out = Command::new(system)
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .output()
-        .expect("python3 -m venv runs");
-    assert!(
-        out.status.success(),
-        "python3 -m venv {} failed (apt-get install python3-venv): {}",
-        venv.display(),
-        String::from_utf8_lossy(&out.stderr)
+    output_ok(
+        Command::new(system).args(["-m", "venv"]).arg(&venv),
+        &format!(
+            "python3 -m venv {} failed (apt-get install python3-venv)",
+            venv.display()
+        ),
     );
-    let out = Command::new(venv.join("bin/pip"))
-        .args(["install", "-q", "--disable-pip-version-check", ORAS_PY])
-        .output()
-        .expect("pip runs");
-    assert!(
-        out.status.success(),
-        "pip install {ORAS_PY} failed (PyPI must be reachable): {}",
-        String::from_utf8_lossy(&out.stderr)
+    output_ok(
+        Command::new(venv.join("bin/pip")).args([
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            ORAS_PY,
+        ]),
+        &format!("pip install {ORAS_PY} failed (PyPI must be reachable)"),
     );
     assert!(ready(), "oras-py does not import after installing");
     python

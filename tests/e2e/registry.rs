@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 use testkit::daemon::{DaemonProcess, InProcessDaemon};
 use testkit::net::free_port;
+use testkit::process::output_ok;
 use testkit::registry::{
     Containerd, ImageSpec, Pki, Podman, Registry, RegistryOptions, TestImage, ensure_test_hosts,
     run, skopeo,
@@ -75,15 +76,8 @@ impl Setup {
         if let Some(config) = config {
             cmd.arg("--config").arg(config);
         }
-        let out = cmd
-            .args(["--mirror", mirror, &self.registry.host_port()])
-            .output()
-            .expect("containerd-hosts runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        cmd.args(["--mirror", mirror, &self.registry.host_port()]);
+        output_ok(&mut cmd, "dfdaemon containerd-hosts failed");
         let toml = hosts.join(self.registry.host_port()).join("hosts.toml");
         let text = std::fs::read_to_string(&toml).expect("hosts.toml");
         (hosts, toml, text)

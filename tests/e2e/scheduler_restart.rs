@@ -3,7 +3,7 @@
 //! from that daemon, and the origin serves 0 more bytes. Real processes, as in swarm.rs; each
 //! test uses its own 127.0.N.0/24.
 
-use crate::support::{MIB, assert_ok, dfget, peer, scheduler};
+use crate::support::{MIB, assert_ok, dfget, peer, scheduler, two_schedulers};
 use dragonfly_common::digest::{Algorithm, Digest};
 use dragonfly_common::hashring;
 use dragonfly_common::task_id::TaskId;
@@ -53,7 +53,7 @@ async fn after_a_scheduler_restart_the_seed_peer_serves_what_it_holds() {
     let _seed = peer(&w.join("seed"), "127.0.6.2", &[sched.addr()], true).start();
     let a = peer(&w.join("a"), "127.0.6.10", &[sched.addr()], false).start();
     pull(&a, &url, &data, w, "a.out").await;
-    assert_eq!(o.stats.for_path("/f").1, data.len() as u64);
+    assert_eq!(o.served("/f"), data.len() as u64);
 
     // The restarted scheduler records no finished task a host announces (heldPeerLimit 0), so
     // only the seed peer, asked for the task, can say it holds it.
@@ -78,7 +78,7 @@ async fn after_a_scheduler_restart_the_seed_peer_serves_what_it_holds() {
         sched.log()
     );
     assert_eq!(
-        o.stats.for_path("/f").1,
+        o.served("/f"),
         data.len() as u64,
         "the origin served nothing after the restart"
     );
@@ -97,14 +97,14 @@ async fn after_a_scheduler_restart_daemons_tell_it_what_they_hold() {
     let b = peer(&w.join("b"), "127.0.7.11", &[sched.addr()], false).start();
     pull(&a, &url, &data, w, "a.out").await;
     pull(&b, &url, &data, w, "b.out").await;
-    assert_eq!(o.stats.for_path("/g").1, data.len() as u64);
+    assert_eq!(o.served("/g"), data.len() as u64);
 
     let sched = sched.replace(&w.join("s-again")).seed_peers(false).start();
     until_known(&sched, &task, "a daemon to re-announce the task").await;
     let c = peer(&w.join("c"), "127.0.7.12", &[sched.addr()], false).start();
     pull(&c, &url, &data, w, "c.out").await;
     assert_eq!(from_peers_only(&c, "c"), 3);
-    assert_eq!(o.stats.for_path("/g").1, data.len() as u64);
+    assert_eq!(o.served("/g"), data.len() as u64);
 }
 
 /// A path on `o` whose task is owned by scheduler `owner` of `addrs`.
@@ -121,12 +121,10 @@ fn path_owned_by(o: &testkit::origin::RunningOrigin, addrs: &[String], owner: us
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_tasks_scheduler_dies_the_next_one_learns_who_holds_it() {
     let data = random_bytes(63, 8 * MIB);
-    let origin = Origin::new();
-    let o = origin.spawn().await.unwrap();
+    let (origin, o) = Origin::empty().await;
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let s1 = scheduler(&w.join("s1"), false);
-    let mut s2 = scheduler(&w.join("s2"), false);
+    let (s1, mut s2) = two_schedulers(w);
     let addrs = vec![s1.addr(), s2.addr()];
     let path = path_owned_by(&o, &addrs, 1);
     origin.route(&path, Resource::bytes(data.clone()));
@@ -142,18 +140,16 @@ async fn when_the_tasks_scheduler_dies_the_next_one_learns_who_holds_it() {
     let c = peer(&w.join("c"), "127.0.8.12", &addrs, false).start();
     pull(&c, &url, &data, w, "c.out").await;
     assert_eq!(from_peers_only(&c, "c"), 2);
-    assert_eq!(o.stats.for_path(&path).1, data.len() as u64);
+    assert_eq!(o.served(&path), data.len() as u64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scheduler_added_to_net_addrs_learns_the_tasks_that_now_hash_to_it() {
     let data = random_bytes(64, 8 * MIB);
-    let origin = Origin::new();
-    let o = origin.spawn().await.unwrap();
+    let (origin, o) = Origin::empty().await;
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let s1 = scheduler(&w.join("s1"), false);
-    let s2 = scheduler(&w.join("s2"), false);
+    let (s1, s2) = two_schedulers(w);
     let both = vec![s1.addr(), s2.addr()];
     let path = path_owned_by(&o, &both, 1);
     origin.route(&path, Resource::bytes(data.clone()));
@@ -170,5 +166,5 @@ async fn a_scheduler_added_to_net_addrs_learns_the_tasks_that_now_hash_to_it() {
     let c = peer(&w.join("c"), "127.0.9.12", &both, false).start();
     pull(&c, &url, &data, w, "c.out").await;
     assert_eq!(from_peers_only(&c, "c"), 2);
-    assert_eq!(o.stats.for_path(&path).1, data.len() as u64);
+    assert_eq!(o.served(&path), data.len() as u64);
 }

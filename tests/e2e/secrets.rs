@@ -62,24 +62,13 @@ async fn a_password_in_a_url_is_sent_to_the_origin_and_printed_or_stored_nowhere
             .replacen("http://", &format!("http://me:{SECRET}@"), 1)
     };
     let work = tempfile::tempdir().unwrap();
+    let w = work.path();
     let mut printed = String::new();
 
     // A swarm: the seed peer fetches for the peer, with the credentials the peer was given.
     let sched = scheduler(&work.path().join("scheduler"), true);
-    let _seed = peer(
-        &work.path().join("seed"),
-        "127.0.7.1",
-        &[sched.addr()],
-        true,
-    )
-    .start();
-    let peer = peer(
-        &work.path().join("peer"),
-        "127.0.7.2",
-        &[sched.addr()],
-        false,
-    )
-    .start();
+    let _seed = peer(&w.join("seed"), "127.0.7.1", &[sched.addr()], true).start();
+    let peer = peer(&w.join("peer"), "127.0.7.2", &[sched.addr()], false).start();
     let out = work.path().join("via-daemon");
     let digest_text = digest.to_string();
     let url = with_password("/private");

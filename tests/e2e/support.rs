@@ -2,7 +2,7 @@
 //! 127.0.x.y addresses, talking to schedulers), schedulers, and dfget run against a peer.
 
 use dragonfly_common::config::Duration;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 use testkit::daemon::{DaemonBuilder, DaemonProcess, Program};
 use testkit::scheduler::SchedulerProcess;
@@ -55,6 +55,14 @@ pub fn scheduler(dir: &Path, seed_peers: bool) -> SchedulerProcess {
         .start()
 }
 
+/// Schedulers in `work/s1` and `work/s2`, neither asking seed peers.
+pub fn two_schedulers(work: &Path) -> (SchedulerProcess, SchedulerProcess) {
+    (
+        scheduler(&work.join("s1"), false),
+        scheduler(&work.join("s2"), false),
+    )
+}
+
 /// `dfget URL -O OUT --digest DIGEST -q` through `d`.
 pub async fn dfget(d: &DaemonProcess, url: &str, out: &Path, digest: &str) -> Output {
     let out = out.to_str().expect("utf-8 output path");
@@ -68,4 +76,25 @@ pub fn assert_ok(o: &Output, who: &str) {
         "dfget on {who} failed: {}",
         String::from_utf8_lossy(&o.stderr)
     );
+}
+
+/// `work/{name}0`, `work/{name}1`, ...: `count` output paths.
+pub fn outs(work: &Path, name: &str, count: usize) -> Vec<PathBuf> {
+    (0..count)
+        .map(|i| work.join(format!("{name}{i}")))
+        .collect()
+}
+
+/// [`dfget`] of `url` through each of `peers` into the matching one of `outs`, not yet awaited.
+pub fn dfget_all<'a>(
+    peers: &'a [DaemonProcess],
+    url: &'a str,
+    outs: &'a [PathBuf],
+    digest: &'a str,
+) -> Vec<impl Future<Output = Output> + 'a> {
+    peers
+        .iter()
+        .zip(outs)
+        .map(|(p, out)| dfget(p, url, out, digest))
+        .collect()
 }

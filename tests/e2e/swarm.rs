@@ -2,12 +2,13 @@
 //! 127.0.x.y addresses, dfget processes, and a counting origin. Each test uses its own
 //! 127.0.N.0/24 so the tests can run at once.
 
-use crate::support::{MIB, assert_ok, dfget, peer, peers, scheduler};
+use crate::support::{
+    MIB, assert_ok, dfget, dfget_all, outs, peer, peers, scheduler, two_schedulers,
+};
 use dragonfly_common::digest::{Algorithm, Digest};
 use dragonfly_common::hashring;
 use dragonfly_common::task_id::TaskId;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 use testkit::data::random_bytes;
 use testkit::files::{same, wait_for};
@@ -16,28 +17,17 @@ use testkit::origin::{Behavior, Origin, Resource};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_and_six_peers_pull_256_mib_and_the_origin_serves_it_once() {
-    let data = random_bytes(41, 256 * MIB);
+    let (data, _origin, o) = Origin::random("/big", 41, 256 * MIB).await;
     let digest = Digest::of(Algorithm::Sha256, &data).to_string();
-    let (_origin, o) = Origin::serving([("/big", Resource::bytes(data.clone()))]).await;
     let url = o.url("/big");
     let work = tempfile::tempdir().unwrap();
+    let w = work.path();
     let sched = scheduler(&work.path().join("scheduler"), true);
-    let seed = peer(
-        &work.path().join("seed"),
-        "127.0.1.2",
-        &[sched.addr()],
-        true,
-    )
-    .start();
+    let seed = peer(&w.join("seed"), "127.0.1.2", &[sched.addr()], true).start();
     let peers = peers(work.path(), "peer", 1, 6, &[sched.addr()]);
 
-    let outs: Vec<PathBuf> = (0..6)
-        .map(|i| work.path().join(format!("out{i}")))
-        .collect();
-    let runs = peers
-        .iter()
-        .zip(&outs)
-        .map(|(p, out)| dfget(p, &url, out, &digest));
+    let outs = outs(w, "out", 6);
+    let runs = dfget_all(&peers, &url, &outs, &digest);
     let results = futures::future::join_all(runs).await;
     for (i, r) in results.iter().enumerate() {
         assert_ok(r, &format!("peer{i}"));
@@ -45,7 +35,7 @@ async fn seed_and_six_peers_pull_256_mib_and_the_origin_serves_it_once() {
     }
 
     assert_eq!(
-        o.stats.for_path("/big").1,
+        o.served("/big"),
         data.len() as u64,
         "the origin served the file exactly once for 7 daemons"
     );
@@ -106,16 +96,12 @@ async fn a_parent_killed_mid_transfer_leaves_every_child_finishing() {
         "-q",
     ]));
     wait_for(
-        || o.stats.for_path("/slow").1 >= 8 * MIB as u64,
+        || o.served("/slow") >= 8 * MIB as u64,
         "the first peer to fetch two pieces",
     )
     .await;
-    let outs: Vec<PathBuf> = (0..3).map(|i| work.path().join(format!("c{i}"))).collect();
-    let runs: Vec<_> = children
-        .iter()
-        .zip(&outs)
-        .map(|(c, out)| dfget(c, &url, out, &digest))
-        .collect();
+    let outs = outs(work.path(), "c", 3);
+    let runs = dfget_all(&children, &url, &outs, &digest);
     let killer = async {
         // Kill the parent while the children are following it.
         wait_for(
@@ -169,19 +155,11 @@ async fn downloads_finish_from_the_source_when_the_scheduler_dies_or_was_never_t
     let work = tempfile::tempdir().unwrap();
     let mut sched = scheduler(&work.path().join("scheduler"), false);
     let peers = peers(work.path(), "p", 3, 3, &[sched.addr()]);
-    let outs: Vec<PathBuf> = (0..3).map(|i| work.path().join(format!("o{i}"))).collect();
+    let outs = outs(work.path(), "o", 3);
     let url = o.url("/f");
-    let runs: Vec<_> = peers
-        .iter()
-        .zip(&outs)
-        .map(|(p, out)| dfget(p, &url, out, &digest))
-        .collect();
+    let runs = dfget_all(&peers, &url, &outs, &digest);
     let killer = async {
-        wait_for(
-            || o.stats.for_path("/f").1 > 2 * MIB as u64,
-            "the transfer to start",
-        )
-        .await;
+        wait_for(|| o.served("/f") > 2 * MIB as u64, "the transfer to start").await;
         sched.kill();
     };
     let (results, ()) = tokio::join!(futures::future::join_all(runs), killer);
@@ -233,7 +211,7 @@ async fn downloads_finish_from_the_source_when_the_scheduler_dies_or_was_never_t
         assert!(same(&out, &data));
     }
     assert_eq!(
-        o.stats.for_path("/h").1,
+        o.served("/h"),
         data.len() as u64,
         "served once after the restart"
     );
@@ -243,14 +221,13 @@ async fn downloads_finish_from_the_source_when_the_scheduler_dies_or_was_never_t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_schedulers_split_the_tasks_by_hash_and_a_dead_one_is_skipped() {
-    let origin = Origin::new();
-    let o = origin.spawn().await.unwrap();
+    let (origin, o) = Origin::empty().await;
     let work = tempfile::tempdir().unwrap();
-    let s1 = scheduler(&work.path().join("s1"), false);
-    let mut s2 = scheduler(&work.path().join("s2"), false);
+    let w = work.path();
+    let (s1, mut s2) = two_schedulers(work.path());
     let addrs = vec![s1.addr(), s2.addr()];
-    let a = peer(&work.path().join("a"), "127.0.4.2", &addrs, false).start();
-    let b = peer(&work.path().join("b"), "127.0.4.3", &addrs, false).start();
+    let a = peer(&w.join("a"), "127.0.4.2", &addrs, false).start();
+    let b = peer(&w.join("b"), "127.0.4.3", &addrs, false).start();
     // Four files owned by each scheduler (the ports, hence the owners, differ from run to run).
     let mut per_owner = [0; 2];
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
@@ -280,11 +257,7 @@ async fn two_schedulers_split_the_tasks_by_hash_and_a_dead_one_is_skipped() {
             assert!(same(&out, data));
         }
         // B got the file from A: the scheduler that owns the task saw both.
-        assert_eq!(
-            o.stats.for_path(path).1,
-            data.len() as u64,
-            "{path} served once"
-        );
+        assert_eq!(o.served(path), data.len() as u64, "{path} served once");
         assert!(
             b.fed().contains_key(&a.upload_addr()),
             "{path}: {:?}",
@@ -324,7 +297,7 @@ async fn two_schedulers_split_the_tasks_by_hash_and_a_dead_one_is_skipped() {
         s1.knows(TaskId::for_url(&url, "", "", None, &[]).as_str())
             .await
     );
-    assert_eq!(o.stats.for_path(&moved).1, data.len() as u64);
+    assert_eq!(o.served(&moved), data.len() as u64);
     assert!(b.fed().contains_key(&a.upload_addr()), "{:?}", b.fed());
 }
 
@@ -423,12 +396,12 @@ async fn a_peer_lying_about_its_pieces_is_dropped_and_the_download_still_succeed
     };
     use std::sync::atomic::{AtomicU64, Ordering};
 
-    let data = random_bytes(44, 20 * MIB);
+    let (data, _origin, o) = Origin::random("/lie", 44, 20 * MIB).await;
     let digest = Digest::of(Algorithm::Sha256, &data).to_string();
-    let (_origin, o) = Origin::serving([("/lie", Resource::bytes(data.clone()))]).await;
     let url = o.url("/lie");
     let id = TaskId::for_url(&url, "", "", None, &[]);
     let work = tempfile::tempdir().unwrap();
+    let w = work.path();
     let sched = scheduler(&work.path().join("scheduler"), false);
 
     // The liar: an upload port that claims every piece, announced as a host that finished the task.
@@ -498,13 +471,7 @@ async fn a_peer_lying_about_its_pieces_is_dropped_and_the_download_still_succeed
     let _keep = (tx, answers);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let honest = peer(
-        &work.path().join("honest"),
-        "127.0.5.10",
-        &[sched.addr()],
-        false,
-    )
-    .start();
+    let honest = peer(&w.join("honest"), "127.0.5.10", &[sched.addr()], false).start();
     let out = work.path().join("out");
     assert_ok(
         &dfget(&honest, &url, &out, &digest).await,

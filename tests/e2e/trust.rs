@@ -87,7 +87,7 @@ async fn a_wrong_digest_is_refused_for_content_the_daemon_already_holds() {
         assert!(read(&again) == data);
     }
     assert_eq!(
-        o.stats.for_path("/held").1,
+        o.served("/held"),
         2 * data.len() as u64,
         "each daemon fetched the content once; the digest checks read only the stored file"
     );
@@ -142,7 +142,7 @@ async fn callers_joining_a_running_download_are_checked_against_their_own_digest
     assert!(!Path::new(&b2).exists());
     for p in ["/a", "/b"] {
         assert_eq!(
-            o.stats.for_path(p).1,
+            o.served(p),
             data.len() as u64,
             "{p}: one download for every caller"
         );
@@ -178,7 +178,7 @@ async fn a_piece_damaged_on_disk_is_fetched_again_before_it_reaches_an_output() 
         read(&second) == data,
         "the damaged piece never reached the output"
     );
-    let served = o.stats.for_path("/f").1;
+    let served = o.served("/f");
     assert!(
         served > data.len() as u64 && served <= (data.len() + 8 * MIB) as u64,
         "only the damaged piece came from the origin again ({served} bytes)"
@@ -197,9 +197,8 @@ async fn a_piece_damaged_on_disk_is_fetched_again_before_it_reaches_an_output() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parent_lying_consistently_is_caught_by_the_digest_and_the_source_asked() {
-    let data = random_bytes(304, 24 * MIB);
+    let (data, _origin, o) = Origin::random("/l", 304, 24 * MIB).await;
     let digest = sha256(&data);
-    let (_origin, o) = Origin::serving([("/l", Resource::bytes(data.clone()))]).await;
     let url = o.url("/l");
     let id = TaskId::for_url(&url, "", "", None, &[]);
     let work = tempfile::tempdir().unwrap();
@@ -239,7 +238,7 @@ async fn a_parent_lying_consistently_is_caught_by_the_digest_and_the_source_aske
     assert!(read(&out) == data);
     assert!(b.log().contains("content failed its digest"), "{}", b.log());
     assert!(
-        o.stats.for_path("/l").1 > data.len() as u64,
+        o.served("/l") > data.len() as u64,
         "the pieces the parent gave were taken from the origin again"
     );
     // Nothing of the lie is kept: the stored content is the origin's.

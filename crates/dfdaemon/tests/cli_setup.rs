@@ -2,16 +2,8 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output};
-use testkit::cli::{run, text};
-
-fn dfdaemon(args: &[&str]) -> Output {
-    run(
-        Path::new(env!("CARGO_BIN_EXE_dfdaemon")),
-        args,
-        "DFDAEMON_CONFIG",
-    )
-}
+use std::process::Command;
+use testkit::cli::{dfdaemon, text};
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
@@ -138,14 +130,17 @@ fn containerd_hosts_takes_the_mirror_credentials_from_the_daemon_config() {
         "proxy:\n  basicAuth:\n    username: alice\n    password: s3cret\n",
     )
     .unwrap();
-    let run = dfdaemon(&[
-        "containerd-hosts",
-        "--dir",
-        certs_d_arg,
-        "--config",
-        cfg_arg,
-        "registry.test:5443",
-    ]);
+    let hosts = |config: &str, registry: &str| {
+        dfdaemon(&[
+            "containerd-hosts",
+            "--dir",
+            certs_d_arg,
+            "--config",
+            config,
+            registry,
+        ])
+    };
+    let run = hosts(cfg_arg, "registry.test:5443");
     assert!(run.status.success(), "{}", text(&run.stderr));
     let file = certs_d.join("registry.test:5443/hosts.toml");
     let written = std::fs::read_to_string(&file).unwrap();
@@ -160,25 +155,11 @@ fn containerd_hosts_takes_the_mirror_credentials_from_the_daemon_config() {
 
     // A config without basicAuth: no credentials; a config that does not load: named.
     std::fs::write(&cfg, "proxy: {}\n").unwrap();
-    let run = dfdaemon(&[
-        "containerd-hosts",
-        "--dir",
-        certs_d_arg,
-        "--config",
-        cfg_arg,
-        "r.test",
-    ]);
+    let run = hosts(cfg_arg, "r.test");
     assert!(run.status.success(), "{}", text(&run.stderr));
     let written = std::fs::read_to_string(certs_d.join("r.test/hosts.toml")).unwrap();
     assert!(!written.contains("Proxy-Authorization"), "{written}");
-    let run = dfdaemon(&[
-        "containerd-hosts",
-        "--dir",
-        certs_d_arg,
-        "--config",
-        "/nonexistent/dfget.yaml",
-        "r2.test",
-    ]);
+    let run = hosts("/nonexistent/dfget.yaml", "r2.test");
     assert!(!run.status.success());
     assert!(
         text(&run.stderr).contains("/nonexistent/dfget.yaml"),

@@ -2,16 +2,8 @@
 
 use dfdaemon::config::DfdaemonConfig;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use testkit::cli::{keys_missing_from, repo_file, run, text};
-
-fn dfdaemon(args: &[&str]) -> Output {
-    run(
-        Path::new(env!("CARGO_BIN_EXE_dfdaemon")),
-        args,
-        "DFDAEMON_CONFIG",
-    )
-}
+use std::process::Command;
+use testkit::cli::{assert_complete_example, dfdaemon, repo_file, text};
 
 fn load(path: &Path) -> DfdaemonConfig {
     match DfdaemonConfig::load(path) {
@@ -154,25 +146,11 @@ fn a_port_in_use_is_a_clear_startup_error() {
     );
 }
 
-/// Key paths of a YAML document (`proxy.tcpListen.port`); lists count as leaves.
 #[test]
 fn example_file_has_every_key_with_its_default_and_no_warnings() {
-    let path = repo_file("config/dfdaemon.yaml");
-    let loaded = match DfdaemonConfig::load(&path) {
-        Ok(loaded) => loaded,
-        Err(e) => panic!("{e}"),
-    };
-    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
-    assert_eq!(loaded.value, DfdaemonConfig::default());
-
-    let example = std::fs::read_to_string(&path).unwrap_or_default();
-    let printed = match DfdaemonConfig::default().to_yaml() {
-        Ok(printed) => printed,
-        Err(e) => panic!("{e}"),
-    };
-    let missing = keys_missing_from(&example, &printed);
-    assert!(
-        missing.is_empty(),
-        "keys missing from config/dfdaemon.yaml: {missing:?}"
+    assert_complete_example(
+        "config/dfdaemon.yaml",
+        DfdaemonConfig::load,
+        DfdaemonConfig::to_yaml,
     );
 }

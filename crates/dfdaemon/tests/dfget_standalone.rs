@@ -188,10 +188,7 @@ async fn digest_mismatch_removes_partial_output() {
     let data = random_bytes(6, 10 * MIB);
     let origin = Origin::new();
     origin.route("/blob", Resource::bytes(data.clone()));
-    let corrupt = Behavior {
-        corrupt: true,
-        ..Behavior::default()
-    };
+    let corrupt = Behavior::corrupt();
     origin.route("/corrupt", with(corrupt, data.clone()));
     let o = origin.spawn().await.unwrap();
     let dir = tempfile::tempdir().unwrap();

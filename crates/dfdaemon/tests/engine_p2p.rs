@@ -147,7 +147,7 @@ async fn joiners_share_one_download_and_finished_tasks_come_from_storage() {
         .await
         .unwrap();
     assert!(read_all(&t3).await == data);
-    assert_eq!(o.stats.for_path("/blob").1, data.len() as u64);
+    assert_eq!(o.served("/blob"), data.len() as u64);
     // A range in the middle, across a piece boundary.
     let mut r = t3.reader(4 * MIB as u64 - 10, Some(4 * MIB as u64 + 10));
     let mut part = Vec::new();
@@ -180,14 +180,7 @@ async fn dead_parent_means_back_to_source() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_content_fails_the_task_and_keeps_nothing() {
-    let data = random_bytes(14, 6 * MIB);
-    let origin = Origin::new();
-    let corrupt = Behavior {
-        corrupt: true,
-        ..Behavior::default()
-    };
-    origin.route("/blob", Resource::bytes(data.clone()).with(corrupt));
-    let o = origin.spawn().await.unwrap();
+    let (data, _origin, o) = Origin::random_with("/blob", 14, 6 * MIB, Behavior::corrupt()).await;
     let a = node("a").await;
     let t = a
         .engine

@@ -4,7 +4,7 @@
 #[path = "support/outputs.rs"]
 mod outputs;
 
-use outputs::{parts_in, start_daemon, wait_part};
+use outputs::{assert_no_parts, parts_in, start_daemon, wait_part};
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 use testkit::data::random_bytes;
@@ -40,11 +40,7 @@ async fn dfget_removes_its_part_on_sigint_and_sigterm_and_stale_ones_on_the_next
             .expect("dfget exits on the signal")
             .unwrap();
         assert_eq!(status.code(), Some(code), "SIG{sig}: {status:?}");
-        assert!(
-            parts_in(work.path()).is_empty(),
-            "SIG{sig}: {:?}",
-            parts_in(work.path())
-        );
+        assert_no_parts(work.path(), &format!("SIG{sig}"));
         assert!(!out.exists());
     }
     // kill -9 leaves the part; the next run to the same output removes it.
@@ -61,10 +57,9 @@ async fn dfget_removes_its_part_on_sigint_and_sigterm_and_stale_ones_on_the_next
     );
     ok(&dfget(&no_daemon, &[&o.url("/fast"), "-O", out.to_str().unwrap()]).await);
     assert!(std::fs::read(&out).unwrap() == data);
-    assert!(
-        parts_in(work.path()).is_empty(),
-        "the stale {part} of a dead dfget is removed: {:?}",
-        parts_in(work.path())
+    assert_no_parts(
+        work.path(),
+        &format!("the stale {part} of a dead dfget is removed"),
     );
 }
 
@@ -90,11 +85,7 @@ async fn a_killed_daemons_part_is_removed_when_it_starts_again() {
     );
     drop(d);
     let _d = start_daemon(&dir, false);
-    assert!(
-        parts_in(&outs).is_empty(),
-        "the restarted daemon removed {part}: {:?}",
-        parts_in(&outs)
-    );
+    assert_no_parts(&outs, &format!("the restarted daemon removed {part}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

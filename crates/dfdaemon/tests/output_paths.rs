@@ -4,7 +4,7 @@
 #[path = "support/outputs.rs"]
 mod outputs;
 
-use outputs::{parts_in, start_daemon};
+use outputs::{assert_no_parts, start_daemon};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -37,7 +37,7 @@ async fn output_on_another_file_system_than_the_data_dir_is_copied() {
         );
         assert_eq!(std::fs::metadata(&out).unwrap().nlink(), 1);
     }
-    assert!(parts_in(&mnt.0).is_empty(), "{:?}", parts_in(&mnt.0));
+    assert_no_parts(&mnt.0, "the runs");
 }
 
 /// The daemon's socket, or a missing one for a standalone run.
@@ -100,11 +100,7 @@ async fn overwrite_writes_into_a_fifo_or_character_device_instead_of_replacing_i
             reader.join().unwrap() == data,
             "{mode}: the reader got the bytes"
         );
-        assert!(
-            parts_in(work.path()).is_empty(),
-            "{:?}",
-            parts_in(work.path())
-        );
+        assert_no_parts(work.path(), "the runs");
     }
 }
 
@@ -141,13 +137,8 @@ async fn a_dangling_symlink_at_the_output_needs_overwrite_which_replaces_the_lin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_runs_to_one_output_without_overwrite_one_fails() {
-    let (data, _origin, o) = Origin::random_with(
-        "/file",
-        64,
-        4 * MIB,
-        Behavior::slow(Duration::from_millis(10)),
-    )
-    .await;
+    let slow = Behavior::slow(Duration::from_millis(10));
+    let (data, _origin, o) = Origin::random_with("/file", 64, 4 * MIB, slow).await;
     let work = tempfile::tempdir().unwrap();
     for (mode, socket, _daemon) in modes(work.path()) {
         let out = work.path().join(format!("out-{mode}"));
@@ -174,10 +165,6 @@ async fn two_runs_to_one_output_without_overwrite_one_fails() {
             stderr(lost)
         );
         assert!(std::fs::read(&out).unwrap() == data, "{mode}");
-        assert!(
-            parts_in(work.path()).is_empty(),
-            "{:?}",
-            parts_in(work.path())
-        );
+        assert_no_parts(work.path(), "the runs");
     }
 }

@@ -231,10 +231,7 @@ async fn wrong_bytes_for_a_digest_fail_the_client_and_are_not_kept() {
     let (path, digest) = blob_path(&data);
     let (origin, running) = Origin::serving(vec![(
         path.clone(),
-        Resource::bytes(data.clone()).with(Behavior {
-            corrupt: true,
-            ..Behavior::default()
-        }),
+        Resource::bytes(data.clone()).with(Behavior::corrupt()),
     )])
     .await;
     let d = daemon(LOCAL).await;
@@ -295,8 +292,7 @@ async fn auth_challenge_reaches_the_client_and_tokens_reach_the_origin() {
 async fn redirect_to_blob_storage_is_followed_without_the_token() {
     let data = random_bytes(5, 5 * MIB);
     let (path, digest) = blob_path(&data);
-    let origin = Origin::new();
-    let running = origin.spawn().await.expect("origin");
+    let (origin, running) = Origin::empty().await;
     // The signed URL is on another host name (localhost vs 127.0.0.1): the token must not go.
     let signed = format!(
         "http://localhost:{}/storage/blob?X-Amz-Signature=abc&Expires=1",

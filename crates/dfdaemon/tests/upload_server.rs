@@ -248,7 +248,7 @@ async fn download_task_on_the_upload_port_is_for_seed_peers_only() {
         assert!(m.response.is_some());
     }
     assert!(messages >= 1);
-    assert_eq!(o.stats.for_path("/seeded").1, data.len() as u64);
+    assert_eq!(o.served("/seeded"), data.len() as u64);
     let engine = &keep[1].2;
     let id = dfdaemon::task::TaskRequest {
         url: o.url("/seeded"),

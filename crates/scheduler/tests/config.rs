@@ -1,35 +1,16 @@
 //! scheduler.yaml: the example file, error messages, and the binary's `--print-config`.
 
 use scheduler::config::SchedulerConfig;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use testkit::cli::{keys_missing_from, repo_file, run, text};
-
-fn scheduler(args: &[&str]) -> Output {
-    run(
-        Path::new(env!("CARGO_BIN_EXE_scheduler")),
-        args,
-        "SCHEDULER_CONFIG",
-    )
-}
+use std::path::PathBuf;
+use std::process::Command;
+use testkit::cli::{assert_complete_example, scheduler, text};
 
 #[test]
 fn example_file_has_every_key_with_its_default_and_no_warnings() {
-    let path = repo_file("config/scheduler.yaml");
-    let loaded = match SchedulerConfig::load(&path) {
-        Ok(loaded) => loaded,
-        Err(e) => panic!("{e}"),
-    };
-    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
-    assert_eq!(loaded.value, SchedulerConfig::default());
-
-    let missing = keys_missing_from(
-        &std::fs::read_to_string(&path).unwrap_or_default(),
-        &SchedulerConfig::default().to_yaml().unwrap_or_default(),
-    );
-    assert!(
-        missing.is_empty(),
-        "keys missing from config/scheduler.yaml: {missing:?}"
+    assert_complete_example(
+        "config/scheduler.yaml",
+        SchedulerConfig::load,
+        SchedulerConfig::to_yaml,
     );
 }
 

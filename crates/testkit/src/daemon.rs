@@ -5,13 +5,14 @@
 
 use crate::bins::bin;
 use crate::net::free_port;
+use crate::process::KillOnDrop;
 use dfdaemon::config::{DfdaemonConfig, NetAddr, ProxyListen, UploadListen};
 use dragonfly_common::config::PortRange;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 /// Which binary runs the daemon.
@@ -193,7 +194,7 @@ impl DaemonBuilder {
             .spawn()
             .unwrap_or_else(|e| panic!("starting the daemon in {}: {e}", self.dir.display()));
         let d = DaemonProcess {
-            child,
+            child: KillOnDrop(child),
             dir: self.dir,
             _temp: self.temp,
             config: self.config,
@@ -240,7 +241,7 @@ fn port_range(port: u16) -> PortRange {
 
 /// A daemon process; killed when dropped.
 pub struct DaemonProcess {
-    child: Child,
+    child: KillOnDrop,
     dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
     config: DfdaemonConfig,
@@ -345,7 +346,7 @@ impl DaemonProcess {
     pub fn terminate(mut self) {
         crate::process::signal(self.child.id(), "TERM");
         for _ in 0..200 {
-            if let Some(code) = self.child.try_wait().expect("wait for the daemon") {
+            if let Some(code) = self.child.0.try_wait().expect("wait for the daemon") {
                 assert!(code.success(), "daemon exited with {code}");
                 return;
             }
@@ -356,20 +357,13 @@ impl DaemonProcess {
 
     /// Kill the process and wait for it.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill();
     }
 
     /// Run dfget against this daemon (the arguments are taken at once, so several runs can be
     /// joined).
     pub fn dfget(&self, args: &[&str]) -> impl Future<Output = Output> + 'static {
         crate::dfget::run(&self.socket(), args)
-    }
-}
-
-impl Drop for DaemonProcess {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 

@@ -68,6 +68,14 @@ pub struct Behavior {
 }
 
 impl Behavior {
+    /// Flips a byte in every body frame: content that does not match its digest.
+    pub fn corrupt() -> Self {
+        Behavior {
+            corrupt: true,
+            ..Behavior::default()
+        }
+    }
+
     /// Well-behaved, but waiting `frame_delay` between body frames (64 KiB each): a slow origin.
     pub fn slow(frame_delay: Duration) -> Self {
         Behavior {
@@ -283,6 +291,11 @@ impl Origin {
         (origin, running)
     }
 
+    /// A new origin serving nothing yet (add routes while it runs), running on 127.0.0.1.
+    pub async fn empty() -> (Origin, RunningOrigin) {
+        Self::serving(Vec::<(&str, Resource)>::new()).await
+    }
+
     /// A new origin serving `len` deterministic bytes from `seed` ([`crate::data::random_bytes`])
     /// at `path`: the bytes, the routing table and the running server.
     pub async fn random(path: &str, seed: u64, len: usize) -> (Vec<u8>, Origin, RunningOrigin) {
@@ -361,6 +374,11 @@ impl RunningOrigin {
     /// `http://127.0.0.1:PORT{path}`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// The body bytes it has served of `path` so far.
+    pub fn served(&self, path: &str) -> u64 {
+        self.stats.for_path(path).1
     }
 }
 

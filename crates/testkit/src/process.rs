@@ -9,6 +9,42 @@ pub fn open_files_limits(pid: u32) -> Option<(String, String)> {
     Some((numbers.next()?.to_string(), numbers.next()?.to_string()))
 }
 
+/// Run `cmd` to the end and return its output, panicking with `failed` and its stderr when it
+/// cannot start or exits non-zero (test helper; `failed` says what to do about it).
+pub fn output_ok(cmd: &mut std::process::Command, failed: &str) -> std::process::Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{failed}: {:?} does not start: {e}", cmd.get_program()));
+    assert!(
+        out.status.success(),
+        "{failed}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A child process, killed and reaped when dropped.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl KillOnDrop {
+    /// Its process id.
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Kill it (if it still runs) and wait for it.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Send `signal` (`TERM`, `KILL`, ...) to process `pid` with kill(1); panics when kill fails
 /// (test helper).
 pub fn signal(pid: u32, signal: &str) {

@@ -4,13 +4,14 @@
 
 use crate::bins::bin;
 use crate::net::free_port;
+use crate::process::KillOnDrop;
 use dragonfly_common::config::Port;
 use dragonfly_proto::SchedulerClient;
 use scheduler::SchedulerState;
 use scheduler::config::SchedulerConfig;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -97,7 +98,7 @@ impl SchedulerBuilder {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {} ({:?}): {e}", bin.display(), self.wrapper));
         let s = SchedulerProcess {
-            child,
+            child: KillOnDrop(child),
             port: self.config.server.port.get(),
             dir: self.dir,
         };
@@ -117,7 +118,7 @@ impl SchedulerBuilder {
 
 /// A scheduler process; killed when dropped.
 pub struct SchedulerProcess {
-    child: Child,
+    child: KillOnDrop,
     port: u16,
     dir: PathBuf,
 }
@@ -176,8 +177,7 @@ impl SchedulerProcess {
 
     /// Kill the process and wait for it.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill();
     }
 
     /// Kill it (if it still runs) and return a builder for a new scheduler in `dir` on the same
@@ -185,12 +185,6 @@ impl SchedulerProcess {
     pub fn replace(mut self, dir: &Path) -> SchedulerBuilder {
         self.kill();
         Self::builder(dir).port(self.port)
-    }
-}
-
-impl Drop for SchedulerProcess {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 

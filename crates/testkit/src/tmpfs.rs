@@ -9,17 +9,15 @@ pub struct Tmpfs(pub PathBuf);
 impl Tmpfs {
     /// Mount a tmpfs of `size` (as `mount -o size=` spells it: `256m`) on `dir`.
     pub fn mount(dir: &Path, size: &str) -> Self {
-        std::fs::create_dir_all(dir).unwrap();
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .output()
-            .expect("run mount");
-        assert!(
-            out.status.success(),
-            "this test needs a tmpfs (root): mount -t tmpfs on {} failed: {}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stderr)
+        std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        crate::process::output_ok(
+            std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir),
+            &format!(
+                "this test needs a tmpfs (root): mount -t tmpfs on {} failed",
+                dir.display()
+            ),
         );
         Self(dir.to_path_buf())
     }

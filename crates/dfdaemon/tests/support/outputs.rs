@@ -29,6 +29,16 @@ pub fn parts_in(dir: &Path) -> Vec<String> {
     names
 }
 
+/// Asserts `dir` holds no temporary download file; `what` says what should have removed them.
+pub fn assert_no_parts(dir: &Path, what: &str) {
+    let parts = parts_in(dir);
+    assert!(
+        parts.is_empty(),
+        "{what}: {parts:?} left in {}",
+        dir.display()
+    );
+}
+
 /// Wait until `dir` holds a temporary download file whose name contains `marker`.
 pub async fn wait_part(dir: &Path, marker: &str) -> String {
     for _ in 0..1000 {
