@@ -191,7 +191,7 @@ async fn containerd_pulls_and_unpacks_pushed_image() {
     pull.arg(&hosts).arg(&reference);
     run(pull).await.unwrap();
     assert!(containerd.images().await.unwrap().contains(&reference));
-    assert_each_layer_served_once(&reg, &image).await;
+    assert_each_layer_served_once(reg, image).await;
 
     // The layers were unpacked: mount the image and read the files back.
     let mnt = tmp.path().join("mnt");
@@ -243,7 +243,7 @@ async fn podman_pulls_pushed_image_into_vfs_storage() {
     let id = run(pull).await.unwrap();
     // podman's image id is the config digest.
     assert_eq!(id.trim(), image.config.digest.trim_start_matches("sha256:"));
-    assert_each_layer_served_once(&reg, &image).await;
+    assert_each_layer_served_once(reg, image).await;
 }
 
 #[tokio::test]
