@@ -8,19 +8,30 @@
 //! stored, and a parent that fails or lies is remembered and not asked again.
 
 mod driver;
+mod lanes;
 mod parent;
+mod parents;
+mod picker;
+mod pieces;
 mod reader;
 mod room;
+mod session;
 mod version;
 
-pub use parent::Parent;
-pub use reader::TaskReader;
+#[cfg(test)]
+mod picker_tests;
 
+pub use parent::Parent;
+pub use pieces::RemoteError;
+pub use reader::TaskReader;
+pub use session::{Answer, Outcome, SchedulerError, Session, Sessions};
+
+use crate::source::error::DownloadError;
 use crate::source::{HttpSource, SourceOptions};
 use crate::storage::{PieceRecord, Storage, StorageError, TaskRecord};
 use dashmap::DashMap;
 use dragonfly_common::digest::{Algorithm, Digest};
-use dragonfly_common::piece::PieceLayout;
+use dragonfly_common::piece::{LayoutError, PieceLayout};
 use dragonfly_common::task_id::TaskId;
 use http::HeaderMap;
 use std::sync::Arc;
@@ -123,12 +134,48 @@ impl TaskRequest {
     }
 }
 
-/// Why a task failed.
+/// Why a task failed. Clone: every caller waiting on the task gets it; causes are shared.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TaskError {
     /// The source failed (unreachable, bad response).
     #[error("{0}")]
-    Source(String),
+    Source(#[source] Arc<DownloadError>),
+    /// Fetching pieces from the source failed for good.
+    #[error("{url}: {source}")]
+    SourcePiece {
+        /// The URL.
+        url: String,
+        /// What went wrong.
+        #[source]
+        source: Arc<RemoteError>,
+    },
+    /// The source gives neither a length nor Range support: it cannot be split into pieces
+    /// (dfget downloads such a URL without the daemon).
+    #[error(
+        "{url} gives neither a content length nor Range support; the daemon cannot split it into pieces"
+    )]
+    Unsplittable {
+        /// The URL.
+        url: String,
+    },
+    /// The piece length asked for does not fit the content.
+    #[error("{url}: {source}")]
+    Layout {
+        /// The URL.
+        url: String,
+        /// Why.
+        #[source]
+        source: Arc<LayoutError>,
+    },
+    /// No scheduler answered and going to the source is not allowed.
+    #[error("the scheduler is unreachable ({why}) and scheduler.disableAutoBackSource is set")]
+    NoScheduler {
+        /// What the scheduler client said.
+        why: String,
+    },
+    /// The client for parents could not be built.
+    #[error("cannot build the parent client: {0}")]
+    ParentClient(#[source] Arc<reqwest::Error>),
     /// The source answered with a non-2xx status (a proxy passes it on to its client).
     #[error("{url} answered {}", status_text(*code))]
     Status {
@@ -141,7 +188,7 @@ pub enum TaskError {
     },
     /// Local storage failed.
     #[error("storage: {0}")]
-    Storage(String),
+    Storage(#[source] Arc<StorageError>),
     /// The source's content changed while it was being downloaded (another `ETag`,
     /// `Last-Modified` or length); what was stored of it is dropped.
     #[error("{url} changed during the download ({why}); nothing of it was kept, try again")]
@@ -160,6 +207,34 @@ pub enum TaskError {
         /// The piece number.
         piece: u32,
     },
+    /// A piece read for a caller no longer matches its crc32; it was dropped.
+    #[error(
+        "piece {piece} of task {task} is damaged on disk (crc32 {actual:08x}, stored {stored:08x}); dropped, it is fetched again on the next request"
+    )]
+    DamagedOnRead {
+        /// The task id.
+        task: TaskId,
+        /// The piece number.
+        piece: u32,
+        /// The crc32 of what was read.
+        actual: u32,
+        /// The crc32 recorded when it was stored.
+        stored: u32,
+    },
+    /// Pieces a reader had passed on were dropped as untrustworthy: its copy is void.
+    #[error("task {task}: pieces already read were dropped as untrustworthy")]
+    Rewritten {
+        /// The task id.
+        task: TaskId,
+    },
+    /// A piece number past the task's end was waited for.
+    #[error("piece {piece} is not part of task {task}")]
+    NoSuchPiece {
+        /// The task id.
+        task: TaskId,
+        /// The piece number.
+        piece: u32,
+    },
     /// The content does not match the expected digest.
     #[error("digest mismatch for {url}: expected {expected}, got {actual}")]
     DigestMismatch {
@@ -174,10 +249,64 @@ pub enum TaskError {
     /// quota or the disk); nothing stored was evicted for it. A proxy passes such a request
     /// through to its origin instead.
     #[error("{0}")]
-    NoRoom(String),
+    NoRoom(#[source] Arc<StorageError>),
     /// The engine shut down.
     #[error("the daemon is shutting down")]
     Shutdown,
+}
+
+/// What kind of failure a [`TaskError`] is, for code that acts on it (never its text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TaskErrorKind {
+    /// The source failed or refused ([`TaskError::Source`], [`TaskError::SourcePiece`],
+    /// [`TaskError::Status`], [`TaskError::Layout`]).
+    Source,
+    /// The source cannot be split into pieces.
+    Unsplittable,
+    /// No scheduler and no going to the source.
+    NoScheduler,
+    /// Local storage failed, or pieces were damaged or dropped.
+    Storage,
+    /// The content cannot be stored here.
+    NoRoom,
+    /// The source changed during the download.
+    SourceChanged,
+    /// The content does not match its digest.
+    DigestMismatch,
+    /// The engine shut down.
+    Shutdown,
+}
+
+impl TaskError {
+    /// The kind of failure.
+    pub fn kind(&self) -> TaskErrorKind {
+        match self {
+            TaskError::Source(_)
+            | TaskError::SourcePiece { .. }
+            | TaskError::Status { .. }
+            | TaskError::Layout { .. } => TaskErrorKind::Source,
+            TaskError::Unsplittable { .. } => TaskErrorKind::Unsplittable,
+            TaskError::NoScheduler { .. } => TaskErrorKind::NoScheduler,
+            TaskError::ParentClient(_)
+            | TaskError::Storage(_)
+            | TaskError::DamagedPiece { .. }
+            | TaskError::DamagedOnRead { .. }
+            | TaskError::Rewritten { .. }
+            | TaskError::NoSuchPiece { .. } => TaskErrorKind::Storage,
+            TaskError::NoRoom(_) => TaskErrorKind::NoRoom,
+            TaskError::SourceChanged { .. } => TaskErrorKind::SourceChanged,
+            TaskError::DigestMismatch { .. } => TaskErrorKind::DigestMismatch,
+            TaskError::Shutdown => TaskErrorKind::Shutdown,
+        }
+    }
+
+    /// A failure of the blocking pool (a panic in a storage call), as a storage error.
+    fn joined(e: tokio::task::JoinError) -> Self {
+        TaskError::Storage(Arc::new(StorageError::Io {
+            path: Default::default(),
+            source: std::io::Error::other(e),
+        }))
+    }
 }
 
 /// `404 Not Found`: the code and its reason phrase.
@@ -192,14 +321,14 @@ fn status_text(code: u16) -> String {
 impl From<StorageError> for TaskError {
     fn from(e: StorageError) -> Self {
         match e {
-            StorageError::NoRoom { .. } => TaskError::NoRoom(e.to_string()),
-            e => TaskError::Storage(e.to_string()),
+            StorageError::NoRoom { .. } => TaskError::NoRoom(Arc::new(e)),
+            e => TaskError::Storage(Arc::new(e)),
         }
     }
 }
 
 /// Where a task is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Phase {
     /// Learning the content length.
     Preparing,
@@ -210,13 +339,6 @@ pub enum Phase {
     /// Failed for good.
     Failed(TaskError),
 }
-
-impl PartialEq for TaskError {
-    fn eq(&self, other: &Self) -> bool {
-        self.to_string() == other.to_string()
-    }
-}
-impl Eq for TaskError {}
 
 /// A snapshot of a task's progress.
 #[derive(Debug, Clone)]
@@ -331,12 +453,17 @@ impl Task {
                     piece: damaged.number,
                 })?
                 .pop()
-                .ok_or_else(|| TaskError::Storage("no digest computed".into()))?;
+                .ok_or_else(|| {
+                    TaskError::Storage(Arc::new(StorageError::Io {
+                        path: storage.content_path(&id),
+                        source: std::io::Error::other("no digest computed"),
+                    }))
+                })?;
             storage.add_content_digest(&id, &d.to_string())?;
             Ok(d)
         })
         .await
-        .map_err(|e| TaskError::Storage(e.to_string()))??;
+        .map_err(TaskError::joined)??;
         if let Ok(mut all) = self.digests.lock() {
             all.push(d.clone());
         }
@@ -407,10 +534,10 @@ impl Task {
         }
         match &v.phase {
             Phase::Failed(e) => Err(e.clone()),
-            _ => Err(TaskError::Storage(format!(
-                "piece {number} is not part of task {}",
-                self.id
-            ))),
+            _ => Err(TaskError::NoSuchPiece {
+                task: self.id.clone(),
+                piece: number,
+            }),
         }
     }
 
@@ -485,7 +612,7 @@ struct Inner {
     /// read again before it is served).
     blobs: Arc<DashMap<String, TaskId>>,
     parents: parent::ParentClient,
-    schedulers: Option<crate::scheduling::Schedulers>,
+    sessions: Option<Arc<dyn Sessions>>,
 }
 
 /// Finished means every piece is stored and the whole content matched the digest the task was
@@ -522,16 +649,17 @@ pub struct TaskManager {
 impl TaskManager {
     /// An engine over `storage` (parents only from each request, no scheduler).
     pub fn new(storage: Storage, opts: EngineOptions) -> Result<Self, TaskError> {
-        Self::with_schedulers(storage, opts, None)
+        Self::with_sessions(storage, opts, None)
     }
 
-    /// An engine over `storage` whose tasks ask `schedulers` for parents.
-    pub fn with_schedulers(
+    /// An engine over `storage` whose tasks ask the schedulers (`sessions`, implemented by the
+    /// scheduler client) for parents.
+    pub fn with_sessions(
         storage: Storage,
         opts: EngineOptions,
-        schedulers: Option<crate::scheduling::Schedulers>,
+        sessions: Option<Arc<dyn Sessions>>,
     ) -> Result<Self, TaskError> {
-        let source = HttpSource::new(&opts.source).map_err(|e| TaskError::Source(e.to_string()))?;
+        let source = HttpSource::new(&opts.source).map_err(|e| TaskError::Source(Arc::new(e)))?;
         let parents = parent::ParentClient::new(&opts)?;
         let in_use = room::InUse {
             tasks: Arc::new(DashMap::new()),
@@ -541,7 +669,7 @@ impl TaskManager {
             storage.clone(),
             opts.gc.clone(),
             in_use.clone(),
-            schedulers.clone(),
+            sessions.clone(),
         );
         let blobs = room.blobs().clone();
         for r in storage.tasks()?.into_iter().filter(|r| r.is_finished()) {
@@ -562,7 +690,7 @@ impl TaskManager {
                 room,
                 blobs,
                 parents,
-                schedulers,
+                sessions,
             }),
         })
     }
@@ -570,11 +698,6 @@ impl TaskManager {
     /// The storage.
     pub fn storage(&self) -> &Storage {
         &self.inner.storage
-    }
-
-    /// The schedulers this engine asks, if any.
-    pub fn schedulers(&self) -> Option<&crate::scheduling::Schedulers> {
-        self.inner.schedulers.as_ref()
     }
 
     /// The upload server's counters.
@@ -643,7 +766,7 @@ impl TaskManager {
             }
         })
         .await
-        .map_err(|e| TaskError::Storage(e.to_string()))??;
+        .map_err(TaskError::joined)??;
         if found.is_none() {
             self.inner
                 .blobs
@@ -703,7 +826,7 @@ impl TaskManager {
             Ok((record, pieces))
         })
         .await
-        .map_err(|e| TaskError::Storage(e.to_string()))??;
+        .map_err(TaskError::joined)??;
         let stored = match record.filter(|r| r.is_finished()) {
             Some(r) => Some((id.clone(), r, pieces)),
             // A blob finished here from another origin: its content matched the digest.
