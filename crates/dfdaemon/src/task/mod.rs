@@ -135,49 +135,38 @@ impl TaskRequest {
 }
 
 /// Why a task failed. Clone: every caller waiting on the task gets it; causes are shared.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone)]
 pub enum TaskError {
     /// The source failed (unreachable, bad response).
-    #[error("{0}")]
-    Source(#[source] Arc<DownloadError>),
+    Source(Arc<DownloadError>),
     /// Fetching pieces from the source failed for good.
-    #[error("{url}: {source}")]
     SourcePiece {
         /// The URL.
         url: String,
         /// What went wrong.
-        #[source]
         source: Arc<RemoteError>,
     },
     /// The source gives neither a length nor Range support: it cannot be split into pieces
     /// (dfget downloads such a URL without the daemon).
-    #[error(
-        "{url} gives neither a content length nor Range support; the daemon cannot split it into pieces"
-    )]
     Unsplittable {
         /// The URL.
         url: String,
     },
     /// The piece length asked for does not fit the content.
-    #[error("{url}: {source}")]
     Layout {
         /// The URL.
         url: String,
         /// Why.
-        #[source]
         source: Arc<LayoutError>,
     },
     /// No scheduler answered and going to the source is not allowed.
-    #[error("the scheduler is unreachable ({why}) and scheduler.disableAutoBackSource is set")]
     NoScheduler {
         /// What the scheduler client said.
         why: String,
     },
     /// The client for parents could not be built.
-    #[error("cannot build the parent client: {0}")]
-    ParentClient(#[source] Arc<reqwest::Error>),
+    ParentClient(Arc<reqwest::Error>),
     /// The source answered with a non-2xx status (a proxy passes it on to its client).
-    #[error("{url} answered {}", status_text(*code))]
     Status {
         /// The URL.
         url: String,
@@ -187,11 +176,9 @@ pub enum TaskError {
         challenge: Option<String>,
     },
     /// Local storage failed.
-    #[error("storage: {0}")]
-    Storage(#[source] Arc<StorageError>),
+    Storage(Arc<StorageError>),
     /// The source's content changed while it was being downloaded (another `ETag`,
     /// `Last-Modified` or length); what was stored of it is dropped.
-    #[error("{url} changed during the download ({why}); nothing of it was kept, try again")]
     SourceChanged {
         /// The URL.
         url: String,
@@ -200,7 +187,6 @@ pub enum TaskError {
     },
     /// A stored piece's bytes no longer match its crc32 (damaged on disk); it was dropped, so
     /// the next download fetches it again.
-    #[error("piece {piece} of task {task} is damaged on disk; it was dropped and is fetched again")]
     DamagedPiece {
         /// The task id.
         task: String,
@@ -208,9 +194,6 @@ pub enum TaskError {
         piece: u32,
     },
     /// A piece read for a caller no longer matches its crc32; it was dropped.
-    #[error(
-        "piece {piece} of task {task} is damaged on disk (crc32 {actual:08x}, stored {stored:08x}); dropped, it is fetched again on the next request"
-    )]
     DamagedOnRead {
         /// The task id.
         task: TaskId,
@@ -222,13 +205,11 @@ pub enum TaskError {
         stored: u32,
     },
     /// Pieces a reader had passed on were dropped as untrustworthy: its copy is void.
-    #[error("task {task}: pieces already read were dropped as untrustworthy")]
     Rewritten {
         /// The task id.
         task: TaskId,
     },
     /// A piece number past the task's end was waited for.
-    #[error("piece {piece} is not part of task {task}")]
     NoSuchPiece {
         /// The task id.
         task: TaskId,
@@ -236,7 +217,6 @@ pub enum TaskError {
         piece: u32,
     },
     /// The content does not match the expected digest.
-    #[error("digest mismatch for {url}: expected {expected}, got {actual}")]
     DigestMismatch {
         /// The URL.
         url: String,
@@ -248,11 +228,81 @@ pub enum TaskError {
     /// The content cannot be stored here however much is evicted (its length is over the
     /// quota or the disk); nothing stored was evicted for it. A proxy passes such a request
     /// through to its origin instead.
-    #[error("{0}")]
-    NoRoom(#[source] Arc<StorageError>),
+    NoRoom(Arc<StorageError>),
     /// The engine shut down.
-    #[error("the daemon is shutting down")]
     Shutdown,
+}
+
+impl std::fmt::Display for TaskError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TaskError::Source(e) => write!(f, "{e}"),
+            TaskError::SourcePiece { url, source } => write!(f, "{url}: {source}"),
+            TaskError::Unsplittable { url } => write!(
+                f,
+                "{url} gives neither a content length nor Range support; the daemon cannot split it into pieces"
+            ),
+            TaskError::Layout { url, source } => write!(f, "{url}: {source}"),
+            TaskError::NoScheduler { why } => write!(
+                f,
+                "the scheduler is unreachable ({why}) and scheduler.disableAutoBackSource is set"
+            ),
+            TaskError::ParentClient(e) => write!(f, "cannot build the parent client: {e}"),
+            TaskError::Status { url, code, .. } => {
+                write!(f, "{url} answered {}", status_text(*code))
+            }
+            TaskError::Storage(e) => write!(f, "storage: {e}"),
+            TaskError::SourceChanged { url, why } => write!(
+                f,
+                "{url} changed during the download ({why}); nothing of it was kept, try again"
+            ),
+            TaskError::DamagedPiece { task, piece } => write!(
+                f,
+                "piece {piece} of task {task} is damaged on disk; it was dropped and is fetched again"
+            ),
+            TaskError::DamagedOnRead {
+                task,
+                piece,
+                actual,
+                stored,
+            } => write!(
+                f,
+                "piece {piece} of task {task} is damaged on disk (crc32 {actual:08x}, stored {stored:08x}); dropped, it is fetched again on the next request"
+            ),
+            TaskError::Rewritten { task } => write!(
+                f,
+                "task {task}: pieces already read were dropped as untrustworthy"
+            ),
+            TaskError::NoSuchPiece { task, piece } => {
+                write!(f, "piece {piece} is not part of task {task}")
+            }
+            TaskError::DigestMismatch {
+                url,
+                expected,
+                actual,
+            } => write!(
+                f,
+                "digest mismatch for {url}: expected {expected}, got {actual}"
+            ),
+            TaskError::NoRoom(e) => write!(f, "{e}"),
+            TaskError::Shutdown => f.write_str("the daemon is shutting down"),
+        }
+    }
+}
+
+/// The causes are shared (`Arc`) between the task's waiters; each is given as itself, so
+/// [`dragonfly_common::error::is_caused_by`] finds it by its type.
+impl std::error::Error for TaskError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TaskError::Source(e) => Some(&**e),
+            TaskError::SourcePiece { source, .. } => Some(&**source),
+            TaskError::Layout { source, .. } => Some(&**source),
+            TaskError::ParentClient(e) => Some(&**e),
+            TaskError::Storage(e) | TaskError::NoRoom(e) => Some(&**e),
+            _ => None,
+        }
+    }
 }
 
 /// What kind of failure a [`TaskError`] is, for code that acts on it (never its text).
