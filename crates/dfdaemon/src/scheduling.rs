@@ -10,23 +10,23 @@
 //! What this host holds survives a scheduler restart or a move on the ring: see [`finished`].
 
 pub mod finished;
+mod session;
 
-use crate::task::Parent;
+pub use session::{PeerLink, piece_report};
+
 use dragonfly_common::hashring;
 use dragonfly_common::task_id::TaskId;
 use dragonfly_proto::SchedulerClient;
-use dragonfly_proto::common::v1::{Download, Host, Piece};
+use dragonfly_proto::common::v1::{Download, Host};
 use dragonfly_proto::scheduler::v1::{
-    AnnounceHostRequest, AnnouncePeerRequest, AnnouncePeerResponse, DeleteTaskRequest,
-    HOST_UNKNOWN_HEADER, LeaveHostRequest, RegisterPeerRequest, announce_peer_request,
-    announce_peer_response,
+    AnnounceHostRequest, AnnouncePeerRequest, DeleteTaskRequest, HOST_UNKNOWN_HEADER,
+    LeaveHostRequest, RegisterPeerRequest, announce_peer_request,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
@@ -338,164 +338,5 @@ impl Schedulers {
         } else {
             errors.join("; ")
         }))
-    }
-}
-
-/// What the scheduler said.
-#[derive(Debug)]
-pub enum Answer {
-    /// Fetch from these parents (best first). Layout hints when the scheduler knows them.
-    Parents {
-        /// The parents.
-        parents: Vec<Parent>,
-        /// Ids of those that are seed peers.
-        seeds: Vec<String>,
-        /// Content length, if known.
-        content_length: Option<u64>,
-        /// Piece length, if known.
-        piece_length: Option<u64>,
-    },
-    /// Fetch from the source.
-    BackToSource(String),
-    /// The content is empty.
-    Empty,
-    /// The stream ended or failed: no more answers will come.
-    Lost(String),
-}
-
-/// One task's open `AnnouncePeer` stream.
-pub struct PeerLink {
-    host_id: String,
-    task_id: String,
-    peer_id: String,
-    /// Address of the scheduler serving this task.
-    pub scheduler: String,
-    tx: mpsc::Sender<AnnouncePeerRequest>,
-    rx: tonic::Streaming<AnnouncePeerResponse>,
-    dropped: u64,
-    /// The scheduler node's "has our announce" flag (cleared when this stream breaks).
-    announced: Arc<AtomicBool>,
-}
-
-impl PeerLink {
-    /// Queue a report; never waits (a report the scheduler cannot take in time is dropped and
-    /// counted: the scheduler learns the same from later reports and the final result).
-    pub fn send(&mut self, request: announce_peer_request::Request) {
-        let msg = AnnouncePeerRequest {
-            host_id: self.host_id.clone(),
-            task_id: self.task_id.clone(),
-            peer_id: self.peer_id.clone(),
-            request: Some(request),
-        };
-        if self.tx.try_send(msg).is_err() {
-            self.dropped += 1;
-            if self.dropped == 1 {
-                tracing::warn!(task = %self.task_id, scheduler = %self.scheduler, "scheduler is not reading reports; dropping some");
-            }
-        }
-    }
-
-    /// Send the last reports and close the stream. The scheduler reads everything queued before
-    /// it sees the end (the answer side is drained in the background, so nothing is cut short).
-    pub fn close(self) {
-        let PeerLink { tx, mut rx, .. } = self;
-        drop(tx);
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(10), async {
-                while let Some(Ok(_)) = rx.next().await {}
-            })
-            .await;
-        });
-    }
-
-    /// The next answer. Cancel safe (use it in `select!`).
-    pub async fn answer(&mut self) -> Answer {
-        loop {
-            let msg = match self.rx.next().await {
-                Some(Ok(m)) => m,
-                Some(Err(status)) => {
-                    self.announced.store(false, Ordering::Relaxed);
-                    return Answer::Lost(format!("{}: {}", self.scheduler, status.message()));
-                }
-                None => {
-                    self.announced.store(false, Ordering::Relaxed);
-                    return Answer::Lost(format!("{} closed the stream", self.scheduler));
-                }
-            };
-            match msg.response {
-                Some(announce_peer_response::Response::NormalTaskResponse(r)) => {
-                    let parents: Vec<Parent> = r
-                        .candidate_parents
-                        .iter()
-                        .filter_map(|c| {
-                            let host = c.host.as_ref()?;
-                            match host.piece_data_addr() {
-                                Some(addr) => Some(Parent {
-                                    id: c.id.clone(),
-                                    addr,
-                                }),
-                                None => {
-                                    tracing::warn!(parent = %c.id, ip = %host.ip, port = host.upload_port, "scheduler offered a parent with no usable address");
-                                    None
-                                }
-                            }
-                        })
-                        .collect();
-                    if parents.is_empty() {
-                        return Answer::BackToSource(
-                            "the scheduler offered no usable parent".to_string(),
-                        );
-                    }
-                    let seeds = r
-                        .candidate_parents
-                        .iter()
-                        .filter(|c| c.host.as_ref().is_some_and(|h| h.is_seed()))
-                        .map(|c| c.id.clone())
-                        .collect();
-                    return Answer::Parents {
-                        parents,
-                        seeds,
-                        content_length: r.content_length,
-                        piece_length: r.piece_length,
-                    };
-                }
-                Some(announce_peer_response::Response::NeedBackToSourceResponse(r)) => {
-                    return Answer::BackToSource(
-                        r.description
-                            .unwrap_or_else(|| "the scheduler said so".to_string()),
-                    );
-                }
-                Some(announce_peer_response::Response::EmptyTaskResponse(_)) => {
-                    return Answer::Empty;
-                }
-                None => {
-                    // A response kind newer than this daemon: ignore it (protocol rule 5).
-                    tracing::debug!(task = %self.task_id, "unknown scheduler response ignored");
-                }
-            }
-        }
-    }
-}
-
-/// A piece as reported to the scheduler.
-pub fn piece_report(
-    record: &crate::storage::PieceRecord,
-    parent_id: &str,
-    cost: Duration,
-) -> Piece {
-    use dragonfly_proto::common::v1::TrafficType;
-    Piece {
-        number: record.number,
-        offset: record.offset,
-        length: record.length,
-        crc32: Some(record.crc32),
-        parent_id: parent_id.to_string(),
-        traffic_type: if parent_id.is_empty() {
-            TrafficType::BackToSource
-        } else {
-            TrafficType::RemotePeer
-        } as i32,
-        cost: prost_types::Duration::try_from(cost).ok(),
-        ..Default::default()
     }
 }

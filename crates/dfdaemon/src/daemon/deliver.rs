@@ -7,6 +7,7 @@ use super::output::OutputWriter;
 use crate::storage::{PieceRecord, StorageError};
 use crate::task::{Phase, Task, TaskError, TaskManager, TaskRequest};
 use dragonfly_common::digest::Digest;
+use dragonfly_common::error::chain;
 use dragonfly_common::piece::PieceLayout;
 use dragonfly_proto::common::v1::Piece;
 use dragonfly_proto::dfdaemon::v1::{
@@ -64,8 +65,8 @@ fn write_status(out: Option<&std::path::Path>, e: std::io::Error) -> Status {
 
 fn task_status(e: &TaskError) -> Status {
     match e {
-        TaskError::DigestMismatch { .. } => Status::data_loss(e.to_string()),
-        _ => Status::aborted(e.to_string()),
+        TaskError::DigestMismatch { .. } => Status::data_loss(chain(e)),
+        _ => Status::aborted(chain(e)),
     }
 }
 

@@ -13,7 +13,7 @@ use crate::source::HttpSource;
 use crate::source::oras::{self, OrasClient, OrasError, OrasOptions, OrasReference, RegistryAuth};
 use crate::standalone::publish::inspect;
 use crate::standalone::{DownloadError, validate_url};
-use crate::task::{Parent, TaskError, TaskManager, TaskRequest};
+use crate::task::{Parent, TaskError, TaskErrorKind, TaskManager, TaskRequest};
 use dragonfly_common::digest::Digest;
 use dragonfly_common::task_id::TaskId;
 use dragonfly_proto::DfdaemonDownload;
@@ -41,16 +41,14 @@ pub const DIGEST_METADATA: &str = "x-dragonfly-digest";
 /// without the daemon.
 pub const UNSPLITTABLE_METADATA: &str = "x-dragonfly-unsplittable";
 
-/// What the engine's error says for a source it cannot split (`task::driver::probe_source`).
-const UNSPLITTABLE_SOURCE: &str = "neither a content length nor Range support";
-
 /// The status for a task that failed before its layout was known.
 fn layout_status(e: &TaskError) -> Status {
-    let mut status = Status::failed_precondition(e.to_string());
+    let mut status = Status::failed_precondition(dragonfly_common::error::chain(e));
     // A source it cannot split, or content it cannot store: dfget downloads it alone.
-    if matches!(e, TaskError::Source(m) if m.contains(UNSPLITTABLE_SOURCE))
-        || matches!(e, TaskError::NoRoom(_))
-    {
+    if matches!(
+        e.kind(),
+        TaskErrorKind::Unsplittable | TaskErrorKind::NoRoom
+    ) {
         status.metadata_mut().insert(
             UNSPLITTABLE_METADATA,
             tonic::metadata::MetadataValue::from_static("1"),
@@ -397,13 +395,17 @@ mod tests {
 
     #[test]
     fn only_an_unsplittable_source_is_marked_for_dfget_to_download_alone() {
-        let e = TaskError::Source(format!(
-            "http://o/x gives {UNSPLITTABLE_SOURCE}; the daemon cannot split it into pieces"
-        ));
+        let e = TaskError::Unsplittable {
+            url: "http://o/x".into(),
+        };
         let s = layout_status(&e);
         assert_eq!(s.code(), tonic::Code::FailedPrecondition);
+        assert!(s.message().contains("http://o/x"), "{}", s.message());
         assert!(s.metadata().contains_key(UNSPLITTABLE_METADATA));
-        let e = TaskError::Source("cannot reach http://o/x: connection refused".into());
+        let e = TaskError::Source(std::sync::Arc::new(DownloadError::Connect {
+            url: "http://o/x".into(),
+            reason: "connection refused".into(),
+        }));
         assert!(
             !layout_status(&e)
                 .metadata()

@@ -355,12 +355,14 @@ pub async fn start(
         download_limits: download_limits(&cfg),
         ..EngineOptions::default()
     };
-    let engine = TaskManager::with_schedulers(storage, opts, schedulers.clone()).map_err(|e| {
-        DaemonError::Config {
+    let sessions = schedulers
+        .clone()
+        .map(|s| std::sync::Arc::new(s) as std::sync::Arc<dyn crate::task::Sessions>);
+    let engine =
+        TaskManager::with_sessions(storage, opts, sessions).map_err(|e| DaemonError::Config {
             key: "download",
             reason: e.to_string(),
-        }
-    })?;
+        })?;
     if let Some(s) = &schedulers {
         let accepted = s.announce_once().await;
         tracing::info!(host = %host_id, ip = %ip, seed = cfg.seed_peer.enable, schedulers = ?scheduler_addrs, accepted, "announced to schedulers");

@@ -6,26 +6,45 @@
 //! ([`Task::reader`]). Pieces come from parents (other daemons' upload servers) when any are
 //! known and have them, else from the source; every piece is verified (crc32) before it is
 //! stored, and a parent that fails or lies is remembered and not asked again.
+//!
+//! The parts: `driver` runs one task as named steps (register, layout, admit, fetch, finish);
+//! `parents` is its parent set; `picker` decides where each piece comes from and what to do
+//! when that fails; `pieces` has the traits of the places pieces come from (a parent, the
+//! source) with their real implementations; `lanes` stores a response's pieces and hashes them
+//! on the way; `session` is what the engine needs from a scheduler ([`Sessions`], implemented
+//! by `crate::scheduling`, passed in by the daemon) and its side of that conversation.
 
 mod driver;
+mod error;
+mod handle;
+mod lanes;
 mod parent;
+mod parents;
+mod picker;
+mod pieces;
 mod reader;
 mod room;
+mod session;
 mod version;
 
+#[cfg(test)]
+mod picker_tests;
+
+pub use error::{TaskError, TaskErrorKind};
+pub use handle::{Phase, Task, TaskView};
 pub use parent::Parent;
+pub use pieces::RemoteError;
 pub use reader::TaskReader;
+pub use session::{Answer, Outcome, SchedulerError, Session, Sessions};
 
 use crate::source::{HttpSource, SourceOptions};
 use crate::storage::{PieceRecord, Storage, StorageError, TaskRecord};
 use dashmap::DashMap;
-use dragonfly_common::digest::{Algorithm, Digest};
-use dragonfly_common::piece::PieceLayout;
+use dragonfly_common::digest::Digest;
 use dragonfly_common::task_id::TaskId;
 use http::HeaderMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{broadcast, watch};
 
 /// Engine settings.
 #[derive(Debug, Clone)]
@@ -123,357 +142,6 @@ impl TaskRequest {
     }
 }
 
-/// Why a task failed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum TaskError {
-    /// The source failed (unreachable, bad response).
-    #[error("{0}")]
-    Source(String),
-    /// The source answered with a non-2xx status (a proxy passes it on to its client).
-    #[error("{url} answered {}", status_text(*code))]
-    Status {
-        /// The URL.
-        url: String,
-        /// The status code.
-        code: u16,
-        /// The `WWW-Authenticate` challenge of a 401, if any.
-        challenge: Option<String>,
-    },
-    /// Local storage failed.
-    #[error("storage: {0}")]
-    Storage(String),
-    /// The source's content changed while it was being downloaded (another `ETag`,
-    /// `Last-Modified` or length); what was stored of it is dropped.
-    #[error("{url} changed during the download ({why}); nothing of it was kept, try again")]
-    SourceChanged {
-        /// The URL.
-        url: String,
-        /// What changed, e.g. `ETag "v1" -> "v2"`.
-        why: String,
-    },
-    /// A stored piece's bytes no longer match its crc32 (damaged on disk); it was dropped, so
-    /// the next download fetches it again.
-    #[error("piece {piece} of task {task} is damaged on disk; it was dropped and is fetched again")]
-    DamagedPiece {
-        /// The task id.
-        task: String,
-        /// The piece number.
-        piece: u32,
-    },
-    /// The content does not match the expected digest.
-    #[error("digest mismatch for {url}: expected {expected}, got {actual}")]
-    DigestMismatch {
-        /// The URL.
-        url: String,
-        /// Expected digest.
-        expected: String,
-        /// Computed digest.
-        actual: String,
-    },
-    /// The content cannot be stored here however much is evicted (its length is over the
-    /// quota or the disk); nothing stored was evicted for it. A proxy passes such a request
-    /// through to its origin instead.
-    #[error("{0}")]
-    NoRoom(String),
-    /// The engine shut down.
-    #[error("the daemon is shutting down")]
-    Shutdown,
-}
-
-/// `404 Not Found`: the code and its reason phrase.
-fn status_text(code: u16) -> String {
-    let reason = http::StatusCode::from_u16(code)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("");
-    format!("{code} {reason}").trim_end().to_string()
-}
-
-impl From<StorageError> for TaskError {
-    fn from(e: StorageError) -> Self {
-        match e {
-            StorageError::NoRoom { .. } => TaskError::NoRoom(e.to_string()),
-            e => TaskError::Storage(e.to_string()),
-        }
-    }
-}
-
-/// Where a task is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Phase {
-    /// Learning the content length.
-    Preparing,
-    /// Fetching pieces.
-    Running,
-    /// Every piece stored and verified.
-    Finished,
-    /// Failed for good.
-    Failed(TaskError),
-}
-
-impl PartialEq for TaskError {
-    fn eq(&self, other: &Self) -> bool {
-        self.to_string() == other.to_string()
-    }
-}
-impl Eq for TaskError {}
-
-/// A snapshot of a task's progress.
-#[derive(Debug, Clone)]
-pub struct TaskView {
-    /// The layout, once the length is known.
-    pub layout: Option<PieceLayout>,
-    /// Which pieces are stored.
-    pub have: Vec<bool>,
-    /// How many pieces are stored.
-    pub done: u32,
-    /// The phase.
-    pub phase: Phase,
-}
-
-impl TaskView {
-    fn new() -> Self {
-        Self {
-            layout: None,
-            have: Vec::new(),
-            done: 0,
-            phase: Phase::Preparing,
-        }
-    }
-}
-
-/// One task as seen by its callers. Cheap to share.
-pub struct Task {
-    /// The task id.
-    pub id: TaskId,
-    /// The peer id of this node's download of it.
-    pub peer_id: String,
-    /// The source URL.
-    pub url: String,
-    storage: Storage,
-    view: watch::Sender<TaskView>,
-    pieces: broadcast::Sender<PieceRecord>,
-    /// Digests callers said the content has (the first request's and every joiner's).
-    claims: std::sync::Mutex<Vec<Digest>>,
-    /// Digests computed of the finished content.
-    digests: std::sync::Mutex<Vec<Digest>>,
-    /// Bumped whenever stored pieces are dropped again (found untrustworthy), so a reader
-    /// that already passed them on knows its copy is void.
-    rewrites: std::sync::atomic::AtomicU64,
-}
-
-impl Task {
-    fn new(id: TaskId, peer_id: String, url: String, storage: Storage) -> Arc<Self> {
-        let (view, _) = watch::channel(TaskView::new());
-        let (pieces, _) = broadcast::channel(1024);
-        Arc::new(Self {
-            id,
-            peer_id,
-            url,
-            storage,
-            view,
-            pieces,
-            claims: std::sync::Mutex::new(Vec::new()),
-            digests: std::sync::Mutex::new(Vec::new()),
-            rewrites: std::sync::atomic::AtomicU64::new(0),
-        })
-    }
-
-    /// Note a digest a caller expects (checked per caller once the task finished; the engine
-    /// also uses the set to tell a lying parent from a caller's typo).
-    pub fn claim(&self, digest: Option<&Digest>) {
-        if let Some(d) = digest
-            && let Ok(mut c) = self.claims.lock()
-            && !c.contains(d)
-        {
-            c.push(d.clone());
-        }
-    }
-
-    fn claims(&self) -> Vec<Digest> {
-        self.claims.lock().map(|c| c.clone()).unwrap_or_default()
-    }
-
-    /// The digests computed of the finished content so far.
-    pub fn digests(&self) -> Vec<Digest> {
-        self.digests.lock().map(|c| c.clone()).unwrap_or_default()
-    }
-
-    fn set_digests(&self, digests: Vec<Digest>) {
-        if let Ok(mut d) = self.digests.lock() {
-            *d = digests;
-        }
-    }
-
-    /// How often stored pieces of this task were dropped as untrustworthy; a reader that sees
-    /// it change between its first and last byte must not complete its copy.
-    pub fn rewrites(&self) -> u64 {
-        self.rewrites.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    /// The finished content's digest for `algorithm`: the one recorded at finish, or computed
-    /// once from the stored file and remembered (in the task record too).
-    pub async fn content_digest(&self, algorithm: Algorithm) -> Result<Digest, TaskError> {
-        self.wait_finished().await?;
-        if let Some(d) = self
-            .digests()
-            .into_iter()
-            .find(|d| d.algorithm() == algorithm)
-        {
-            return Ok(d);
-        }
-        let (storage, id) = (self.storage.clone(), self.id.clone());
-        let d = tokio::task::spawn_blocking(move || -> Result<Digest, TaskError> {
-            let d = storage
-                .hash_content(&id, 0, vec![algorithm.hasher()])?
-                .map_err(|damaged| TaskError::DamagedPiece {
-                    task: id.to_string(),
-                    piece: damaged.number,
-                })?
-                .pop()
-                .ok_or_else(|| TaskError::Storage("no digest computed".into()))?;
-            storage.add_content_digest(&id, &d.to_string())?;
-            Ok(d)
-        })
-        .await
-        .map_err(|e| TaskError::Storage(e.to_string()))??;
-        if let Ok(mut all) = self.digests.lock() {
-            all.push(d.clone());
-        }
-        Ok(d)
-    }
-
-    /// Check a caller's expected digest against the finished content
-    /// ([`Task::content_digest`] of its algorithm).
-    pub async fn verify_digest(&self, expected: &Digest) -> Result<(), TaskError> {
-        let actual = self.content_digest(expected.algorithm()).await?;
-        if &actual == expected {
-            Ok(())
-        } else {
-            Err(TaskError::DigestMismatch {
-                url: self.url.clone(),
-                expected: expected.to_string(),
-                actual: actual.to_string(),
-            })
-        }
-    }
-
-    /// The current progress.
-    pub fn view(&self) -> TaskView {
-        self.view.borrow().clone()
-    }
-
-    /// A receiver of progress changes.
-    pub fn watch(&self) -> watch::Receiver<TaskView> {
-        self.view.subscribe()
-    }
-
-    /// Pieces stored from now on (pair with [`Task::view`] for those stored before).
-    pub fn subscribe(&self) -> broadcast::Receiver<PieceRecord> {
-        self.pieces.subscribe()
-    }
-
-    /// The storage the task's bytes live in.
-    pub fn storage(&self) -> &Storage {
-        &self.storage
-    }
-
-    /// Wait for the layout (content length known) or failure.
-    pub async fn layout(&self) -> Result<PieceLayout, TaskError> {
-        let mut rx = self.view.subscribe();
-        let v = rx
-            .wait_for(|v| v.layout.is_some() || matches!(v.phase, Phase::Failed(_)))
-            .await
-            .map_err(|_| TaskError::Shutdown)?;
-        match (&v.layout, &v.phase) {
-            (Some(l), _) => Ok(*l),
-            (None, Phase::Failed(e)) => Err(e.clone()),
-            _ => Err(TaskError::Shutdown),
-        }
-    }
-
-    /// Wait until piece `number` is stored, or the task failed.
-    pub async fn wait_piece(&self, number: u32) -> Result<(), TaskError> {
-        let mut rx = self.view.subscribe();
-        let v = rx
-            .wait_for(|v| {
-                v.have.get(number as usize).copied().unwrap_or(false)
-                    || matches!(v.phase, Phase::Failed(_) | Phase::Finished)
-            })
-            .await
-            .map_err(|_| TaskError::Shutdown)?;
-        if v.have.get(number as usize).copied().unwrap_or(false) {
-            return Ok(());
-        }
-        match &v.phase {
-            Phase::Failed(e) => Err(e.clone()),
-            _ => Err(TaskError::Storage(format!(
-                "piece {number} is not part of task {}",
-                self.id
-            ))),
-        }
-    }
-
-    /// Wait until the task finished or failed.
-    pub async fn wait_finished(&self) -> Result<(), TaskError> {
-        let mut rx = self.view.subscribe();
-        let v = rx
-            .wait_for(|v| matches!(v.phase, Phase::Finished | Phase::Failed(_)))
-            .await
-            .map_err(|_| TaskError::Shutdown)?;
-        match &v.phase {
-            Phase::Failed(e) => Err(e.clone()),
-            _ => Ok(()),
-        }
-    }
-
-    /// Read the bytes `[start, end)` in order as pieces land (`end: None` = to the end).
-    pub fn reader(self: &Arc<Self>, start: u64, end: Option<u64>) -> TaskReader {
-        TaskReader::new(self.clone(), start, end)
-    }
-
-    fn set_layout(&self, layout: PieceLayout) {
-        self.view.send_modify(|v| {
-            v.layout = Some(layout);
-            v.have = vec![false; layout.piece_count() as usize];
-            v.phase = Phase::Running;
-        });
-    }
-
-    fn piece_stored(&self, record: PieceRecord) {
-        let n = record.number as usize;
-        self.view.send_modify(|v| {
-            if let Some(slot) = v.have.get_mut(n)
-                && !*slot
-            {
-                *slot = true;
-                v.done += 1;
-            }
-        });
-        let _ = self.pieces.send(record);
-    }
-
-    /// Pieces dropped from storage (untrustworthy): no longer had.
-    fn pieces_dropped(&self, numbers: &[u32]) {
-        self.rewrites
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        self.view.send_modify(|v| {
-            for &n in numbers {
-                if let Some(slot) = v.have.get_mut(n as usize)
-                    && *slot
-                {
-                    *slot = false;
-                    v.done -= 1;
-                }
-            }
-        });
-    }
-
-    fn set_phase(&self, phase: Phase) {
-        self.view.send_modify(|v| v.phase = phase);
-    }
-}
-
 struct Inner {
     storage: Storage,
     source: HttpSource,
@@ -485,7 +153,7 @@ struct Inner {
     /// read again before it is served).
     blobs: Arc<DashMap<String, TaskId>>,
     parents: parent::ParentClient,
-    schedulers: Option<crate::scheduling::Schedulers>,
+    sessions: Option<Arc<dyn Sessions>>,
 }
 
 /// Finished means every piece is stored and the whole content matched the digest the task was
@@ -522,16 +190,17 @@ pub struct TaskManager {
 impl TaskManager {
     /// An engine over `storage` (parents only from each request, no scheduler).
     pub fn new(storage: Storage, opts: EngineOptions) -> Result<Self, TaskError> {
-        Self::with_schedulers(storage, opts, None)
+        Self::with_sessions(storage, opts, None)
     }
 
-    /// An engine over `storage` whose tasks ask `schedulers` for parents.
-    pub fn with_schedulers(
+    /// An engine over `storage` whose tasks ask the schedulers (`sessions`, implemented by the
+    /// scheduler client) for parents.
+    pub fn with_sessions(
         storage: Storage,
         opts: EngineOptions,
-        schedulers: Option<crate::scheduling::Schedulers>,
+        sessions: Option<Arc<dyn Sessions>>,
     ) -> Result<Self, TaskError> {
-        let source = HttpSource::new(&opts.source).map_err(|e| TaskError::Source(e.to_string()))?;
+        let source = HttpSource::new(&opts.source).map_err(|e| TaskError::Source(Arc::new(e)))?;
         let parents = parent::ParentClient::new(&opts)?;
         let in_use = room::InUse {
             tasks: Arc::new(DashMap::new()),
@@ -541,7 +210,7 @@ impl TaskManager {
             storage.clone(),
             opts.gc.clone(),
             in_use.clone(),
-            schedulers.clone(),
+            sessions.clone(),
         );
         let blobs = room.blobs().clone();
         for r in storage.tasks()?.into_iter().filter(|r| r.is_finished()) {
@@ -562,7 +231,7 @@ impl TaskManager {
                 room,
                 blobs,
                 parents,
-                schedulers,
+                sessions,
             }),
         })
     }
@@ -570,11 +239,6 @@ impl TaskManager {
     /// The storage.
     pub fn storage(&self) -> &Storage {
         &self.inner.storage
-    }
-
-    /// The schedulers this engine asks, if any.
-    pub fn schedulers(&self) -> Option<&crate::scheduling::Schedulers> {
-        self.inner.schedulers.as_ref()
     }
 
     /// The upload server's counters.
@@ -643,7 +307,7 @@ impl TaskManager {
             }
         })
         .await
-        .map_err(|e| TaskError::Storage(e.to_string()))??;
+        .map_err(TaskError::joined)??;
         if found.is_none() {
             self.inner
                 .blobs
@@ -703,7 +367,7 @@ impl TaskManager {
             Ok((record, pieces))
         })
         .await
-        .map_err(|e| TaskError::Storage(e.to_string()))??;
+        .map_err(TaskError::joined)??;
         let stored = match record.filter(|r| r.is_finished()) {
             Some(r) => Some((id.clone(), r, pieces)),
             // A blob finished here from another origin: its content matched the digest.

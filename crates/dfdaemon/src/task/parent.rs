@@ -1,6 +1,7 @@
 //! Talking to parents: follow a parent's pieces (SyncPieces over gRPC) and fetch piece bytes
 //! from its upload server over plain HTTP/1.1 (`GET /pieces/{task}/{number}`).
 
+use super::pieces::RemoteError;
 use super::{EngineOptions, TaskError};
 use dragonfly_common::task_id::TaskId;
 use dragonfly_common::validator::SourceValidator;
@@ -73,7 +74,7 @@ impl ParentClient {
             .no_proxy()
             .pool_max_idle_per_host(32)
             .build()
-            .map_err(|e| TaskError::Source(format!("cannot build the parent client: {e}")))?;
+            .map_err(|e| TaskError::ParentClient(std::sync::Arc::new(e)))?;
         Ok(Self { http })
     }
 
@@ -83,23 +84,24 @@ impl ParentClient {
         parent: &Parent,
         task: &TaskId,
         number: u32,
-    ) -> Result<reqwest::Response, String> {
+    ) -> Result<reqwest::Response, RemoteError> {
         let url = format!("http://{}/pieces/{}/{}", parent.addr, task, number);
-        let resp = self.http.get(&url).send().await.map_err(|e| {
-            format!(
-                "parent {} ({}): {}",
-                parent.id,
-                parent.addr,
-                crate::source::error::error_chain(&e)
-            )
-        })?;
+        let failed = |reason: String| RemoteError::Parent {
+            id: parent.id.clone(),
+            addr: parent.addr,
+            reason,
+        };
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| failed(dragonfly_common::error::chain(&e)))?;
         if !resp.status().is_success() {
-            return Err(format!(
-                "parent {} ({}) answered {} for piece {number}",
-                parent.id,
-                parent.addr,
+            return Err(failed(format!(
+                "answered {} for piece {number}",
                 resp.status()
-            ));
+            )));
         }
         Ok(resp)
     }
@@ -143,7 +145,7 @@ async fn follow_inner(
             "parent {} ({}): {}",
             parent.id,
             parent.addr,
-            crate::source::error::error_chain(&e)
+            dragonfly_common::error::chain(&e)
         )
     })?;
     let mut stream = client

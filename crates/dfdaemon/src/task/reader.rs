@@ -1,6 +1,7 @@
 //! Reading a task's bytes in order while its pieces are still landing.
 
 use super::{Task, TaskError};
+use crate::storage::StorageError;
 use bytes::Bytes;
 use dragonfly_common::piece::PieceRange;
 use futures::Stream;
@@ -64,10 +65,9 @@ impl TaskReader {
             };
             task.wait_piece(piece.number).await?;
             if task.rewrites() != rewrites {
-                return Err(TaskError::Storage(format!(
-                    "task {}: pieces already read were dropped as untrustworthy",
-                    task.id
-                )));
+                return Err(TaskError::Rewritten {
+                    task: task.id.clone(),
+                });
             }
             let len = (piece.end().min(end) - pos).min(READ_CHUNK);
             let path = task.storage().content_path(&task.id);
@@ -77,11 +77,8 @@ impl TaskReader {
                 let mut f = match file {
                     Some(f) => f,
                     None => {
-                        let mut f = std::fs::File::open(&path).map_err(|e| {
-                            TaskError::Storage(format!("opening {}: {e}", path.display()))
-                        })?;
-                        f.seek(SeekFrom::Start(pos))
-                            .map_err(|e| TaskError::Storage(format!("reading task {id}: {e}")))?;
+                        let mut f = std::fs::File::open(&path).map_err(io(&path))?;
+                        f.seek(SeekFrom::Start(pos)).map_err(io(&path))?;
                         f
                     }
                 };
@@ -90,19 +87,22 @@ impl TaskReader {
                 (&mut f)
                     .take(len)
                     .read_to_end(&mut buf)
-                    .map_err(|e| TaskError::Storage(format!("reading task {id}: {e}")))?;
+                    .map_err(io(&path))?;
                 if buf.len() as u64 != len {
-                    return Err(TaskError::Storage(format!(
-                        "reading task {id}: the content file ends at {} bytes before {}",
-                        pos + buf.len() as u64,
-                        pos + len
+                    return Err(io(&path)(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "the content file of task {id} ends at {} bytes before {}",
+                            pos + buf.len() as u64,
+                            pos + len
+                        ),
                     )));
                 }
                 let crc = check_piece(&t, &path, piece, pos, end, &buf, crc)?;
                 Ok((Bytes::from(buf), f, crc))
             })
             .await
-            .map_err(|e| TaskError::Storage(e.to_string()))??;
+            .map_err(TaskError::joined)??;
             let next = ReadState {
                 task,
                 pos: pos + len,
@@ -134,14 +134,14 @@ fn check_piece(
 ) -> Result<Option<(u32, crc32fast::Hasher)>, TaskError> {
     use std::os::unix::fs::FileExt;
     let id = &task.id;
-    let io = |e: std::io::Error| TaskError::Storage(format!("reading task {id}: {e}"));
+    let io = io(path);
     let hash_range = |h: &mut crc32fast::Hasher, from: u64, to: u64| -> Result<(), TaskError> {
-        let f = std::fs::File::open(path).map_err(io)?;
+        let f = std::fs::File::open(path).map_err(&io)?;
         let mut b = vec![0u8; (to - from).min(READ_CHUNK) as usize];
         let mut at = from;
         while at < to {
             let n = b.len().min((to - at) as usize);
-            f.read_exact_at(&mut b[..n], at).map_err(io)?;
+            f.read_exact_at(&mut b[..n], at).map_err(&io)?;
             h.update(&b[..n]);
             at += n as u64;
         }
@@ -165,16 +165,19 @@ fn check_piece(
     let record = task
         .storage()
         .piece_record(id, piece.number)?
-        .ok_or_else(|| {
-            TaskError::Storage(format!("piece {} of task {id} is gone", piece.number))
+        .ok_or_else(|| StorageError::PieceNotFound {
+            task: id.clone(),
+            piece: piece.number,
         })?;
     if record.crc32 != actual {
         task.storage()
             .drop_stored_piece(id, piece.number, record.crc32)?;
-        return Err(TaskError::Storage(format!(
-            "piece {} of task {id} is damaged on disk (crc32 {actual:08x}, stored {:08x}); dropped, it is fetched again on the next request",
-            piece.number, record.crc32
-        )));
+        return Err(TaskError::DamagedOnRead {
+            task: id.clone(),
+            piece: piece.number,
+            actual,
+            stored: record.crc32,
+        });
     }
     Ok(None)
 }
@@ -187,5 +190,15 @@ impl Stream for TaskReader {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
         self.inner.as_mut().poll_next(cx)
+    }
+}
+
+/// A read of the content file failed, as the task's error (naming the file).
+fn io(path: &std::path::Path) -> impl Fn(std::io::Error) -> TaskError + '_ {
+    move |source| {
+        TaskError::Storage(std::sync::Arc::new(StorageError::Io {
+            path: path.to_path_buf(),
+            source,
+        }))
     }
 }

@@ -47,7 +47,7 @@ pub(crate) struct Room {
     in_use: InUse,
     /// Finished blobs by digest (the engine's index), for evicted tasks to leave.
     blobs: Arc<DashMap<String, TaskId>>,
-    schedulers: Option<crate::scheduling::Schedulers>,
+    sessions: Option<Arc<dyn super::Sessions>>,
     /// How far ahead room is made.
     ahead: u64,
     /// Room made by the last GC pass and not handed out yet, and when it was made.
@@ -73,7 +73,7 @@ impl Room {
         storage: Storage,
         policy: Option<GcPolicy>,
         in_use: InUse,
-        schedulers: Option<crate::scheduling::Schedulers>,
+        sessions: Option<Arc<dyn super::Sessions>>,
     ) -> Self {
         // The space the policy allows: the quota, or the disk-used percent of the disk.
         let allowed = policy.as_ref().and_then(|p| {
@@ -94,7 +94,7 @@ impl Room {
             policy,
             in_use,
             blobs: Arc::new(DashMap::new()),
-            schedulers,
+            sessions,
             budget: Arc::new(tokio::sync::Mutex::new((0, None))),
             inflight: Arc::new(AtomicU64::new(0)),
         }
@@ -118,7 +118,7 @@ impl Room {
         }
         self.blobs
             .retain(|_, id| !evicted.iter().any(|e| &e.id == id));
-        if let Some(s) = &self.schedulers {
+        if let Some(s) = &self.sessions {
             for e in evicted {
                 s.forget_task(&e.id);
             }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 pub(super) type Version = Arc<VersionState>;
 
 /// The version a task's bytes are pinned to (`pinned: false`: none, its digest decides).
+#[derive(Default)]
 pub(super) struct VersionState {
     pub(super) pinned: bool,
     pub(super) known: std::sync::Mutex<Option<SourceValidator>>,
@@ -33,21 +34,22 @@ pub(super) fn set_version(v: &Version, new: Option<SourceValidator>) {
 /// another total length. A first response with a validator sets the task's version.
 pub(super) fn changed(
     v: &Version,
-    resp: &reqwest::Response,
+    status: StatusCode,
+    headers: &http::HeaderMap,
     content_length: u64,
 ) -> Option<String> {
-    if let Some((_, _, Some(total))) = content_range(resp.headers())
+    if let Some((_, _, Some(total))) = content_range(headers)
         && total != content_length
     {
         return Some(format!("length {content_length} -> {total}"));
     }
-    if resp.status() == StatusCode::OK
-        && let Some(len) = crate::source::http::content_length(resp.headers())
+    if status == StatusCode::OK
+        && let Some(len) = crate::source::http::content_length(headers)
         && len != content_length
     {
         return Some(format!("length {content_length} -> {len}"));
     }
-    let got = validator_of(resp.headers());
+    let got = validator_of(headers);
     match current_version(v) {
         Some(known) => known.differs(&got),
         None => {
@@ -83,18 +85,26 @@ mod tests {
             206,
             &[("etag", "\"v1\""), ("content-range", "bytes 0-9/100")],
         );
-        assert_eq!(changed(&v, &r1, 100), None, "adopted");
+        assert_eq!(changed(&v, r1.status(), r1.headers(), 100), None, "adopted");
         assert_eq!(
             current_version(&v).and_then(|v| v.etag),
             Some("\"v1\"".into())
         );
         let r2 = resp(200, &[("etag", "\"v2\""), ("content-length", "100")]);
-        assert!(changed(&v, &r2, 100).unwrap().contains("ETag"));
+        assert!(
+            changed(&v, r2.status(), r2.headers(), 100)
+                .unwrap()
+                .contains("ETag")
+        );
         let r3 = resp(
             206,
             &[("etag", "\"v1\""), ("content-range", "bytes 0-9/120")],
         );
-        assert!(changed(&v, &r3, 100).unwrap().contains("length 100 -> 120"));
+        assert!(
+            changed(&v, r3.status(), r3.headers(), 100)
+                .unwrap()
+                .contains("length 100 -> 120")
+        );
     }
 
     #[test]
@@ -113,7 +123,7 @@ mod tests {
             &[("etag", "\"b\""), ("content-range", "bytes 0-9/100")],
         );
         assert_eq!(
-            changed(&v, &r, 100),
+            changed(&v, r.status(), r.headers(), 100),
             None,
             "redirected storage's ETag is no change"
         );
