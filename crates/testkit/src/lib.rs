@@ -7,11 +7,14 @@
 //! [`registry`] runs the real thing for end-to-end tests: a TLS `docker-registry` whose access
 //! log counts blob GETs, deterministic OCI images pushed to it, and containerd, podman and skopeo.
 //!
+//! [`layers`] checks that a crate's modules depend downward only.
+//!
 //! [`scheduler`] runs the workspace's scheduler binary for tests; [`process`] reads what a
 //! running process was given.
 #![forbid(unsafe_code)]
 
 pub mod data;
+pub mod layers;
 pub mod origin;
 pub mod process;
 pub mod registry;
