@@ -135,9 +135,9 @@ pub enum OrasError {
         what: String,
         /// The digest as written.
         raw: String,
-        /// The parser's error.
+        /// The parser's error (boxed: it is large, and errors travel in every `Result`).
         #[source]
-        source: dragonfly_common::digest::DigestError,
+        source: Box<dragonfly_common::digest::DigestError>,
     },
     /// The token server answered something unusable.
     #[error("{reference}: token server {realm}: {reason}")]

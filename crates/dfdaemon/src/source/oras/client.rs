@@ -144,11 +144,11 @@ struct Session<'a> {
 
 impl Session<'_> {
     fn digest_of(&self, raw: &str, what: &str) -> Result<Digest, OrasError> {
-        let d: Digest = raw.parse().map_err(|source| OrasError::BadDigest {
+        let d: Digest = raw.parse().map_err(|e| OrasError::BadDigest {
             reference: self.shown.clone(),
             what: what.to_string(),
             raw: raw.to_string(),
-            source,
+            source: Box::new(e),
         })?;
         if d.algorithm() == Algorithm::Crc32 {
             return Err(OrasError::BadManifest {
