@@ -2,7 +2,7 @@
 //! error that caused it as its source, and says whether trying again can help ([`Retry`]).
 //! Their text with the causes is made at the edges by [`dragonfly_common::error::chain`].
 
-use dragonfly_common::error::Retry;
+use dragonfly_common::error::{Retry, chain};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -61,10 +61,14 @@ pub enum DownloadError {
         message: String,
     },
     /// The HTTP client could not be built (TLS roots, proxy settings).
-    #[error("cannot build the HTTP client")]
+    #[error("cannot build the HTTP client: {}", chain(.0))]
     Client(#[source] reqwest::Error),
     /// The origin could not be reached or the connection broke.
-    #[error("cannot reach {url}")]
+    ///
+    /// The message holds the transport error's causes (the refused name, the certificate
+    /// problem) as well as the source: the task engine still keeps only the text of a source
+    /// error (`TaskError::Source(String)`); [`chain`] does not repeat them.
+    #[error("cannot reach {url}: {}", chain(.source))]
     Connect {
         /// The URL.
         url: String,
