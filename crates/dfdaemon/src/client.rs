@@ -32,7 +32,7 @@ pub async fn connect(socket: &Path) -> Result<DfdaemonDownloadClient<Channel>, S
             format!(
                 "daemon socket {}: {}",
                 socket.display(),
-                crate::standalone::error_chain(&e)
+                dragonfly_common::error::chain(&e)
             )
         })?;
     Ok(DfdaemonDownloadClient::new(channel).max_decoding_message_size(64 << 20))
@@ -40,7 +40,7 @@ pub async fn connect(socket: &Path) -> Result<DfdaemonDownloadClient<Channel>, S
 
 /// Download through the daemon: it fetches (P2P or from the source), verifies, and writes
 /// `req.output`; piece events feed `progress`. A URL the daemon cannot split into pieces fails
-/// with [`DownloadError::DaemonCannotSplit`] (the caller downloads it alone).
+/// with [`DownloadError::DaemonDeclined`] (the caller downloads it alone).
 pub async fn download(
     client: &mut DfdaemonDownloadClient<Channel>,
     req: &DownloadRequest,
@@ -77,14 +77,14 @@ pub async fn download(
         if s.metadata()
             .contains_key(crate::daemon::download_service::UNSPLITTABLE_METADATA)
         {
-            return DownloadError::DaemonCannotSplit {
+            return DownloadError::DaemonDeclined {
                 url: req.url.clone(),
-                reason: message.to_string(),
+                message: message.to_string(),
             };
         }
-        DownloadError::BadResponse {
+        DownloadError::Daemon {
             url: req.url.clone(),
-            reason: format!("the daemon says: {message}"),
+            message: message.to_string(),
         }
     };
     let work = async {

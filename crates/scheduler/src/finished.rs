@@ -4,7 +4,7 @@
 
 use crate::resource::finished::held_peer_id;
 use crate::resource::{FinishedCopy, Recorded};
-use crate::server::SchedulerState;
+use crate::state::SchedulerState;
 use dragonfly_proto::scheduler::v1 as sch;
 use tokio::time::Instant;
 use tonic::Status;

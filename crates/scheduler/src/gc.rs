@@ -4,7 +4,7 @@
 //! `scheduler.gc.*` intervals.
 
 use crate::resource::Resources;
-use crate::server::SchedulerState;
+use crate::state::SchedulerState;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;

@@ -15,6 +15,8 @@ pub mod resource;
 pub mod seed;
 pub mod server;
 pub mod service;
+pub mod state;
 
-pub use server::{SchedulerState, serve};
+pub use server::serve;
 pub use service::SchedulerService;
+pub use state::SchedulerState;

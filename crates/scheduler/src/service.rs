@@ -3,7 +3,7 @@
 use crate::evaluator::{self, Limits};
 use crate::resource::{Peer, PeerState, Task, TaskState};
 use crate::seed::pick_seed;
-use crate::server::SchedulerState;
+use crate::state::SchedulerState;
 use dragonfly_proto::Download;
 use dragonfly_proto::scheduler::v1 as sch;
 use dragonfly_proto::scheduler::v1::announce_peer_request::Request as Req;

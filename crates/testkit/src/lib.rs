@@ -11,7 +11,7 @@
 //! their real config types; [`dfget`] runs the CLI against a daemon; [`bins`] finds the
 //! workspace's binaries; [`cli`] runs one to the end; [`net`] picks ports; [`files`] looks into what a daemon wrote;
 //! [`storage`] holds the fixtures of storage tests; [`tmpfs`] mounts a small filesystem; [`process`] reads what a running process
-//! was given and signals it.
+//! was given and signals it; [`layers`] checks that a crate's modules depend downward only.
 #![forbid(unsafe_code)]
 
 pub mod bins;
@@ -20,6 +20,7 @@ pub mod daemon;
 pub mod data;
 pub mod dfget;
 pub mod files;
+pub mod layers;
 pub mod net;
 pub mod origin;
 pub mod process;

@@ -40,7 +40,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", dragonfly_common::error::chain(&e));
             if let Some(hint) = hint(&e) {
                 eprintln!("hint: {hint}");
             }

@@ -263,10 +263,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let result = match daemon_client(&cli.daemon_sock, cli.standalone, cli.quiet).await {
         Some(mut client) => match dfdaemon::client::download(&mut client, &req, progress).await {
-            Err(standalone::DownloadError::DaemonCannotSplit { reason, .. }) => {
+            Err(standalone::DownloadError::DaemonDeclined { message, .. }) => {
                 if !cli.quiet {
                     eprintln!(
-                        "dfget: the daemon cannot download it ({reason}); downloading without the daemon"
+                        "dfget: the daemon cannot download it ({message}); downloading without the daemon"
                     );
                 }
                 standalone::download(&req, progress).await
@@ -344,7 +344,12 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(code)
         }
         Err(e) => {
-            eprintln!("dfget: error: {e:#}");
+            // The error and its causes, each said once (anyhow's `{:#}` repeats a cause whose
+            // text the message already holds).
+            eprintln!(
+                "dfget: error: {}",
+                dragonfly_common::error::chain(e.as_ref())
+            );
             std::process::ExitCode::FAILURE
         }
     }

@@ -162,17 +162,20 @@ impl DownloadService {
 
 /// The gRPC status for a resolution error (its message is what dfget prints).
 fn oras_status(e: &OrasError) -> Status {
-    let msg = e.to_string();
+    let msg = dragonfly_common::error::chain(e);
     match e {
         OrasError::InvalidReference { .. } => Status::invalid_argument(msg),
         OrasError::NotFound { .. } => Status::not_found(msg),
         OrasError::NeedsCredentials { .. } | OrasError::CredentialsRefused { .. } => {
             Status::unauthenticated(msg)
         }
-        OrasError::Connect { .. } | OrasError::Token { .. } => Status::unavailable(msg),
+        OrasError::Connect { .. }
+        | OrasError::Token { .. }
+        | OrasError::TokenRealm { .. }
+        | OrasError::TokenAnswer { .. } => Status::unavailable(msg),
         OrasError::Timeout { .. } => Status::deadline_exceeded(msg),
         OrasError::Status { code, .. } if *code >= 500 => Status::unavailable(msg),
-        OrasError::Client(_) => Status::internal(msg),
+        OrasError::Client(_) | OrasError::InvalidProxy { .. } => Status::internal(msg),
         _ => Status::failed_precondition(msg),
     }
 }
@@ -402,9 +405,11 @@ mod tests {
         assert_eq!(s.code(), tonic::Code::FailedPrecondition);
         assert!(s.message().contains("http://o/x"), "{}", s.message());
         assert!(s.metadata().contains_key(UNSPLITTABLE_METADATA));
-        let e = TaskError::Source(std::sync::Arc::new(DownloadError::Connect {
+        let e = TaskError::Source(std::sync::Arc::new(DownloadError::Status {
             url: "http://o/x".into(),
-            reason: "connection refused".into(),
+            status: "503 Service Unavailable".into(),
+            code: 503,
+            challenge: None,
         }));
         assert!(
             !layout_status(&e)

@@ -267,7 +267,7 @@ pub async fn start(
             })?
             .map_err(|e| DaemonError::Storage {
                 dir: dir.clone(),
-                reason: e.to_string(),
+                reason: dragonfly_common::error::chain(&e),
             })?
     };
     if cfg.metrics.enable {
@@ -417,7 +417,7 @@ pub async fn start(
         })
         .map_err(|e| DaemonError::Config {
             key: "proxy",
-            reason: e.to_string(),
+            reason: dragonfly_common::error::chain(&e),
         })?;
         Some((std::sync::Arc::new(proxy), listener, addr))
     } else {
@@ -427,7 +427,7 @@ pub async fn start(
         .with_oras(&cfg.oras)
         .map_err(|e| DaemonError::Config {
             key: "oras",
-            reason: e.to_string(),
+            reason: dragonfly_common::error::chain(&e),
         })?;
     let seed = cfg.seed_peer.enable.then(|| {
         std::sync::Arc::new(DownloadService::new(engine.clone(), false, parents))

@@ -45,14 +45,15 @@ pub const KEY_FILE: &str = "ca.key";
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CaError {
     /// A file could not be read (missing, unreadable).
-    #[error("cannot read {what} {path}: {reason}")]
+    #[error("cannot read {what} {path}")]
     Read {
         /// "CA certificate" or "CA private key".
         what: &'static str,
         /// The file.
         path: PathBuf,
-        /// Why.
-        reason: String,
+        /// The OS error (shared: the leaf cache clones its errors).
+        #[source]
+        source: Arc<std::io::Error>,
     },
     /// The certificate file holds no usable PEM certificate.
     #[error("CA certificate {path} is not a PEM X.509 certificate: {reason}")]
@@ -93,20 +94,28 @@ pub enum CaError {
         path: PathBuf,
     },
     /// A file could not be written.
-    #[error("cannot write {path}: {reason}")]
+    #[error("cannot write {path}")]
     Write {
         /// The file or directory.
         path: PathBuf,
-        /// Why.
-        reason: String,
+        /// The OS error (shared: the leaf cache clones its errors).
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// The common name of a CA to generate is empty.
+    #[error("cannot generate a CA {common_name:?}: the common name is empty")]
+    EmptyName {
+        /// The CA's common name.
+        common_name: String,
     },
     /// A CA could not be generated.
-    #[error("cannot generate a CA {common_name:?}: {reason}")]
+    #[error("cannot generate a CA {common_name:?}")]
     Generate {
         /// The CA's common name.
         common_name: String,
-        /// Why.
-        reason: String,
+        /// The certificate library's error.
+        #[source]
+        source: rcgen::Error,
     },
     /// No leaf certificate could be issued for a host name.
     #[error("cannot issue a certificate for {name:?}: {reason}")]
@@ -153,7 +162,7 @@ impl CertAuthority {
         let cert_bytes = std::fs::read(cert).map_err(|e| CaError::Read {
             what: "CA certificate",
             path: cert.to_path_buf(),
-            reason: e.to_string(),
+            source: Arc::new(e),
         })?;
         let not_pem = |reason: String| CaError::NotPem {
             path: cert.to_path_buf(),
@@ -215,14 +224,13 @@ impl CertAuthority {
 
     /// [`Self::generate`], also returning the private key as PKCS#8 PEM.
     fn generate_with_key(common_name: &str) -> Result<(Self, String), CaError> {
-        let failed = |e: rcgen::Error| CaError::Generate {
+        let failed = |source: rcgen::Error| CaError::Generate {
             common_name: common_name.to_owned(),
-            reason: e.to_string(),
+            source,
         };
         if common_name.trim().is_empty() {
-            return Err(CaError::Generate {
+            return Err(CaError::EmptyName {
                 common_name: common_name.to_owned(),
-                reason: "the common name is empty".into(),
             });
         }
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(failed)?;
@@ -264,7 +272,7 @@ impl CertAuthority {
         let (ca, key_pem) = Self::generate_with_key(common_name)?;
         std::fs::create_dir_all(dir).map_err(|e| CaError::Write {
             path: dir.to_path_buf(),
-            reason: e.to_string(),
+            source: Arc::new(e),
         })?;
         write_new_file(&key_path, key_pem.as_bytes(), 0o600)?;
         if let Err(e) = write_new_file(&cert_path, ca.cert_pem().as_bytes(), 0o644) {
@@ -425,7 +433,7 @@ fn read_key(path: &Path) -> Result<KeyPair, CaError> {
     let bytes = std::fs::read(path).map_err(|e| CaError::Read {
         what: "CA private key",
         path: path.to_path_buf(),
-        reason: e.to_string(),
+        source: Arc::new(e),
     })?;
     let bad = |reason: String| CaError::BadKey {
         path: path.to_path_buf(),
@@ -469,7 +477,7 @@ fn write_new_file(path: &Path, data: &[u8], mode: u32) -> Result<(), CaError> {
         } else {
             CaError::Write {
                 path: path.to_path_buf(),
-                reason: e.to_string(),
+                source: Arc::new(e),
             }
         }
     };

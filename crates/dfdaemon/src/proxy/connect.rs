@@ -75,10 +75,12 @@ pub(crate) async fn connect(
                     .server_name()
                     .map(str::to_string)
                     .unwrap_or(sni_default);
-                let cfg = ca
-                    .server_config(&name)
-                    .await
-                    .map_err(|e| format!("certificate for {name}: {e}"))?;
+                let cfg = ca.server_config(&name).await.map_err(|e| {
+                    format!(
+                        "certificate for {name}: {}",
+                        dragonfly_common::error::chain(&e)
+                    )
+                })?;
                 start
                     .into_stream(cfg)
                     .await

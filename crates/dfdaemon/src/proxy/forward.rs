@@ -43,10 +43,10 @@ pub(crate) async fn forward(
                 tracing::info!(%url, refused = %r, "proxy target refused");
                 return text(StatusCode::FORBIDDEN, &r.to_string());
             }
-            tracing::info!(%url, error = %crate::source::error::error_chain(&e), "upstream failed");
+            tracing::info!(%url, error = %dragonfly_common::error::chain(&e), "upstream failed");
             return text(
                 StatusCode::BAD_GATEWAY,
-                &format!("upstream {url}: {}", crate::source::error::error_chain(&e)),
+                &format!("upstream {url}: {}", dragonfly_common::error::chain(&e)),
             );
         }
     };

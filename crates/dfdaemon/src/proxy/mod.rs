@@ -65,15 +65,37 @@ pub enum ProxyError {
         key: String,
         /// The file.
         path: PathBuf,
-        /// Why.
-        reason: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A certificate file of the config could not be read.
+    #[error("{key}: cannot use {path}")]
+    CertsUnreadable {
+        /// The config key.
+        key: String,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A certificate file of the config does not parse.
+    #[error("{key}: cannot use {path}: not a PEM certificate")]
+    CertsNotPem {
+        /// The config key.
+        key: String,
+        /// The file.
+        path: PathBuf,
+        /// The parser's error.
+        #[source]
+        source: reqwest::Error,
     },
     /// The CA for hijacking could not be loaded or made.
     #[error("proxy.hijackHTTPS: {0}")]
     Ca(#[from] ca::CaError),
     /// The upstream HTTP client could not be built.
-    #[error("proxy: cannot build the upstream HTTP client: {0}")]
-    Client(String),
+    #[error("proxy: cannot build the upstream HTTP client")]
+    Client(#[source] crate::source::error::DownloadError),
 }
 
 /// The proxy's state, shared by every connection.

@@ -7,6 +7,7 @@ use super::{Body, BoxError, Proxy, Upstream, empty, text};
 use crate::task::{Task, TaskError, TaskPin, TaskReader, TaskRequest};
 use bytes::Bytes;
 use dragonfly_common::digest::Digest;
+use dragonfly_common::error::chain;
 use dragonfly_common::task_id::TaskId;
 use futures::StreamExt;
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -142,7 +143,7 @@ fn task_error(url: &str, e: &TaskError) -> Response<Body> {
             code, challenge, ..
         } => {
             let status = StatusCode::from_u16(*code).unwrap_or(StatusCode::BAD_GATEWAY);
-            let mut r = text(status, &e.to_string());
+            let mut r = text(status, &chain(e));
             if let Some(c) = challenge
                 .as_deref()
                 .and_then(|c| HeaderValue::from_str(c).ok())
@@ -152,6 +153,7 @@ fn task_error(url: &str, e: &TaskError) -> Response<Body> {
             r
         }
         _ => {
+            let e = chain(e);
             tracing::warn!(%url, error = %e, "proxy task failed");
             text(StatusCode::BAD_GATEWAY, &format!("{url}: {e}"))
         }
@@ -200,7 +202,7 @@ fn verified_stream(
                 }
                 Some(Err(e)) => {
                     st.done = true;
-                    tracing::warn!(task = %st.task.id, error = %e, "proxy stream failed");
+                    tracing::warn!(task = %st.task.id, error = %chain(&e), "proxy stream failed");
                     return Some((Err(Box::new(e) as BoxError), st));
                 }
                 None => {
@@ -208,7 +210,7 @@ fn verified_stream(
                     if let Some(d) = st.verify.clone()
                         && let Err(e) = st.task.verify_digest(&d).await
                     {
-                        tracing::warn!(task = %st.task.id, error = %e, "blob failed verification; the client's response is cut short");
+                        tracing::warn!(task = %st.task.id, error = %chain(&e), "blob failed verification; the client's response is cut short");
                         return Some((Err(Box::new(e) as BoxError), st));
                     }
                     let last = st.held.take()?;

@@ -31,22 +31,23 @@ impl Upstream {
     ) -> Result<Self, ProxyError> {
         let mut roots = Vec::new();
         for path in certs {
-            let pem = std::fs::read(path).map_err(|e| ProxyError::Certs {
+            let pem = std::fs::read(path).map_err(|source| ProxyError::CertsUnreadable {
                 key: key.to_string(),
                 path: path.clone(),
-                reason: e.to_string(),
+                source,
             })?;
-            let found =
-                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ProxyError::Certs {
+            let found = reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| {
+                ProxyError::CertsNotPem {
                     key: key.to_string(),
                     path: path.clone(),
-                    reason: format!("not a PEM certificate: {e}"),
-                })?;
+                    source,
+                }
+            })?;
             if found.is_empty() {
                 return Err(ProxyError::Certs {
                     key: key.to_string(),
                     path: path.clone(),
-                    reason: "no PEM certificate in it".into(),
+                    reason: "no PEM certificate in it",
                 });
             }
             roots.extend(found);
@@ -64,7 +65,7 @@ impl Upstream {
             let builder = HttpSource::builder(&opts, roots.clone())
                 .dns_resolver(reach::GuardedResolver(reach.clone()))
                 .redirect(redirect);
-            HttpSource::build(builder).map_err(|e| ProxyError::Client(e.to_string()))
+            HttpSource::build(builder).map_err(ProxyError::Client)
         };
         Ok(Self {
             forward: client(false)?,
@@ -99,7 +100,7 @@ impl Hijack {
                 return Err(ProxyError::Certs {
                     key: "proxy.hijackHTTPS".into(),
                     path: h.cert.clone().or(h.key.clone()).unwrap_or_default(),
-                    reason: "cert and key must be set together".into(),
+                    reason: "cert and key must be set together",
                 });
             }
         };

@@ -1,6 +1,8 @@
-//! Download errors: each names the thing that was wrong (URL, path, status, digest) and says
-//! whether trying again (another parent, another attempt) can help.
+//! Download errors: each names the thing that was wrong (URL, path, status, digest), keeps the
+//! error that caused it as its source, and says whether trying again can help ([`Retry`]).
+//! Their text with the causes is made at the edges by [`dragonfly_common::error::chain`].
 
+use dragonfly_common::error::{Retry, chain};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -8,12 +10,13 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum DownloadError {
     /// The URL is not an absolute URL.
-    #[error("{url:?} is not an absolute URL (expected e.g. https://host/path): {reason}")]
+    #[error("{url:?} is not an absolute URL (expected e.g. https://host/path)")]
     InvalidUrl {
         /// What the user gave.
         url: String,
         /// Why it does not parse.
-        reason: String,
+        #[source]
+        source: url::ParseError,
     },
     /// A scheme we cannot download from.
     #[error("unsupported scheme {scheme:?} in {url} (supported: http, https, oras)")]
@@ -40,22 +43,38 @@ pub enum DownloadError {
         /// What is there (`a block device`, `a socket`).
         what: &'static str,
     },
-    /// The local daemon cannot download this URL (an origin that gives neither a length nor
-    /// Range support); dfget downloads it alone instead.
-    #[error("{url}: the daemon cannot download it: {reason}")]
-    DaemonCannotSplit {
+    /// The local daemon declined the task (an origin that gives neither a length nor Range
+    /// support, or no room for it); dfget downloads it alone instead.
+    #[error("{url}: the daemon cannot download it: {message}")]
+    DaemonDeclined {
         /// The URL.
         url: String,
-        /// The daemon's message.
-        reason: String,
+        /// The daemon's message (text from the gRPC status).
+        message: String,
     },
+    /// The local daemon failed the download.
+    #[error("{url}: the daemon says: {message}")]
+    Daemon {
+        /// The URL.
+        url: String,
+        /// The daemon's message (text from the gRPC status).
+        message: String,
+    },
+    /// The HTTP client could not be built (TLS roots, proxy settings).
+    #[error("cannot build the HTTP client: {}", chain(.0))]
+    Client(#[source] reqwest::Error),
     /// The origin could not be reached or the connection broke.
-    #[error("cannot reach {url}: {reason}")]
+    ///
+    /// The message holds the transport error's causes (the refused name, the certificate
+    /// problem) as well as the source: the task engine still keeps only the text of a source
+    /// error (`TaskError::Source(String)`); [`chain`] does not repeat them.
+    #[error("cannot reach {url}: {}", chain(.source))]
     Connect {
         /// The URL.
         url: String,
-        /// The transport error, flattened with its causes.
-        reason: String,
+        /// The transport error.
+        #[source]
+        source: reqwest::Error,
     },
     /// The origin answered with an unexpected HTTP status.
     #[error("{url} answered {status}")]
@@ -70,12 +89,30 @@ pub enum DownloadError {
         challenge: Option<String>,
     },
     /// The origin sent something other than what was asked for.
-    #[error("{url}: {reason}")]
+    #[error("{url}: {what}")]
     BadResponse {
         /// The URL.
         url: String,
-        /// What was wrong.
-        reason: String,
+        /// What the answer did wrong (a description: there is no underlying error).
+        what: String,
+    },
+    /// The content cannot be laid out in pieces of the requested length.
+    #[error("{url}: cannot split it into pieces")]
+    Layout {
+        /// The URL.
+        url: String,
+        /// Why.
+        #[source]
+        source: dragonfly_common::piece::LayoutError,
+    },
+    /// A piece's task panicked or was cancelled.
+    #[error("{url}: piece task failed")]
+    PieceTask {
+        /// The URL.
+        url: String,
+        /// The join error.
+        #[source]
+        source: tokio::task::JoinError,
     },
     /// The content does not match the expected digest.
     #[error(
@@ -122,13 +159,13 @@ pub enum DownloadError {
 }
 
 impl DownloadError {
-    /// Whether retrying the same request (or another parent) may succeed.
-    pub fn is_retryable(&self) -> bool {
+    /// Whether retrying the request may succeed: a broken connection or a wrong answer may
+    /// pass on the next attempt, a status as [`Retry::for_status`] says, the rest will not.
+    pub fn retry(&self) -> Retry {
         match self {
-            DownloadError::Connect { .. } => true,
-            DownloadError::BadResponse { .. } => true,
-            DownloadError::Status { code, .. } => *code >= 500 || *code == 429 || *code == 408,
-            _ => false,
+            DownloadError::Connect { .. } | DownloadError::BadResponse { .. } => Retry::Same,
+            DownloadError::Status { code, .. } => Retry::for_status(*code),
+            _ => Retry::No,
         }
     }
 
@@ -140,25 +177,10 @@ impl DownloadError {
         }
     }
 
-    pub(crate) fn connect(url: &str, err: &reqwest::Error) -> Self {
+    pub(crate) fn connect(url: &str, source: reqwest::Error) -> Self {
         DownloadError::Connect {
             url: url.to_string(),
-            reason: error_chain(err),
+            source,
         }
     }
-}
-
-/// An error and its causes on one line: `a: b: c`.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        let s = e.to_string();
-        if !out.contains(&s) {
-            out.push_str(": ");
-            out.push_str(&s);
-        }
-        cur = e.source();
-    }
-    out
 }

@@ -89,13 +89,7 @@ impl HttpSource {
 
     /// A source over the client `builder` builds.
     pub fn build(builder: reqwest::ClientBuilder) -> Result<Self, DownloadError> {
-        let client = builder.build().map_err(|e| DownloadError::Connect {
-            url: String::new(),
-            reason: format!(
-                "cannot build HTTP client: {}",
-                super::error::error_chain(&e)
-            ),
-        })?;
+        let client = builder.build().map_err(DownloadError::Client)?;
         Ok(Self { client })
     }
 
@@ -117,7 +111,7 @@ impl HttpSource {
             .headers(headers.clone())
             .send()
             .await
-            .map_err(|e| DownloadError::connect(url, &e))?;
+            .map_err(|e| DownloadError::connect(url, e))?;
         if head.status().is_success()
             && let Some(len) = content_length(head.headers())
         {
@@ -134,7 +128,7 @@ impl HttpSource {
             .header(header::RANGE, "bytes=0-0")
             .send()
             .await
-            .map_err(|e| DownloadError::connect(url, &e))?;
+            .map_err(|e| DownloadError::connect(url, e))?;
         match resp.status() {
             StatusCode::PARTIAL_CONTENT => match content_range(resp.headers()) {
                 Some((_, _, Some(total))) => Ok(Probe::Length {
@@ -188,7 +182,7 @@ impl HttpSource {
         let resp = req
             .send()
             .await
-            .map_err(|e| DownloadError::connect(url, &e))?;
+            .map_err(|e| DownloadError::connect(url, e))?;
         if !resp.status().is_success() {
             return Err(status_error(url, resp.status(), resp.headers()));
         }
@@ -199,7 +193,7 @@ impl HttpSource {
 fn bad(url: &str, reason: &str) -> DownloadError {
     DownloadError::BadResponse {
         url: url.to_string(),
-        reason: reason.to_string(),
+        what: reason.to_string(),
     }
 }
 

@@ -36,16 +36,28 @@ pub enum OrasError {
         /// What is wrong.
         reason: String,
     },
-    /// The HTTP client could not be built (bad `oras.proxy`, no TLS roots).
-    #[error("the ORAS registry client: {0}")]
-    Client(String),
+    /// The HTTP client could not be built (no TLS roots).
+    #[error("the ORAS registry client")]
+    Client(#[source] reqwest::Error),
+    /// `oras.proxy` is not a proxy URL.
+    #[error("the ORAS registry client: oras.proxy {proxy:?} is not a proxy URL")]
+    InvalidProxy {
+        /// The proxy URL, its password redacted.
+        proxy: String,
+        /// Why it does not work.
+        #[source]
+        source: reqwest::Error,
+    },
     /// The registry or token server could not be reached.
-    #[error("cannot reach {url}: {reason}")]
+    #[error("cannot reach {url}{hint}")]
     Connect {
         /// The URL.
         url: String,
-        /// The transport error with its causes.
-        reason: String,
+        /// ` (through oras.proxy ...)` and what to do about an untrusted certificate, or empty.
+        hint: String,
+        /// The transport error.
+        #[source]
+        source: reqwest::Error,
     },
     /// No response headers within `oras.responseHeaderTimeout` (plus the connect time).
     #[error("{url} sent no response within {}", humantime::format_duration(*.after))]
@@ -91,6 +103,41 @@ pub enum OrasError {
         user: String,
         /// What the registry or token server said.
         detail: String,
+    },
+    /// The token server's realm is not a URL.
+    #[error("{reference}: token server {realm}: not a URL")]
+    TokenRealm {
+        /// The reference.
+        reference: String,
+        /// The realm the registry named.
+        realm: String,
+        /// The parser's error.
+        #[source]
+        source: url::ParseError,
+    },
+    /// The token server's answer is not JSON.
+    #[error("{reference}: token server {realm}: the answer is not JSON")]
+    TokenAnswer {
+        /// The reference.
+        reference: String,
+        /// The realm URL.
+        realm: String,
+        /// The parser's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A digest in a manifest does not parse.
+    #[error("{reference}: {what} has digest {raw:?}")]
+    BadDigest {
+        /// The reference.
+        reference: String,
+        /// What holds it (`the manifest`, `layer 0`).
+        what: String,
+        /// The digest as written.
+        raw: String,
+        /// The parser's error (boxed: it is large, and errors travel in every `Result`).
+        #[source]
+        source: Box<dragonfly_common::digest::DigestError>,
     },
     /// The token server answered something unusable.
     #[error("{reference}: token server {realm}: {reason}")]

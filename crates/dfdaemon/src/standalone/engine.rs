@@ -1,7 +1,7 @@
 //! The standalone engine: one process, the origin as the only source.
 
-use super::DownloadError;
 use super::output::{TempOutput, prepare_output, validate_url};
+use crate::source::error::DownloadError;
 use crate::source::http::{content_length, content_range, validator_of};
 use crate::source::{HttpSource, Probe, SourceOptions};
 use dragonfly_common::digest::{Algorithm, Digest};
@@ -102,23 +102,12 @@ impl Progress for () {
     fn set_position(&self, _: u64) {}
 }
 
-/// Download `req.url` to `req.output`.
+/// Download an http(s) `req.url` to `req.output` (an `oras://` URL is resolved to its blob's
+/// URL first, then comes here).
 ///
 /// The bytes go to a hidden temporary file beside the output, which is published (see
 /// [`super::publish`]) only after every piece arrived and the digest (if any) matched; on any
 /// error it is removed.
-/// An `oras://` URL is resolved to its artifact's blob first (docs/oras.md).
-pub async fn download(
-    req: &DownloadRequest,
-    progress: &dyn Progress,
-) -> Result<Summary, DownloadError> {
-    if crate::source::oras::is_oras_url(&req.url) {
-        return super::oras::download(req, progress).await;
-    }
-    download_url(req, progress).await
-}
-
-/// [`download`] of an http(s) URL.
 pub(crate) async fn download_url(
     req: &DownloadRequest,
     progress: &dyn Progress,
@@ -213,9 +202,9 @@ async fn fetch(
     };
     progress.set_length(Some(len));
     let layout = match req.piece_length {
-        Some(pl) => PieceLayout::new(len, pl).map_err(|e| DownloadError::BadResponse {
+        Some(pl) => PieceLayout::new(len, pl).map_err(|source| DownloadError::Layout {
             url: req.url.clone(),
-            reason: e.to_string(),
+            source,
         })?,
         None => PieceLayout::auto(len),
     };
@@ -285,9 +274,9 @@ async fn fetch(
         let Some(joined) = set.join_next().await else {
             break;
         };
-        let (piece, crc) = joined.map_err(|e| DownloadError::BadResponse {
+        let (piece, crc) = joined.map_err(|source| DownloadError::PieceTask {
             url: req.url.clone(),
-            reason: format!("piece task failed: {e}"),
+            source,
         })??;
         crcs[piece.number as usize] = crc;
         if let Some(h) = &hasher {
@@ -323,8 +312,8 @@ async fn get_retrying(
             .get_version(&req.url, &req.headers, range, Some(version))
             .await
         {
-            Err(e) if e.is_retryable() && attempt < PIECE_ATTEMPTS => {
-                tracing::debug!(attempt, error = %e, "request failed, retrying");
+            Err(e) if e.retry().may_help() && attempt < PIECE_ATTEMPTS => {
+                tracing::debug!(attempt, error = %dragonfly_common::error::chain(&e), "request failed, retrying");
                 tokio::time::sleep(retry_delay(attempt)).await;
             }
             other => return other,
@@ -372,10 +361,10 @@ async fn fetch_piece(
             Ok(crc) => return Ok((piece, crc)),
             Err((e, counted)) => {
                 job.received.fetch_sub(counted, Ordering::Relaxed);
-                if !e.is_retryable() || attempt >= PIECE_ATTEMPTS {
+                if !e.retry().may_help() || attempt >= PIECE_ATTEMPTS {
                     return Err(e);
                 }
-                tracing::debug!(piece = piece.number, attempt, error = %e, "piece failed, retrying");
+                tracing::debug!(piece = piece.number, attempt, error = %dragonfly_common::error::chain(&e), "piece failed, retrying");
                 tokio::time::sleep(retry_delay(attempt)).await;
             }
         }
@@ -388,9 +377,9 @@ async fn receive_piece(
     piece: PieceRange,
     mut resp: reqwest::Response,
 ) -> Result<u32, (DownloadError, u64)> {
-    let bad = |reason: String| DownloadError::BadResponse {
+    let bad = |what: String| DownloadError::BadResponse {
         url: job.url.clone(),
-        reason,
+        what,
     };
     if let Some(why) = changed(&job.version, resp.headers(), job.len) {
         return Err((
@@ -432,7 +421,7 @@ async fn receive_piece(
         let chunk = match resp.chunk().await {
             Ok(Some(c)) => c,
             Ok(None) => break,
-            Err(e) => return Err((DownloadError::connect(&job.url, &e), counted)),
+            Err(e) => return Err((DownloadError::connect(&job.url, e), counted)),
         };
         if written + buf.len() as u64 + chunk.len() as u64 > piece.length {
             return Err((
@@ -522,7 +511,7 @@ async fn single_stream(
         let chunk = match resp.chunk().await {
             Ok(Some(c)) => c,
             Ok(None) => break,
-            Err(e) => return Err(DownloadError::connect(&req.url, &e)),
+            Err(e) => return Err(DownloadError::connect(&req.url, e)),
         };
         if let Some(h) = hasher.as_mut() {
             h.update(&chunk);
@@ -541,7 +530,7 @@ async fn single_stream(
     {
         return Err(DownloadError::BadResponse {
             url: req.url.clone(),
-            reason: format!("body ended after {n} of {len} bytes"),
+            what: format!("body ended after {n} of {len} bytes"),
         });
     }
     Ok(Summary {

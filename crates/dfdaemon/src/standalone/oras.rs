@@ -1,8 +1,9 @@
 //! `oras://` without a daemon: resolve the reference with default `oras` settings, then
 //! download the artifact's blob like any URL, verified against the blob digest.
 
-use super::engine::{download_url, within};
-use super::{DownloadError, DownloadRequest, Progress, Summary, prepare_output};
+use super::engine::{DownloadRequest, Progress, Summary, download_url, within};
+use super::output::prepare_output;
+use crate::source::error::DownloadError;
 use crate::source::oras::{OrasClient, OrasOptions, OrasReference, RegistryAuth};
 use std::time::Instant;
 
@@ -33,7 +34,7 @@ pub(crate) async fn download(
     {
         return Err(DownloadError::BadResponse {
             url: req.url.clone(),
-            reason: format!(
+            what: format!(
                 "--digest {want} is not the artifact's blob digest {}",
                 artifact.digest
             ),

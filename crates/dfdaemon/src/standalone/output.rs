@@ -1,14 +1,14 @@
 //! Checks on the user's URL and output path, and the temporary file the bytes go to first.
 
-use super::DownloadError;
 use super::publish::{OutputKind, inspect, part_name, publish, remove_stale_parts, write_in_place};
+use crate::source::error::DownloadError;
 use std::path::{Path, PathBuf};
 
 /// Parse a download URL; it must be absolute and http or https.
 pub fn validate_url(raw: &str) -> Result<url::Url, DownloadError> {
-    let url = url::Url::parse(raw).map_err(|e| DownloadError::InvalidUrl {
+    let url = url::Url::parse(raw).map_err(|source| DownloadError::InvalidUrl {
         url: raw.to_string(),
-        reason: e.to_string(),
+        source,
     })?;
     match url.scheme() {
         "http" | "https" => {}
@@ -22,7 +22,8 @@ pub fn validate_url(raw: &str) -> Result<url::Url, DownloadError> {
     if url.host_str().is_none_or(str::is_empty) {
         return Err(DownloadError::InvalidUrl {
             url: raw.to_string(),
-            reason: "no host".to_string(),
+            // What the parser says of `http:///`; a special scheme without a host.
+            source: url::ParseError::EmptyHost,
         });
     }
     Ok(url)

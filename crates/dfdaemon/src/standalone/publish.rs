@@ -10,7 +10,7 @@
 //! - Temporary files are named `.NAME.<owner>-<pid>-<rand>.part`, so a later run can tell the
 //!   ones whose process is gone ([`remove_stale_parts`]).
 
-use super::DownloadError;
+use crate::source::error::DownloadError;
 use rustix::io::Errno;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, FileTypeExt};

@@ -26,8 +26,11 @@ pub enum StorageError {
         kind: &'static str,
         /// The record's key.
         key: String,
-        /// Why it does not decode.
+        /// What is wrong with it.
         reason: String,
+        /// The decoder's error, when it does not decode at all.
+        #[source]
+        source: Option<serde_json::Error>,
     },
     /// The content cannot be stored however much is evicted: nothing was evicted for it.
     #[error(

@@ -531,6 +531,7 @@ impl Storage {
                     "range {}+{} does not match the task's layout",
                     record.offset, record.length
                 ),
+                source: None,
             });
         }
         Ok(record)

@@ -170,14 +170,16 @@ pub(crate) fn decode<T: DeserializeOwned>(
     key: &str,
     bytes: &[u8],
 ) -> Result<T, StorageError> {
-    let corrupt = |reason: String| StorageError::CorruptRecord {
+    let corrupt = |reason: &str, source| StorageError::CorruptRecord {
         kind,
         key: key.to_string(),
-        reason,
+        reason: reason.to_string(),
+        source,
     };
-    let env: Envelope<T> = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+    let env: Envelope<T> =
+        serde_json::from_slice(bytes).map_err(|e| corrupt("it does not decode", Some(e)))?;
     if env.v == 0 {
-        return Err(corrupt("record version 0".to_string()));
+        return Err(corrupt("record version 0", None));
     }
     Ok(env.record)
 }
@@ -190,6 +192,7 @@ pub(crate) fn decode_task(key: &str, bytes: &[u8]) -> Result<TaskRecord, Storage
             kind: "task",
             key: key.to_string(),
             reason: format!("record is for task {}", rec.id),
+            source: None,
         });
     }
     rec.layout()?;
@@ -209,6 +212,7 @@ pub(crate) fn decode_piece(
             kind: "piece",
             key: key(),
             reason: format!("record is for piece {}", rec.number),
+            source: None,
         });
     }
     Ok(rec)

@@ -210,7 +210,7 @@ fn load(inner: &Inner) -> Result<Loaded> {
             Ok(record) => {
                 tasks.insert(key, record);
             }
-            Err(e) => bad.push((key, e.to_string())),
+            Err(e) => bad.push((key, dragonfly_common::error::chain(&e))),
         }
     }
     let mut pieces: BTreeMap<String, PieceEntries> = BTreeMap::new();
@@ -267,7 +267,7 @@ fn check_pieces(
     };
     for (number, decoded) in entries {
         let problem = match decoded {
-            Err(e) => Some(e.to_string()),
+            Err(e) => Some(dragonfly_common::error::chain(&e)),
             Ok(piece) => match layout.piece(number) {
                 None => Some(format!("past the last piece ({})", record.piece_count)),
                 Some(range) if !piece.matches(&range) => Some(format!(

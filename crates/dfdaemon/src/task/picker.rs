@@ -343,11 +343,7 @@ impl<P: ParentPieces, S: SourcePieces> Fetch<'_, P, S> {
                                     }
                                 }
                                 Err(e) => {
-                                    let retry = if e.is_retryable() {
-                                        Retry::Same
-                                    } else {
-                                        Retry::No
-                                    };
+                                    let retry = e.retry();
                                     Err(PieceError::Remote(RemoteError::Source(e), retry))
                                 }
                             };

@@ -498,9 +498,11 @@ async fn the_source_is_asked_again_after_errors_that_may_pass() {
             .failures
             .lock()
             .unwrap()
-            .push_back(DownloadError::Connect {
+            .push_back(DownloadError::Status {
                 url: URL.into(),
-                reason: "connection reset".into(),
+                status: "503 Service Unavailable".into(),
+                code: 503,
+                challenge: None,
             });
     }
     c.fetch(&fakes, &source, 1, Duration::from_secs(30))
@@ -526,9 +528,11 @@ async fn the_source_gives_up_after_three_attempts_and_names_the_url() {
             .failures
             .lock()
             .unwrap()
-            .push_back(DownloadError::Connect {
+            .push_back(DownloadError::Status {
                 url: URL.into(),
-                reason: "connection reset".into(),
+                status: "503 Service Unavailable".into(),
+                code: 503,
+                challenge: None,
             });
     }
     let e = c

@@ -152,7 +152,10 @@ async fn send_piece(
             let msg = format!("task {task} has no piece {number} here\n");
             return Err(Ok(refuse("404 Not Found", msg)));
         }
-        Ok(Err(e)) => return Err(Ok(refuse("500 Internal Server Error", format!("{e}\n")))),
+        Ok(Err(e)) => {
+            let msg = format!("{}\n", dragonfly_common::error::chain(&e));
+            return Err(Ok(refuse("500 Internal Server Error", msg)));
+        }
         Err(e) => return Err(Ok(refuse("500 Internal Server Error", format!("{e}\n")))),
     };
     let slot = shared.limits.acquire(remote.ip()).await;

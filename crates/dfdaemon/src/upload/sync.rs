@@ -2,6 +2,7 @@
 
 use crate::storage::{PieceRecord, SourceValidator};
 use crate::task::{Phase, TaskManager};
+use dragonfly_common::error::chain;
 use dragonfly_common::task_id::TaskId;
 use dragonfly_proto::DfdaemonUpload;
 use dragonfly_proto::common::v1::{Piece, Task as ProtoTask};
@@ -66,8 +67,8 @@ fn piece_msg(
     }
 }
 
-fn storage_status(e: impl std::fmt::Display) -> Status {
-    Status::internal(e.to_string())
+fn storage_status(e: impl std::error::Error) -> Status {
+    Status::internal(chain(&e))
 }
 
 #[tonic::async_trait]
@@ -94,7 +95,7 @@ impl DfdaemonUpload for SyncService {
             Some(t) => Some(
                 t.layout()
                     .await
-                    .map_err(|e| Status::unavailable(e.to_string()))?,
+                    .map_err(|e| Status::unavailable(chain(&e)))?,
             ),
             None => None,
         };
@@ -171,7 +172,7 @@ impl DfdaemonUpload for SyncService {
                                 return;
                             }
                             Phase::Failed(e) => {
-                                let _ = tx.send(Err(Status::aborted(format!("task {id} failed here: {e}")))).await;
+                                let _ = tx.send(Err(Status::aborted(format!("task {id} failed here: {}", chain(&e))))).await;
                                 return;
                             }
                             _ => {}

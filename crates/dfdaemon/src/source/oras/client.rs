@@ -40,18 +40,14 @@ impl OrasClient {
             b = b.read_timeout(opts.response_header_timeout);
         }
         if let Some(p) = &opts.proxy {
-            let proxy = reqwest::Proxy::all(p.as_str()).map_err(|e| {
-                OrasError::Client(format!(
-                    "oras.proxy {:?} is not a proxy URL: {}",
-                    redact_proxy(p),
-                    crate::source::error::error_chain(&e)
-                ))
-            })?;
+            let proxy =
+                reqwest::Proxy::all(p.as_str()).map_err(|source| OrasError::InvalidProxy {
+                    proxy: redact_proxy(p),
+                    source,
+                })?;
             b = b.proxy(proxy);
         }
-        let http = b
-            .build()
-            .map_err(|e| OrasError::Client(crate::source::error::error_chain(&e)))?;
+        let http = b.build().map_err(OrasError::Client)?;
         Ok(Self {
             http,
             opts: opts.clone(),
@@ -148,9 +144,11 @@ struct Session<'a> {
 
 impl Session<'_> {
     fn digest_of(&self, raw: &str, what: &str) -> Result<Digest, OrasError> {
-        let d: Digest = raw.parse().map_err(|e| OrasError::BadManifest {
+        let d: Digest = raw.parse().map_err(|e| OrasError::BadDigest {
             reference: self.shown.clone(),
-            reason: format!("{what} has digest {raw:?}: {e}"),
+            what: what.to_string(),
+            raw: raw.to_string(),
+            source: Box::new(e),
         })?;
         if d.algorithm() == Algorithm::Crc32 {
             return Err(OrasError::BadManifest {
@@ -324,7 +322,11 @@ impl Session<'_> {
             realm: realm.to_string(),
             reason,
         };
-        let mut url = url::Url::parse(realm).map_err(|e| token_err(format!("not a URL: {e}")))?;
+        let mut url = url::Url::parse(realm).map_err(|source| OrasError::TokenRealm {
+            reference: self.shown.clone(),
+            realm: realm.to_string(),
+            source,
+        })?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(token_err("not an http(s) URL".to_string()));
         }
@@ -367,8 +369,12 @@ impl Session<'_> {
             )));
         }
         let body = read_limited(&shown_url, resp, MAX_DOCUMENT).await?;
-        let v: serde_json::Value = serde_json::from_slice(&body)
-            .map_err(|e| token_err(format!("the answer is not JSON: {e}")))?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|source| OrasError::TokenAnswer {
+                reference: self.shown.clone(),
+                realm: realm.to_string(),
+                source,
+            })?;
         ["token", "access_token"]
             .iter()
             .find_map(|k| v.get(*k).and_then(|t| t.as_str()).filter(|t| !t.is_empty()))
@@ -378,19 +384,30 @@ impl Session<'_> {
 }
 
 impl OrasClient {
-    /// A transport error with what to do about it: the proxy it went through, the trust hint.
-    fn explain(&self, mut reason: String) -> String {
+    /// What to do about a transport error whose text (with its causes) is `cause`: the proxy
+    /// it went through, the trust hint; empty when there is nothing to add.
+    fn hint(&self, cause: &str) -> String {
+        let mut hint = String::new();
         if let Some(p) = &self.opts.proxy {
-            reason.push_str(&format!(" (through oras.proxy {})", redact_proxy(p)));
+            hint.push_str(&format!(" (through oras.proxy {})", redact_proxy(p)));
         }
-        if reason.contains("certificate") && !self.opts.insecure_skip_verify {
-            reason.push_str(
+        if cause.contains("certificate") && !self.opts.insecure_skip_verify {
+            hint.push_str(
                 "; the registry's certificate is not trusted: add its CA to the system trust \
                  store (or SSL_CERT_FILE), or skip verification (oras.insecureSkipVerify in the \
                  daemon config, --insecure for dfget without a daemon)",
             );
         }
-        reason
+        hint
+    }
+
+    /// A transport error on `url`, with [`Self::hint`].
+    fn connect_error(&self, url: &str, source: reqwest::Error) -> OrasError {
+        OrasError::Connect {
+            url: url.to_string(),
+            hint: self.hint(&dragonfly_common::error::chain(&source)),
+            source,
+        }
     }
 
     /// Send, waiting at most connect timeout + `responseHeaderTimeout` for the headers.
@@ -399,10 +416,7 @@ impl OrasClient {
         url: &str,
         rb: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, OrasError> {
-        let connect_err = |e: reqwest::Error| OrasError::Connect {
-            url: url.to_string(),
-            reason: self.explain(crate::source::error::error_chain(&e)),
-        };
+        let connect_err = |e: reqwest::Error| self.connect_error(url, e);
         if self.opts.response_header_timeout.is_zero() {
             return rb.send().await.map_err(connect_err);
         }
@@ -461,9 +475,10 @@ async fn read_limited(
     limit: usize,
 ) -> Result<Vec<u8>, OrasError> {
     let mut out = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| OrasError::Connect {
+    while let Some(chunk) = resp.chunk().await.map_err(|source| OrasError::Connect {
         url: url.to_string(),
-        reason: crate::source::error::error_chain(&e),
+        hint: String::new(),
+        source,
     })? {
         if out.len() + chunk.len() > limit {
             return Err(OrasError::Status {
@@ -549,7 +564,7 @@ mod tests {
             ..OrasOptions::default()
         })
         .unwrap();
-        let why = c.explain("invalid peer certificate: UnknownIssuer".into());
+        let why = c.hint("invalid peer certificate: UnknownIssuer");
         assert!(
             !why.contains("secret") && why.contains("oras.insecureSkipVerify"),
             "{why}"
