@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 /// Bottom first. Every top-level module of `src/` is in exactly one layer.
 const LAYERS: &[&[&str]] = &[
-    &["config", "rate", "stats", "sendfile"],
+    &["config", "rate", "stats", "sendfile", "serve"],
     &["storage", "source"],
     &["standalone", "task"],
     &["upload", "proxy", "scheduling"],

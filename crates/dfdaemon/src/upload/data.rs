@@ -38,6 +38,7 @@ pub(super) async fn serve_connection(
     mut stream: TcpStream,
     shared: std::sync::Arc<Shared>,
     remote: SocketAddr,
+    drain: &crate::serve::Drain,
 ) -> io::Result<()> {
     let mut buf = Vec::with_capacity(4096);
     loop {
@@ -53,7 +54,12 @@ pub(super) async fn serve_connection(
             if let Some(end) = end {
                 break end;
             }
-            if stream.read_buf(&mut buf).await? == 0 {
+            let read = tokio::select! {
+                r = stream.read_buf(&mut buf) => r?,
+                // Draining: a piece in flight was sent; an idle connection closes.
+                () = drain.idle_closes(super::DRAIN_IDLE), if buf.is_empty() => return Ok(()),
+            };
+            if read == 0 {
                 return Ok(()); // closed between requests
             }
         };

@@ -29,9 +29,12 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::convert::Infallible;
+use crate::serve::{Drain, accept_loop};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::net::TcpListener;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
 use tower::Service;
 
 pub use crate::stats::UploadStats;
@@ -45,6 +48,10 @@ struct Shared {
     limits: limit::Limiter,
 }
 
+/// How long a piece connection may wait for its next request once the server drains: a child
+/// in the middle of a download asks for its next piece at once; an idle pooled one closes.
+const DRAIN_IDLE: Duration = Duration::from_secs(1);
+
 /// Serve uploads on `listener` until `shutdown` completes. `DownloadTask` is refused (this
 /// node is not a seed peer).
 pub async fn serve(
@@ -57,7 +64,8 @@ pub async fn serve(
 }
 
 /// [`serve`], and on a seed peer (`seed` set) answer `DownloadTask`: the scheduler asks the seed
-/// to fetch a task nobody holds yet.
+/// to fetch a task nobody holds yet. Connections open when `shutdown` completes go on until
+/// they end (the daemon drains them with [`serve_drained`]).
 pub async fn serve_with(
     listener: TcpListener,
     engine: TaskManager,
@@ -65,6 +73,30 @@ pub async fn serve_with(
     seed: Option<Arc<dyn SeedDownload>>,
     shutdown: impl Future<Output = ()>,
 ) {
+    let drain = Drain::new();
+    let served = serve_drained(listener, engine, limits, seed, drain.clone());
+    tokio::pin!(served);
+    let result = tokio::select! {
+        r = &mut served => r,
+        () = shutdown => {
+            drain.stop();
+            served.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::error!(error = %e, "upload server stopped");
+    }
+}
+
+/// The upload server on `drain`: returns when the drain stops (connections in flight go on,
+/// for [`Drain::finish`] to wait for), or with the error that broke the listener.
+pub async fn serve_drained(
+    listener: TcpListener,
+    engine: TaskManager,
+    limits: UploadLimits,
+    seed: Option<Arc<dyn SeedDownload>>,
+    drain: Drain,
+) -> std::io::Result<()> {
     let shared = Arc::new(Shared {
         engine: engine.clone(),
         limits: limit::Limiter::new(limits),
@@ -73,51 +105,56 @@ pub async fn serve_with(
         engine, seed,
     )))
     .prepare();
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, remote) = tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "upload server: accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        let grpc = grpc.clone();
-        tokio::spawn(async move {
-            // gRPC speaks HTTP/2 from its first bytes ("PRI * HTTP/2.0"); piece GETs are HTTP/1.1.
-            if !starts_with_h2_preface(&stream).await {
-                if let Err(e) = data::serve_connection(stream, shared, remote).await {
-                    tracing::debug!(peer = %remote, error = %e, "piece connection ended");
-                }
-                return;
+    let conn_drain = drain.clone();
+    accept_loop("upload server", listener, drain, move |stream, remote| {
+        let (shared, grpc, drain) = (shared.clone(), grpc.clone(), conn_drain.clone());
+        Some(serve_connection(stream, remote, shared, grpc, drain))
+    })
+    .await
+}
+
+/// One connection: piece GETs (HTTP/1.1) or gRPC (HTTP/2).
+async fn serve_connection(
+    stream: TcpStream,
+    remote: SocketAddr,
+    shared: Arc<Shared>,
+    grpc: tonic::service::Routes,
+    drain: Drain,
+) {
+    // gRPC speaks HTTP/2 from its first bytes ("PRI * HTTP/2.0"); piece GETs are HTTP/1.1.
+    if !starts_with_h2_preface(&stream).await {
+        if let Err(e) = data::serve_connection(stream, shared, remote, &drain).await {
+            tracing::debug!(peer = %remote, error = %e, "piece connection ended");
+        }
+        return;
+    }
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let mut grpc = grpc.clone();
+        async move {
+            let is_grpc = req
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("application/grpc"));
+            if is_grpc {
+                return grpc.call(req).await;
             }
-            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let mut grpc = grpc.clone();
-                async move {
-                    let is_grpc = req
-                        .headers()
-                        .get(header::CONTENT_TYPE)
-                        .and_then(|v| v.to_str().ok())
-                        .is_some_and(|v| v.starts_with("application/grpc"));
-                    if is_grpc {
-                        return grpc.call(req).await;
-                    }
-                    Ok::<_, Infallible>(text(
-                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                        "HTTP/2 here is for gRPC; piece bytes are served over HTTP/1.1\n".into(),
-                    ))
-                }
-            });
-            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
+            Ok::<_, Infallible>(text(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "HTTP/2 here is for gRPC; piece bytes are served over HTTP/1.1\n".into(),
+            ))
+        }
+    });
+    let builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        () = drain.stopping() => {
+            // GOAWAY: streams in flight (a child's SyncPieces) finish, no new ones start.
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
     }
 }
 
