@@ -1,17 +1,20 @@
 //! One accept loop for the daemon's TCP servers (upload server, proxy), and their drain.
 //!
 //! A server accepts on its listener until its [`Drain`] is stopped, spawning each connection on
-//! the drain's [`TaskTracker`]. Stopping closes the listener at once (new connections are
-//! refused by the kernel); connections in flight see [`Drain::stopping`] and finish what they
-//! are doing: a piece send or a proxied stream runs to its end, a connection idle between
-//! requests closes. [`Drain::finish`] waits for them up to a grace period and then cuts the
-//! rest (every task spawned through the drain is cut at that point).
+//! the drain's [`TaskTracker`]. Stopping ends new clients: the listener is closed at once (the
+//! kernel refuses new connections), or, for a server given a [`Readmit`] rule, connections
+//! from anyone else are closed as they arrive (the upload server lets a child in the middle of a
+//! download reconnect). Connections in flight see [`Drain::stopping`] and finish what they are
+//! doing: a piece send or a proxied stream runs to its end, a connection idle between requests
+//! closes. [`Drain::finish`] waits for them up to a grace period and then cuts the rest (every
+//! task spawned through the drain is cut at that point, and the accept loop ends).
 //!
 //! Models: mini-redis `src/server.rs` + `src/shutdown.rs`, linkerd2-proxy `app/core/src/serve.rs`.
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -20,6 +23,9 @@ use tokio_util::task::TaskTracker;
 /// How long the loop waits after an accept error that may pass (out of file descriptors, a
 /// connection reset before it was accepted) before accepting again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Which remote addresses may still connect while a server drains.
+pub type Readmit = Arc<dyn Fn(IpAddr) -> bool + Send + Sync>;
 
 /// The stop signal and the connections of one server (clones share them).
 #[derive(Clone, Debug, Default)]
@@ -79,18 +85,17 @@ impl Drain {
         self.tracker.len()
     }
 
-    /// Stop (if not yet), wait up to `grace` for the spawned tasks, then cut the rest. Returns
-    /// how many were cut.
+    /// Stop (if not yet), wait up to `grace` for the spawned tasks, then cut the rest (and end
+    /// the accept loop, if it still readmits). Returns how many were cut.
     pub async fn finish(&self, grace: Duration) -> usize {
         self.stop();
         self.tracker.close();
-        if tokio::time::timeout(grace, self.tracker.wait())
-            .await
-            .is_ok()
-        {
-            return 0;
-        }
-        let cut = self.tracker.len();
+        let waited = tokio::time::timeout(grace, self.tracker.wait()).await;
+        let cut = if waited.is_ok() {
+            0
+        } else {
+            self.tracker.len()
+        };
         self.cut.cancel();
         self.tracker.wait().await;
         cut
@@ -98,27 +103,41 @@ impl Drain {
 }
 
 /// Accept connections on `listener` until `drain` stops, and run `handle(stream, peer)` for each
-/// on the drain (`None`: the handler refused it at once). Errors that pass (a reset before the
-/// accept, out of descriptors) are logged and retried after a short pause; any other accept
-/// error ends the server with it: its listener no longer works.
+/// on the drain (`None`: the handler refused it at once). With `readmit`, the loop goes on while
+/// the drain runs, for the addresses it admits only, until [`Drain::finish`] ends. Errors that
+/// pass (a reset before the accept, out of descriptors) are logged and retried after a short
+/// pause; any other accept error ends the server with it: its listener no longer works.
 pub async fn accept_loop<H, F>(
     server: &'static str,
     listener: TcpListener,
     drain: Drain,
+    readmit: Option<Readmit>,
     mut handle: H,
 ) -> io::Result<()>
 where
     H: FnMut(TcpStream, SocketAddr) -> Option<F>,
     F: Future<Output = ()> + Send + 'static,
 {
+    let mut draining = false;
     loop {
         let accepted = tokio::select! {
             biased;
-            () = drain.stopping() => break,
+            () = drain.cut.cancelled() => break,
+            () = drain.stopping(), if !draining => {
+                draining = true;
+                tracing::info!(server, in_flight = drain.in_flight(), "stopped accepting; draining");
+                if readmit.is_none() {
+                    break;
+                }
+                continue;
+            }
             accepted = listener.accept() => accepted,
         };
         match accepted {
             Ok((stream, peer)) => {
+                if draining && !readmit.as_ref().is_some_and(|r| r(peer.ip())) {
+                    continue; // a new client while draining: closed
+                }
                 let _ = stream.set_nodelay(true);
                 if let Some(conn) = handle(stream, peer) {
                     drain.spawn(conn);
@@ -127,7 +146,8 @@ where
             Err(e) if passes(&e) => {
                 tracing::warn!(server, error = %e, "accept failed; retrying");
                 tokio::select! {
-                    () = drain.stopping() => break,
+                    () = drain.cut.cancelled() => break,
+                    () = drain.stopping(), if !draining => {}
                     () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
                 }
             }
@@ -137,12 +157,6 @@ where
             }
         }
     }
-    drop(listener);
-    tracing::info!(
-        server,
-        in_flight = drain.in_flight(),
-        "stopped accepting; draining"
-    );
     Ok(())
 }
 
@@ -179,7 +193,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let drain = Drain::new();
-        let server = tokio::spawn(accept_loop("echo", listener, drain.clone(), |mut s, _| {
+        let server = tokio::spawn(accept_loop("echo", listener, drain.clone(), None, |mut s, _| {
             Some(async move {
                 let mut buf = [0u8; 1024];
                 while let Ok(n) = s.read(&mut buf).await {
@@ -225,13 +239,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn while_draining_only_readmitted_addresses_get_in_until_the_end() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let drain = Drain::new();
+        let readmit: Readmit = Arc::new(|ip: IpAddr| ip.is_loopback());
+        let server = tokio::spawn(accept_loop(
+            "t",
+            listener,
+            drain.clone(),
+            Some(readmit),
+            |mut s, _| {
+                Some(async move {
+                    let _ = s.write_all(b"hi").await;
+                })
+            },
+        ));
+        drain.stop();
+        // 127.0.0.1 is readmitted: served while the drain runs.
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let mut got = [0u8; 2];
+        c.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hi");
+        assert_eq!(drain.finish(Duration::from_secs(3600)).await, 0);
+        assert!(server.await.unwrap().is_ok());
+        assert!(TcpStream::connect(addr).await.is_err());
+    }
+
+    #[tokio::test]
     async fn a_listener_shut_down_under_the_loop_ends_it_with_the_error() {
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let other = std_listener.try_clone().unwrap();
         std_listener.set_nonblocking(true).unwrap();
         let listener = TcpListener::from_std(std_listener).unwrap();
         let drain = Drain::new();
-        let server = tokio::spawn(accept_loop("t", listener, drain, |_, _| {
+        let server = tokio::spawn(accept_loop("t", listener, drain, None, |_, _| {
             None::<std::future::Ready<()>>
         }));
         rustix::net::shutdown(&other, rustix::net::Shutdown::Read).unwrap();

@@ -112,7 +112,9 @@ async fn sigterm_lets_a_child_finish_256_mib_from_the_daemon_then_it_exits_0() {
     assert_eq!(
         o.stats.for_path("/big").1,
         256 * MIB,
-        "the origin served the file once (to the parent): the child took it from the parent"
+        "the origin served the file once (to the parent): the child took it from the parent; \
+         the child's log:\n{}",
+        b.log()
     );
     let status = exit_status(&mut a).await;
     assert!(status.success(), "the parent exited with {status}");

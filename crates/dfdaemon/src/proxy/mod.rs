@@ -219,7 +219,7 @@ impl Proxy {
         drain: Drain,
     ) -> std::io::Result<()> {
         let conn_drain = drain.clone();
-        accept_loop("proxy", listener, drain, move |stream, peer| {
+        accept_loop("proxy", listener, drain, None, move |stream, peer| {
             let slot = match self.conns.take(peer.ip()) {
                 Ok(s) => Arc::new(s),
                 Err(over) => {

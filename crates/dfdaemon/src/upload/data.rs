@@ -93,7 +93,10 @@ pub(super) async fn serve_connection(
             }
         };
         buf.drain(..head_len);
-        match send_piece(&mut stream, &shared, remote, &method, &path).await {
+        // Draining: each piece goes out with `connection: close`, so the child never reuses a
+        // connection this side is closing (it reconnects: see `serve_drained`).
+        let close = close || drain.is_stopping();
+        match send_piece(&mut stream, &shared, remote, &method, &path, close).await {
             Ok(()) => {}
             Err(Ok(refusal)) => write_refusal(&mut stream, &refusal, close).await?,
             Err(Err(e)) => return Err(e),
@@ -122,6 +125,7 @@ async fn send_piece(
     remote: SocketAddr,
     method: &str,
     path: &str,
+    close: bool,
 ) -> Result<(), Result<Refusal, io::Error>> {
     if method != "GET" {
         return Err(Ok(refuse(
@@ -170,7 +174,7 @@ async fn send_piece(
         number,
         record: &record,
     };
-    let result = send_body(stream, &storage, &piece, shared, &slot, remote).await;
+    let result = send_body(stream, &storage, &piece, shared, &slot, remote, close).await;
     stats.in_flight.fetch_sub(1, Ordering::Relaxed);
     match &result {
         Ok(()) => {
@@ -199,6 +203,7 @@ async fn send_body(
     shared: &Shared,
     slot: &Slot,
     remote: SocketAddr,
+    close: bool,
 ) -> Result<(), Result<Refusal, io::Error>> {
     let Piece {
         task,
@@ -215,8 +220,10 @@ async fn send_body(
         tokio::task::spawn_blocking(move || s.touch(&t));
     }
     let head = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {}\r\n{PIECE_CRC_HEADER}: {:08x}\r\n\r\n",
-        record.length, record.crc32
+        "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {}\r\n{PIECE_CRC_HEADER}: {:08x}\r\n{}\r\n",
+        record.length,
+        record.crc32,
+        if close { "connection: close\r\n" } else { "" }
     );
     let mut watch = Watch {
         slot,

@@ -31,7 +31,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::convert::Infallible;
 use crate::serve::{Drain, accept_loop};
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -48,9 +48,10 @@ struct Shared {
     limits: limit::Limiter,
 }
 
-/// How long a piece connection may wait for its next request once the server drains: a child
-/// in the middle of a download asks for its next piece at once; an idle pooled one closes.
-const DRAIN_IDLE: Duration = Duration::from_secs(1);
+/// How long a piece connection idle when the server starts draining may wait for a request: a
+/// child in the middle of a download asks for its next piece within this; a pooled connection
+/// nobody uses closes.
+const DRAIN_IDLE: Duration = Duration::from_secs(5);
 
 /// Serve uploads on `listener` until `shutdown` completes. `DownloadTask` is refused (this
 /// node is not a seed peer).
@@ -74,7 +75,7 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()>,
 ) {
     let drain = Drain::new();
-    let served = serve_drained(listener, engine, limits, seed, drain.clone());
+    let served = serve_on(listener, engine, limits, seed, drain.clone(), false);
     tokio::pin!(served);
     let result = tokio::select! {
         r = &mut served => r,
@@ -88,14 +89,27 @@ pub async fn serve_with(
     }
 }
 
-/// The upload server on `drain`: returns when the drain stops (connections in flight go on,
-/// for [`Drain::finish`] to wait for), or with the error that broke the listener.
+/// The upload server on `drain`, until [`Drain::finish`] ends (or with the error that broke the
+/// listener). Once the drain stops, only addresses with a connection still open (children in
+/// the middle of a download) may connect, each piece goes out with `connection: close`, and
+/// a child finishes its download from this node within the grace period.
 pub async fn serve_drained(
     listener: TcpListener,
     engine: TaskManager,
     limits: UploadLimits,
     seed: Option<Arc<dyn SeedDownload>>,
     drain: Drain,
+) -> std::io::Result<()> {
+    serve_on(listener, engine, limits, seed, drain, true).await
+}
+
+async fn serve_on(
+    listener: TcpListener,
+    engine: TaskManager,
+    limits: UploadLimits,
+    seed: Option<Arc<dyn SeedDownload>>,
+    drain: Drain,
+    readmit_children: bool,
 ) -> std::io::Result<()> {
     let shared = Arc::new(Shared {
         engine: engine.clone(),
@@ -105,12 +119,54 @@ pub async fn serve_drained(
         engine, seed,
     )))
     .prepare();
+    let open = Arc::new(OpenConnections::default());
+    let readmit = readmit_children.then(|| {
+        let open = open.clone();
+        Arc::new(move |ip| open.has(ip)) as crate::serve::Readmit
+    });
     let conn_drain = drain.clone();
-    accept_loop("upload server", listener, drain, move |stream, remote| {
+    accept_loop("upload server", listener, drain, readmit, move |stream, remote| {
         let (shared, grpc, drain) = (shared.clone(), grpc.clone(), conn_drain.clone());
-        Some(serve_connection(stream, remote, shared, grpc, drain))
+        let counted = open.add(remote.ip());
+        Some(async move {
+            let _counted = counted;
+            serve_connection(stream, remote, shared, grpc, drain).await
+        })
     })
     .await
+}
+
+/// Open connections per remote address.
+#[derive(Default)]
+struct OpenConnections(std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>);
+
+impl OpenConnections {
+    fn add(self: &Arc<Self>, ip: IpAddr) -> OpenConnection {
+        if let Ok(mut m) = self.0.lock() {
+            *m.entry(ip).or_default() += 1;
+        }
+        OpenConnection(self.clone(), ip)
+    }
+
+    fn has(&self, ip: IpAddr) -> bool {
+        self.0.lock().is_ok_and(|m| m.contains_key(&ip))
+    }
+}
+
+/// One open connection, counted until dropped.
+struct OpenConnection(Arc<OpenConnections>, IpAddr);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.0.0.lock()
+            && let Some(n) = m.get_mut(&self.1)
+        {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.1);
+            }
+        }
+    }
 }
 
 /// One connection: piece GETs (HTTP/1.1) or gRPC (HTTP/2).
