@@ -193,16 +193,22 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let drain = Drain::new();
-        let server = tokio::spawn(accept_loop("echo", listener, drain.clone(), None, |mut s, _| {
-            Some(async move {
-                let mut buf = [0u8; 1024];
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
-                        break;
+        let server = tokio::spawn(accept_loop(
+            "echo",
+            listener,
+            drain.clone(),
+            None,
+            |mut s, _| {
+                Some(async move {
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
                     }
-                }
-            })
-        }));
+                })
+            },
+        ));
         (addr, drain, server)
     }
 

@@ -88,13 +88,7 @@ async fn sigterm_lets_a_child_finish_256_mib_from_the_daemon_then_it_exits_0() {
     );
 
     let out_b = work.path().join("out-b");
-    let child = tokio::spawn(b.dfget(&[
-        &url,
-        "-O",
-        out_b.to_str().unwrap(),
-        "--digest",
-        &digest,
-    ]));
+    let child = tokio::spawn(b.dfget(&[&url, "-O", out_b.to_str().unwrap(), "--digest", &digest]));
     for _ in 0..1200 {
         if has_connection_to(a.upload_port) {
             break;
@@ -212,7 +206,10 @@ async fn a_server_whose_listener_breaks_stops_the_daemon_with_an_error_naming_it
         "{text}"
     );
     assert!(text.contains("upload.tcpListen"), "{text}");
-    assert!(!bound.socket.exists(), "the socket file is removed on the way out");
+    assert!(
+        !bound.socket.exists(),
+        "the socket file is removed on the way out"
+    );
 }
 
 #[tokio::test]

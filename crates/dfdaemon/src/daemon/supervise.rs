@@ -182,7 +182,11 @@ pub(super) async fn run(
         tokio::join!(upload_drain.finish(grace), proxy_drain.finish(grace));
     for (server, cut) in [(UPLOAD, upload_cut), (PROXY, proxy_cut)] {
         if cut > 0 {
-            tracing::warn!(server, cut, "connections still open after the grace period were cut");
+            tracing::warn!(
+                server,
+                cut,
+                "connections still open after the grace period were cut"
+            );
         }
     }
     // Then leave the schedulers, and wait for everything to end.
@@ -203,13 +207,11 @@ pub(super) async fn run(
     failure.map_or(Ok(()), Err)
 }
 
-fn boxed<E>(
-    f: impl Future<Output = Result<(), E>> + Send + 'static,
-) -> impl Future<Output = Result<(), BoxError>> + Send + 'static
+async fn boxed<E>(f: impl Future<Output = Result<(), E>>) -> Result<(), BoxError>
 where
     E: std::error::Error + Send + Sync + 'static,
 {
-    async move { f.await.map_err(Into::into) }
+    f.await.map_err(Into::into)
 }
 
 /// Collect garbage every `interval` (the first run one interval after start). Never returns.
@@ -227,11 +229,7 @@ async fn gc_loop(
         match tokio::task::spawn_blocking(move || storage.gc(&p, &|id| e.in_use(id), 0)).await {
             Ok(Ok(r)) if !r.evicted.is_empty() => {
                 engine.evicted(&r.evicted);
-                tracing::info!(
-                    evicted = r.evicted.len(),
-                    bytes_freed = r.bytes_freed,
-                    "gc"
-                )
+                tracing::info!(evicted = r.evicted.len(), bytes_freed = r.bytes_freed, "gc")
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "gc failed"),
             _ => {}

@@ -21,6 +21,7 @@ mod sync;
 pub use limit::UploadLimits;
 pub(crate) use sync::stat_task;
 
+use crate::serve::{Drain, accept_loop};
 use crate::task::TaskManager;
 use bytes::Bytes;
 use dragonfly_proto::DfdaemonUploadServer;
@@ -29,7 +30,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::convert::Infallible;
-use crate::serve::{Drain, accept_loop};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -125,14 +125,20 @@ async fn serve_on(
         Arc::new(move |ip| open.has(ip)) as crate::serve::Readmit
     });
     let conn_drain = drain.clone();
-    accept_loop("upload server", listener, drain, readmit, move |stream, remote| {
-        let (shared, grpc, drain) = (shared.clone(), grpc.clone(), conn_drain.clone());
-        let counted = open.add(remote.ip());
-        Some(async move {
-            let _counted = counted;
-            serve_connection(stream, remote, shared, grpc, drain).await
-        })
-    })
+    accept_loop(
+        "upload server",
+        listener,
+        drain,
+        readmit,
+        move |stream, remote| {
+            let (shared, grpc, drain) = (shared.clone(), grpc.clone(), conn_drain.clone());
+            let counted = open.add(remote.ip());
+            Some(async move {
+                let _counted = counted;
+                serve_connection(stream, remote, shared, grpc, drain).await
+            })
+        },
+    )
     .await
 }
 
