@@ -33,10 +33,11 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/dragonfly/dfget.yaml";
 /// Read instead when [`DEFAULT_CONFIG_PATH`] does not exist (older Dragonfly installs).
 pub const FALLBACK_CONFIG_PATH: &str = "/etc/dragonfly/dfdaemon.yaml";
 
-/// `gracefulShutdownTimeout`: what is left of Kubernetes' default 30 s termination grace
-/// period after 10 s for leaving the schedulers and removing the socket. (Dragonfly's daemon
-/// has no such key: it waits for its servers without a limit.)
-pub const DEFAULT_GRACEFUL_SHUTDOWN_SECS: u64 = 20;
+/// `gracefulShutdownTimeout`: long enough for the piece sends and short streams in flight, short
+/// enough that a stalled client cannot hold a rolling restart (a node's SIGTERM is answered
+/// within 10 s, as before the drain, and well inside Kubernetes' default 30 s). Dragonfly's
+/// daemon has no such key: it waits for its servers without a limit.
+pub const DEFAULT_GRACEFUL_SHUTDOWN_SECS: u64 = 5;
 
 /// Dragonfly options this implementation knows but does not use; they draw a warning that says
 /// so rather than "unknown key".
