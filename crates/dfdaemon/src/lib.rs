@@ -8,6 +8,7 @@ pub mod proxy;
 pub mod rate;
 pub mod scheduling;
 pub mod sendfile;
+pub mod serve;
 pub mod source;
 pub mod standalone;
 pub mod stats;

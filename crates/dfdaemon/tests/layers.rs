@@ -14,7 +14,7 @@ fn modules_depend_downward_only() {
         prefix: "crate::",
         // Bottom first. Every top-level module of `src/` is in exactly one layer.
         layers: &[
-            &["config", "rate", "stats", "sendfile"],
+            &["config", "rate", "stats", "sendfile", "serve"],
             &["storage", "source"],
             &["standalone", "task"],
             &["upload", "proxy", "scheduling"],

@@ -216,16 +216,35 @@ impl DaemonBuilder {
     /// returned value is dropped.
     pub async fn start_in_process(self) -> InProcessDaemon {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let (bound, run) = dfdaemon::daemon::start(self.config.clone(), async {
+        // The test binds the ports itself (port 0): nothing to race for.
+        let any = |what: &str| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| {
+                    l.set_nonblocking(true)?;
+                    tokio::net::TcpListener::from_std(l)
+                })
+                .unwrap_or_else(|e| panic!("binding the {what} listener: {e}"))
+        };
+        let listeners = dfdaemon::daemon::Listeners {
+            upload: Some(any("upload")),
+            proxy: self.config.proxy_enabled.then(|| any("proxy")),
+            socket: None,
+        };
+        let (bound, run) = dfdaemon::daemon::start_with(self.config.clone(), listeners, async {
             let _ = rx.await;
         })
         .await
         .unwrap_or_else(|e| panic!("the daemon does not start: {e}\n{}", self.yaml()));
         tokio::spawn(run);
+        let mut config = self.config;
+        config.upload.tcp_listen.port = port_range(bound.upload.port());
+        if let Some(proxy) = bound.proxy {
+            config.proxy.tcp_listen.port = port_range(proxy.port());
+        }
         InProcessDaemon {
             proxy: bound.proxy,
             upload: bound.upload,
-            config: self.config,
+            config,
             _dir: self.temp,
             _stop: tx,
         }
@@ -353,6 +372,27 @@ impl DaemonProcess {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("daemon did not exit within 10 s of SIGTERM");
+    }
+
+    /// Send SIGTERM and return at once (see [`Self::wait_exit`]).
+    pub fn sigterm(&self) {
+        crate::process::signal(self.child.id(), "TERM");
+    }
+
+    /// Wait for the process to exit on its own, up to `limit` (a guard against a hang, not a
+    /// timing assertion); panics naming the daemon's directory when it does not.
+    pub async fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < limit {
+            if let Some(status) = self.child.0.try_wait().expect("wait for the daemon") {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "daemon in {} did not exit within {limit:?}",
+            self.dir.display()
+        );
     }
 
     /// Kill the process and wait for it.

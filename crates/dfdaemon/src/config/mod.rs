@@ -33,6 +33,12 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/dragonfly/dfget.yaml";
 /// Read instead when [`DEFAULT_CONFIG_PATH`] does not exist (older Dragonfly installs).
 pub const FALLBACK_CONFIG_PATH: &str = "/etc/dragonfly/dfdaemon.yaml";
 
+/// `gracefulShutdownTimeout`: long enough for the piece sends and short streams in flight, short
+/// enough that a stalled client cannot hold a rolling restart (a node's SIGTERM is answered
+/// within 10 s, as before the drain, and well inside Kubernetes' default 30 s). Dragonfly's
+/// daemon has no such key: it waits for its servers without a limit.
+pub const DEFAULT_GRACEFUL_SHUTDOWN_SECS: u64 = 5;
+
 /// Dragonfly options this implementation knows but does not use; they draw a warning that says
 /// so rather than "unknown key".
 const UNSUPPORTED_KEYS: &[&str] = &[
@@ -89,6 +95,9 @@ pub struct DfdaemonConfig {
     pub cache_dir: PathBuf,
     /// Keep task data on exit (otherwise it is removed on a clean shutdown).
     pub keep_storage: bool,
+    /// On SIGTERM/SIGINT, how long piece sends, proxied streams and local downloads in flight
+    /// may take to finish before they are cut (the servers stop accepting at once).
+    pub graceful_shutdown_timeout: Duration,
     /// Log to the console too.
     pub console: bool,
     /// Debug logging.
@@ -128,6 +137,7 @@ impl Default for DfdaemonConfig {
             data_dir: PathBuf::from("/var/lib/dragonfly"),
             cache_dir: PathBuf::from("/var/cache/dragonfly"),
             keep_storage: true,
+            graceful_shutdown_timeout: Duration::from_secs(DEFAULT_GRACEFUL_SHUTDOWN_SECS),
             console: false,
             verbose: false,
             host: HostConfig::default(),

@@ -52,10 +52,15 @@ pub fn run(args: &DaemonArgs) -> ExitCode {
     tracing::info!(config = %loaded.origin, "dfdaemon starting");
     runtime.block_on(async move {
         match super::start(cfg, shutdown_signal()).await {
-            Ok((_bound, serve)) => {
-                serve.await;
-                ExitCode::SUCCESS
-            }
+            Ok((_bound, serve)) => match serve.await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    let msg = dragonfly_common::error::chain(&e);
+                    tracing::error!(error = %msg, "dfdaemon stopped on a failure");
+                    eprintln!("error: {msg}");
+                    ExitCode::FAILURE
+                }
+            },
             Err(e) => {
                 tracing::error!(error = %e, "dfdaemon cannot start");
                 eprintln!("error: {e}");

@@ -27,6 +27,8 @@ pub(crate) async fn connect(
     client: &Client,
 ) -> Response<Body> {
     let peer = client.peer;
+    // Tunnels run on the server's drain: it waits for them, up to its grace period.
+    let drain = client.drain.clone();
     let Some(authority) = req.uri().authority().cloned() else {
         return text(
             StatusCode::BAD_REQUEST,
@@ -53,7 +55,7 @@ pub(crate) async fn connect(
             .to_string();
         let p = proxy.clone();
         let client = client.clone();
-        tokio::spawn(async move {
+        drain.spawn(async move {
             let _slots = slots;
             let upgraded = match hyper::upgrade::on(req).await {
                 Ok(u) => u,
@@ -131,7 +133,7 @@ pub(crate) async fn connect(
     };
     let _ = upstream.set_nodelay(true);
     let budget = proxy.tunnel_budget.clone();
-    tokio::spawn(async move {
+    drain.spawn(async move {
         let _slots = slots;
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => match tunnel::copy(TokioIo::new(upgraded), upstream, &budget).await {

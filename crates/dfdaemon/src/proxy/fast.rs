@@ -61,6 +61,8 @@ pub(super) async fn serve(proxy: Arc<Proxy>, mut stream: TcpStream, client: Clie
                     tracing::debug!(client = %peer, "proxy connection closed: {why}");
                     return;
                 }
+                // Draining: the response in flight was sent; an idle connection closes.
+                () = client.drain.idle_closes(std::time::Duration::ZERO), if buf.is_empty() => return,
             };
             match read {
                 Ok(0) if buf.is_empty() => return, // closed between requests

@@ -30,6 +30,7 @@ pub use fast::SERVED_HEADER;
 pub use reach::{OwnPort, Refusal};
 
 use crate::config::ProxyConfig;
+use crate::serve::{Drain, accept_loop};
 use crate::task::{Parent, TaskManager};
 use bytes::Bytes;
 use ca::CertAuthority;
@@ -125,6 +126,8 @@ pub(crate) struct Client {
     pub(crate) peer: SocketAddr,
     /// Its place under `perClientConnectionLimit`; a tunnel the connection turns into keeps it.
     pub(crate) slot: Arc<limits::Slot>,
+    /// The server's drain: an idle connection closes when it stops, a tunnel runs on it.
+    pub(crate) drain: Drain,
 }
 
 /// How a request reached the proxy.
@@ -208,36 +211,53 @@ impl Proxy {
         })
     }
 
-    /// Serve connections from `listener` until `shutdown` completes.
+    /// Serve connections from `listener` until `shutdown` completes (connections open then go
+    /// on until they end; the daemon drains them with [`Proxy::serve_drained`]).
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) {
-        tokio::pin!(shutdown);
-        loop {
-            let (stream, peer) = tokio::select! {
-                _ = &mut shutdown => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "proxy accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
+        let drain = Drain::new();
+        let served = self.serve_drained(listener, drain.clone());
+        tokio::pin!(served);
+        let result = tokio::select! {
+            r = &mut served => r,
+            () = shutdown => {
+                drain.stop();
+                served.await
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "proxy stopped");
+        }
+    }
+
+    /// The proxy on `drain`: returns when the drain stops (streams in flight and CONNECT tunnels
+    /// go on, for [`Drain::finish`] to wait for), or with the error that broke the listener.
+    pub async fn serve_drained(
+        self: Arc<Self>,
+        listener: TcpListener,
+        drain: Drain,
+    ) -> std::io::Result<()> {
+        let conn_drain = drain.clone();
+        accept_loop("proxy", listener, drain, None, move |stream, peer| {
             let slot = match self.conns.take(peer.ip()) {
                 Ok(s) => Arc::new(s),
                 Err(over) => {
                     refuse_at_once(stream, &over.to_string());
-                    continue;
+                    return None;
                 }
             };
-            let _ = stream.set_nodelay(true);
+            let client = Client {
+                peer,
+                slot,
+                drain: conn_drain.clone(),
+            };
             // Stored blobs go out with sendfile; everything else to hyper (fast.rs).
-            tokio::spawn(fast::serve(self.clone(), stream, Client { peer, slot }));
-        }
+            Some(fast::serve(self.clone(), stream, client))
+        })
+        .await
     }
 
     /// Serve HTTP/1.1 on one connection (the listener's, or a hijacked TLS stream) until it
@@ -269,6 +289,7 @@ impl Proxy {
     {
         let proxy = self.clone();
         let peer = client.peer;
+        let drain = client.drain.clone();
         let w = watch.clone();
         let svc = hyper::service::service_fn(move |req| {
             let (proxy, via, client) = (proxy.clone(), via.clone(), client.clone());
@@ -284,11 +305,27 @@ impl Proxy {
             .preserve_header_case(true)
             .serve_connection(TokioIo::new(Watched::new(io, watch.clone())), svc)
             .with_upgrades();
-        tokio::select! {
-            r = conn => if let Err(e) = r {
-                tracing::debug!(client = %peer, error = %e, "proxy connection ended");
-            },
-            why = watch.expired() => tracing::debug!(client = %peer, "proxy connection closed: {why}"),
+        tokio::pin!(conn);
+        let ended = tokio::select! {
+            r = conn.as_mut() => r,
+            why = watch.expired() => {
+                tracing::debug!(client = %peer, "proxy connection closed: {why}");
+                return;
+            }
+            () = drain.stopping() => {
+                // The response in flight is finished, then the connection closes.
+                conn.as_mut().graceful_shutdown();
+                tokio::select! {
+                    r = conn.as_mut() => r,
+                    why = watch.expired() => {
+                        tracing::debug!(client = %peer, "proxy connection closed: {why}");
+                        return;
+                    }
+                }
+            }
+        };
+        if let Err(e) = ended {
+            tracing::debug!(client = %peer, error = %e, "proxy connection ended");
         }
     }
 

@@ -38,6 +38,7 @@ pub(super) async fn serve_connection(
     mut stream: TcpStream,
     shared: std::sync::Arc<Shared>,
     remote: SocketAddr,
+    drain: &crate::serve::Drain,
 ) -> io::Result<()> {
     let mut buf = Vec::with_capacity(4096);
     loop {
@@ -53,7 +54,12 @@ pub(super) async fn serve_connection(
             if let Some(end) = end {
                 break end;
             }
-            if stream.read_buf(&mut buf).await? == 0 {
+            let read = tokio::select! {
+                r = stream.read_buf(&mut buf) => r?,
+                // Draining: a piece in flight was sent; an idle connection closes.
+                () = drain.idle_closes(super::DRAIN_IDLE), if buf.is_empty() => return Ok(()),
+            };
+            if read == 0 {
                 return Ok(()); // closed between requests
             }
         };
@@ -87,7 +93,10 @@ pub(super) async fn serve_connection(
             }
         };
         buf.drain(..head_len);
-        match send_piece(&mut stream, &shared, remote, &method, &path).await {
+        // Draining: each piece goes out with `connection: close`, so the child never reuses a
+        // connection this side is closing (it reconnects: see `serve_drained`).
+        let close = close || drain.is_stopping();
+        match send_piece(&mut stream, &shared, remote, &method, &path, close).await {
             Ok(()) => {}
             Err(Ok(refusal)) => write_refusal(&mut stream, &refusal, close).await?,
             Err(Err(e)) => return Err(e),
@@ -116,6 +125,7 @@ async fn send_piece(
     remote: SocketAddr,
     method: &str,
     path: &str,
+    close: bool,
 ) -> Result<(), Result<Refusal, io::Error>> {
     if method != "GET" {
         return Err(Ok(refuse(
@@ -167,7 +177,7 @@ async fn send_piece(
         number,
         record: &record,
     };
-    let result = send_body(stream, &storage, &piece, shared, &slot, remote).await;
+    let result = send_body(stream, &storage, &piece, shared, &slot, remote, close).await;
     stats.in_flight.fetch_sub(1, Ordering::Relaxed);
     match &result {
         Ok(()) => {
@@ -196,6 +206,7 @@ async fn send_body(
     shared: &Shared,
     slot: &Slot,
     remote: SocketAddr,
+    close: bool,
 ) -> Result<(), Result<Refusal, io::Error>> {
     let Piece {
         task,
@@ -212,8 +223,10 @@ async fn send_body(
         tokio::task::spawn_blocking(move || s.touch(&t));
     }
     let head = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {}\r\n{PIECE_CRC_HEADER}: {:08x}\r\n\r\n",
-        record.length, record.crc32
+        "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {}\r\n{PIECE_CRC_HEADER}: {:08x}\r\n{}\r\n",
+        record.length,
+        record.crc32,
+        if close { "connection: close\r\n" } else { "" }
     );
     let mut watch = Watch {
         slot,

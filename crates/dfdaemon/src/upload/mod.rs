@@ -21,6 +21,7 @@ mod sync;
 pub use limit::UploadLimits;
 pub(crate) use sync::stat_task;
 
+use crate::serve::{Drain, accept_loop};
 use crate::task::TaskManager;
 use bytes::Bytes;
 use dragonfly_proto::DfdaemonUploadServer;
@@ -30,8 +31,10 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use tokio::net::TcpListener;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
 use tower::Service;
 
 pub use crate::stats::UploadStats;
@@ -45,6 +48,11 @@ struct Shared {
     limits: limit::Limiter,
 }
 
+/// How long a piece connection idle when the server starts draining may wait for a request: a
+/// child in the middle of a download asks for its next piece within this; a pooled connection
+/// nobody uses closes.
+const DRAIN_IDLE: Duration = Duration::from_secs(5);
+
 /// Serve uploads on `listener` until `shutdown` completes. `DownloadTask` is refused (this
 /// node is not a seed peer).
 pub async fn serve(
@@ -57,7 +65,8 @@ pub async fn serve(
 }
 
 /// [`serve`], and on a seed peer (`seed` set) answer `DownloadTask`: the scheduler asks the seed
-/// to fetch a task nobody holds yet.
+/// to fetch a task nobody holds yet. Connections open when `shutdown` completes go on until
+/// they end (the daemon drains them with [`serve_drained`]).
 pub async fn serve_with(
     listener: TcpListener,
     engine: TaskManager,
@@ -65,6 +74,43 @@ pub async fn serve_with(
     seed: Option<Arc<dyn SeedDownload>>,
     shutdown: impl Future<Output = ()>,
 ) {
+    let drain = Drain::new();
+    let served = serve_on(listener, engine, limits, seed, drain.clone(), false);
+    tokio::pin!(served);
+    let result = tokio::select! {
+        r = &mut served => r,
+        () = shutdown => {
+            drain.stop();
+            served.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::error!(error = %e, "upload server stopped");
+    }
+}
+
+/// The upload server on `drain`, until [`Drain::finish`] ends (or with the error that broke the
+/// listener). Once the drain stops, only addresses with a connection still open (children in
+/// the middle of a download) may connect, each piece goes out with `connection: close`, and
+/// a child finishes its download from this node within the grace period.
+pub async fn serve_drained(
+    listener: TcpListener,
+    engine: TaskManager,
+    limits: UploadLimits,
+    seed: Option<Arc<dyn SeedDownload>>,
+    drain: Drain,
+) -> std::io::Result<()> {
+    serve_on(listener, engine, limits, seed, drain, true).await
+}
+
+async fn serve_on(
+    listener: TcpListener,
+    engine: TaskManager,
+    limits: UploadLimits,
+    seed: Option<Arc<dyn SeedDownload>>,
+    drain: Drain,
+    readmit_children: bool,
+) -> std::io::Result<()> {
     let shared = Arc::new(Shared {
         engine: engine.clone(),
         limits: limit::Limiter::new(limits),
@@ -73,51 +119,104 @@ pub async fn serve_with(
         engine, seed,
     )))
     .prepare();
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, remote) = tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "upload server: accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        let grpc = grpc.clone();
-        tokio::spawn(async move {
-            // gRPC speaks HTTP/2 from its first bytes ("PRI * HTTP/2.0"); piece GETs are HTTP/1.1.
-            if !starts_with_h2_preface(&stream).await {
-                if let Err(e) = data::serve_connection(stream, shared, remote).await {
-                    tracing::debug!(peer = %remote, error = %e, "piece connection ended");
-                }
-                return;
+    let open = Arc::new(OpenConnections::default());
+    let readmit = readmit_children.then(|| {
+        let open = open.clone();
+        Arc::new(move |ip| open.has(ip)) as crate::serve::Readmit
+    });
+    let conn_drain = drain.clone();
+    accept_loop(
+        "upload server",
+        listener,
+        drain,
+        readmit,
+        move |stream, remote| {
+            let (shared, grpc, drain) = (shared.clone(), grpc.clone(), conn_drain.clone());
+            let counted = open.add(remote.ip());
+            Some(async move {
+                let _counted = counted;
+                serve_connection(stream, remote, shared, grpc, drain).await
+            })
+        },
+    )
+    .await
+}
+
+/// Open connections per remote address.
+#[derive(Default)]
+struct OpenConnections(std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>);
+
+impl OpenConnections {
+    fn add(self: &Arc<Self>, ip: IpAddr) -> OpenConnection {
+        if let Ok(mut m) = self.0.lock() {
+            *m.entry(ip).or_default() += 1;
+        }
+        OpenConnection(self.clone(), ip)
+    }
+
+    fn has(&self, ip: IpAddr) -> bool {
+        self.0.lock().is_ok_and(|m| m.contains_key(&ip))
+    }
+}
+
+/// One open connection, counted until dropped.
+struct OpenConnection(Arc<OpenConnections>, IpAddr);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.0.0.lock()
+            && let Some(n) = m.get_mut(&self.1)
+        {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.1);
             }
-            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let mut grpc = grpc.clone();
-                async move {
-                    let is_grpc = req
-                        .headers()
-                        .get(header::CONTENT_TYPE)
-                        .and_then(|v| v.to_str().ok())
-                        .is_some_and(|v| v.starts_with("application/grpc"));
-                    if is_grpc {
-                        return grpc.call(req).await;
-                    }
-                    Ok::<_, Infallible>(text(
-                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                        "HTTP/2 here is for gRPC; piece bytes are served over HTTP/1.1\n".into(),
-                    ))
-                }
-            });
-            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
+        }
+    }
+}
+
+/// One connection: piece GETs (HTTP/1.1) or gRPC (HTTP/2).
+async fn serve_connection(
+    stream: TcpStream,
+    remote: SocketAddr,
+    shared: Arc<Shared>,
+    grpc: tonic::service::Routes,
+    drain: Drain,
+) {
+    // gRPC speaks HTTP/2 from its first bytes ("PRI * HTTP/2.0"); piece GETs are HTTP/1.1.
+    if !starts_with_h2_preface(&stream).await {
+        if let Err(e) = data::serve_connection(stream, shared, remote, &drain).await {
+            tracing::debug!(peer = %remote, error = %e, "piece connection ended");
+        }
+        return;
+    }
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let mut grpc = grpc.clone();
+        async move {
+            let is_grpc = req
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("application/grpc"));
+            if is_grpc {
+                return grpc.call(req).await;
+            }
+            Ok::<_, Infallible>(text(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "HTTP/2 here is for gRPC; piece bytes are served over HTTP/1.1\n".into(),
+            ))
+        }
+    });
+    let builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        () = drain.stopping() => {
+            // GOAWAY: streams in flight (a child's SyncPieces) finish, no new ones start.
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
     }
 }
 
