@@ -102,6 +102,29 @@ impl Drain {
     }
 }
 
+/// Run `served` (a server on `drain`) until it ends or `shutdown` completes; then stop the drain
+/// and let the server return (connections in flight go on: nobody waits for them here). An
+/// error that broke the listener is logged naming `server`. For callers without a supervisor
+/// (tests, embedders); the daemon drains and supervises its servers itself.
+pub async fn serve_until(
+    server: &'static str,
+    drain: Drain,
+    served: impl Future<Output = io::Result<()>>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(served);
+    let result = tokio::select! {
+        r = &mut served => r,
+        () = shutdown => {
+            drain.stop();
+            served.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::error!(error = %e, server, "server stopped");
+    }
+}
+
 /// Accept connections on `listener` until `drain` stops, and run `handle(stream, peer)` for each
 /// on the drain (`None`: the handler refused it at once). With `readmit`, the loop goes on while
 /// the drain runs, for the addresses it admits only, until [`Drain::finish`] ends. Errors that

@@ -262,6 +262,25 @@ impl<T> LoadedFrom<T> {
     }
 }
 
+/// A binary's start with its config: `loaded` is what its `load_for_cli` gave. An error is
+/// printed as [`cli_message`] shows it; otherwise [`LoadedFrom::report`] runs. `Ok(loaded)`:
+/// go on and run; `Err(code)`: the binary is done, with that exit code.
+pub fn config_for_cli<T>(
+    loaded: Result<LoadedFrom<T>, ConfigError>,
+    env_var: &str,
+    print: bool,
+    to_yaml: impl FnOnce(&T) -> Result<String, ConfigError>,
+) -> Result<LoadedFrom<T>, std::process::ExitCode> {
+    let loaded = loaded.map_err(|err| {
+        eprintln!("error: {}", cli_message(&err, env_var));
+        std::process::ExitCode::FAILURE
+    })?;
+    match loaded.report(print, to_yaml) {
+        Some(code) => Err(code),
+        None => Ok(loaded),
+    }
+}
+
 /// A config error as a command line shows it: bad values name their file, and a missing
 /// explicit path says how to fall back (`env_var` is the variable that can also name the file).
 pub fn cli_message(err: &ConfigError, env_var: &str) -> String {

@@ -19,8 +19,8 @@ mod values;
 pub use duration::{Duration, DurationError};
 pub use error::ConfigError;
 pub use load::{
-    ConfigOrigin, LoadOptions, Loaded, LoadedFrom, cli_message, load_for_cli, load_yaml,
-    load_yaml_with, read_config_file, resolve_config_path,
+    ConfigOrigin, LoadOptions, Loaded, LoadedFrom, cli_message, config_for_cli, load_for_cli,
+    load_yaml, load_yaml_with, read_config_file, resolve_config_path,
 };
 pub use pattern::{Pattern, PatternError, looks_like_placeholder};
 pub use port::{Port, PortError, PortRange};

@@ -307,11 +307,7 @@ fn main() -> std::process::ExitCode {
     if let Some(Command::Daemon(args)) = &cli.command {
         return dfdaemon::daemon::cli::run(args);
     }
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match dfdaemon::daemon::cli::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("dfget: error: cannot start the async runtime: {e}");

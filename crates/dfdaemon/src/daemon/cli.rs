@@ -1,7 +1,7 @@
 //! The daemon's command line, shared by `dfdaemon` and `dfget daemon`.
 
 use crate::config::{self, DfdaemonConfig};
-use dragonfly_common::config::cli_message;
+use dragonfly_common::config::config_for_cli;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -17,18 +17,26 @@ pub struct DaemonArgs {
     pub print_config: bool,
 }
 
+/// What every binary of this crate runs on: the TLS provider (aws-lc-rs) installed, and tokio's
+/// multi-threaded runtime.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
 /// Load the config, print it or run the daemon until SIGINT/SIGTERM; the process exit code.
 pub fn run(args: &DaemonArgs) -> ExitCode {
-    let loaded = match config::load_for_cli(args.config.as_deref()) {
+    let loaded = match config_for_cli(
+        config::load_for_cli(args.config.as_deref()),
+        "DFDAEMON_CONFIG",
+        args.print_config,
+        DfdaemonConfig::to_yaml,
+    ) {
         Ok(loaded) => loaded,
-        Err(err) => {
-            eprintln!("error: {}", cli_message(&err, "DFDAEMON_CONFIG"));
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
-    if let Some(code) = loaded.report(args.print_config, DfdaemonConfig::to_yaml) {
-        return code;
-    }
     let cfg = loaded.value;
     let _guard = match super::logging::init(&cfg.log_dir, cfg.verbose) {
         Ok(g) => g,
@@ -38,11 +46,7 @@ pub fn run(args: &DaemonArgs) -> ExitCode {
         }
     };
     dragonfly_common::open_files::raise_to_hard_limit();
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

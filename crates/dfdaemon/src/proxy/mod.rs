@@ -14,6 +14,46 @@
 //! connect is [`reach`]'s; how long a client may wait [`timeouts`]'; how much one client may
 //! hold open [`limits`]'.
 
+/// The `AsyncWrite` methods of a wrapper that only watches or prefixes reads: every write goes
+/// to `self.inner` as it is. Inside `impl AsyncWrite for ...`.
+macro_rules! write_through_inner {
+    () => {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+
+        fn poll_write_vectored(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            self.inner.is_write_vectored()
+        }
+
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    };
+}
+
 pub mod ca;
 mod connect;
 mod fast;
@@ -220,17 +260,7 @@ impl Proxy {
     ) {
         let drain = Drain::new();
         let served = self.serve_drained(listener, drain.clone());
-        tokio::pin!(served);
-        let result = tokio::select! {
-            r = &mut served => r,
-            () = shutdown => {
-                drain.stop();
-                served.await
-            }
-        };
-        if let Err(e) = result {
-            tracing::error!(error = %e, "proxy stopped");
-        }
+        crate::serve::serve_until("proxy", drain, served, shutdown).await
     }
 
     /// The proxy on `drain`: returns when the drain stops (streams in flight and CONNECT tunnels

@@ -488,23 +488,30 @@ async fn a_source_that_ignores_range_is_read_as_one_stream() {
     assert_eq!(c.stored(), *c.content);
 }
 
+impl FakeSource {
+    /// The next `times` asks are answered with status `code`.
+    fn fail_with(&self, code: u16, times: usize) {
+        let status = http::StatusCode::from_u16(code).expect("a status code");
+        for _ in 0..times {
+            self.failures
+                .lock()
+                .unwrap()
+                .push_back(DownloadError::Status {
+                    url: URL.into(),
+                    status: status.to_string(),
+                    code,
+                    challenge: None,
+                });
+        }
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_source_is_asked_again_after_errors_that_may_pass() {
     let mut c = Case::new();
     let fakes = FakeParents::new(&c.content, &[]);
     let source = FakeSource::new(&c.content);
-    for _ in 0..2 {
-        source
-            .failures
-            .lock()
-            .unwrap()
-            .push_back(DownloadError::Status {
-                url: URL.into(),
-                status: "503 Service Unavailable".into(),
-                code: 503,
-                challenge: None,
-            });
-    }
+    source.fail_with(503, 2);
     c.fetch(&fakes, &source, 1, Duration::from_secs(30))
         .await
         .unwrap();
@@ -523,18 +530,7 @@ async fn the_source_gives_up_after_three_attempts_and_names_the_url() {
     let mut c = Case::new();
     let fakes = FakeParents::new(&c.content, &[]);
     let source = FakeSource::new(&c.content);
-    for _ in 0..3 {
-        source
-            .failures
-            .lock()
-            .unwrap()
-            .push_back(DownloadError::Status {
-                url: URL.into(),
-                status: "503 Service Unavailable".into(),
-                code: 503,
-                challenge: None,
-            });
-    }
+    source.fail_with(503, 3);
     let e = c
         .fetch(&fakes, &source, 1, Duration::from_secs(30))
         .await
@@ -553,16 +549,7 @@ async fn a_refusal_of_the_source_fails_the_task_at_once() {
     let mut c = Case::new();
     let fakes = FakeParents::new(&c.content, &[]);
     let source = FakeSource::new(&c.content);
-    source
-        .failures
-        .lock()
-        .unwrap()
-        .push_back(DownloadError::Status {
-            url: URL.into(),
-            status: "404 Not Found".into(),
-            code: 404,
-            challenge: None,
-        });
+    source.fail_with(404, 1);
     let e = c
         .fetch(&fakes, &source, 1, Duration::from_secs(30))
         .await

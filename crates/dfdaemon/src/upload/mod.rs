@@ -76,17 +76,7 @@ pub async fn serve_with(
 ) {
     let drain = Drain::new();
     let served = serve_on(listener, engine, limits, seed, drain.clone(), false);
-    tokio::pin!(served);
-    let result = tokio::select! {
-        r = &mut served => r,
-        () = shutdown => {
-            drain.stop();
-            served.await
-        }
-    };
-    if let Err(e) = result {
-        tracing::error!(error = %e, "upload server stopped");
-    }
+    crate::serve::serve_until("upload server", drain, served, shutdown).await
 }
 
 /// The upload server on `drain`, until [`Drain::finish`] ends (or with the error that broke the

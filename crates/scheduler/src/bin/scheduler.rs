@@ -6,7 +6,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use dragonfly_common::config::cli_message;
+use dragonfly_common::config::config_for_cli;
 use scheduler::config::{self, SchedulerConfig};
 use scheduler::{SchedulerState, serve};
 use std::net::SocketAddr;
@@ -32,16 +32,15 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let loaded = match config::load_for_cli(cli.config.as_deref()) {
+    let loaded = match config_for_cli(
+        config::load_for_cli(cli.config.as_deref()),
+        "SCHEDULER_CONFIG",
+        cli.print_config,
+        SchedulerConfig::to_yaml,
+    ) {
         Ok(loaded) => loaded,
-        Err(err) => {
-            eprintln!("error: {}", cli_message(&err, "SCHEDULER_CONFIG"));
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
-    if let Some(code) = loaded.report(cli.print_config, SchedulerConfig::to_yaml) {
-        return code;
-    }
     match run(loaded.value) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
