@@ -9,5 +9,6 @@ pub mod logging;
 pub mod open_files;
 pub mod piece;
 pub mod secret;
+pub mod signal;
 pub mod task_id;
 pub mod validator;

@@ -55,7 +55,7 @@ pub fn run(args: &DaemonArgs) -> ExitCode {
     };
     tracing::info!(config = %loaded.origin, "dfdaemon starting");
     runtime.block_on(async move {
-        match super::start(cfg, shutdown_signal()).await {
+        match super::start(cfg, dragonfly_common::signal::shutdown_signal()).await {
             Ok((_bound, serve)) => match serve.await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -72,19 +72,4 @@ pub fn run(args: &DaemonArgs) -> ExitCode {
             }
         }
     })
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -73,33 +73,10 @@ fn run(config: SchedulerConfig) -> anyhow::Result<()> {
         })?;
         tracing::info!(%addr, "scheduler listening");
         let state = Arc::new(SchedulerState::new(config));
-        serve(listener, state, shutdown_signal())
+        serve(listener, state, dragonfly_common::signal::shutdown_signal())
             .await
             .context("scheduler gRPC server failed")?;
         tracing::info!("scheduler stopped");
         Ok(())
     })
-}
-
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
