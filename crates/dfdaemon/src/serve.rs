@@ -199,8 +199,10 @@ fn passes(e: &io::Error) -> bool {
     ) {
         return true;
     }
-    // EPERM (a firewall refused it), ENOMEM, ENFILE, EMFILE, EPROTO, ENETDOWN, ENOPROTOOPT,
-    // EHOSTDOWN, ENONET, EHOSTUNREACH, EOPNOTSUPP on some kernels is not: the listener is gone.
+    // Also about one connection or a shortage, not the listener: EPERM (a firewall refused the
+    // connection), ENOMEM, ENFILE, EMFILE, and the errors of a pending connection that Linux
+    // passes on to accept(2): EPROTO, ENETDOWN, ENOPROTOOPT, EHOSTDOWN, ENONET, EHOSTUNREACH,
+    // EOPNOTSUPP.
     matches!(
         e.raw_os_error(),
         Some(1 | 12 | 23 | 24 | 71 | 100 | 92 | 112 | 64 | 113 | 105)
