@@ -336,8 +336,20 @@ impl DaemonProcess {
     }
 
     /// Pieces per origin (`source` or a parent's `ip:port`) of the last task it finished.
+    ///
+    /// The daemon logs a task's end after its last byte reached the client, so this waits (up
+    /// to 10 s) until every task it started has logged its end.
     pub fn fed(&self) -> BTreeMap<String, u32> {
-        let log = self.log();
+        let mut log = self.log();
+        for _ in 0..200 {
+            let ended = log.matches("peer task done, cost: ").count()
+                + log.matches("\"peer task failed\"").count();
+            if ended >= log.matches("\"peer task started\"").count() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            log = self.log();
+        }
         let line = log
             .lines()
             .rfind(|l| l.contains("peer task done, cost: "))
