@@ -1,10 +1,10 @@
 # Developer entry points. `make demo` shows the system working; `make test` runs every test.
 CARGO ?= cargo
 # Debian packages the test suite needs (installed by `make test` when missing).
-TEST_PACKAGES := ca-certificates curl gcc libc6-dev docker-registry skopeo containerd podman apache2-utils runc python3-venv procps util-linux
+TEST_PACKAGES := ca-certificates curl gcc libc6-dev docker-registry skopeo containerd podman apache2-utils runc python3-venv procps util-linux prometheus
 BENCH_PACKAGES := nginx curl bc docker-registry skopeo
 
-.PHONY: all build release demo test lint fmt bench clean
+.PHONY: all build release demo test chart-test lint fmt bench clean
 
 all: build
 
@@ -22,6 +22,12 @@ test:
 	bash scripts/ensure-deps.sh $(TEST_PACKAGES)
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
+	bash scripts/chart-test.sh
+
+# The Helm chart: lint, render, validate, configs, the rendered topology as processes (docs/helm.md).
+chart-test:
+	bash scripts/ensure-deps.sh $(TEST_PACKAGES)
+	bash scripts/chart-test.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
