@@ -8,6 +8,7 @@
 
 mod config_effects;
 mod daemon_process;
+mod metrics;
 mod oras;
 mod registry;
 mod scheduler_restart;

@@ -20,7 +20,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use testkit::bins::bin;
 use testkit::daemon::{DaemonProcess, Program};
 use testkit::net::free_port;
-use testkit::process::output_ok;
 use testkit::registry::{PROXY_VARS, Pki, Registry, RegistryOptions, ensure_test_hosts};
 use testkit::scheduler::SchedulerProcess;
 
@@ -66,54 +65,14 @@ fn sha256(data: &[u8]) -> Digest {
     Digest::of(Algorithm::Sha256, data)
 }
 
-/// The venv's python with oras-py, created once per target dir (under a lock, so parallel
-/// tests and test binaries wait for one installation).
+/// The venv's python with oras-py, created once per target dir.
 fn oras_python() -> PathBuf {
-    let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    std::fs::create_dir_all(base).expect("target tmp dir");
-    let venv = base.join("oras-py-venv");
-    let python = venv.join("bin/python");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(base.join("oras-py-venv.lock"))
-        .expect("venv lock file");
-    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).expect("venv lock");
-    let ready = || {
-        Command::new(&python)
-            .args(["-c", "import oras.client"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if ready() {
-        return python;
-    }
-    let _ = std::fs::remove_dir_all(&venv);
-    let system = ["/usr/bin/python3", "python3"]
-        .into_iter()
-        .find(|p| Command::new(p).arg("--version").output().is_ok())
-        .expect(
-            "python3 is missing: apt-get install python3-venv (see TEST_PACKAGES in the Makefile)",
-        );
-    output_ok(
-        Command::new(system).args(["-m", "venv"]).arg(&venv),
-        &format!(
-            "python3 -m venv {} failed (apt-get install python3-venv)",
-            venv.display()
-        ),
-    );
-    output_ok(
-        Command::new(venv.join("bin/pip")).args([
-            "install",
-            "-q",
-            "--disable-pip-version-check",
-            ORAS_PY,
-        ]),
-        &format!("pip install {ORAS_PY} failed (PyPI must be reachable)"),
-    );
-    assert!(ready(), "oras-py does not import after installing");
-    python
+    testkit::python::venv(
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+        "oras-py",
+        &[ORAS_PY],
+        "import oras.client",
+    )
 }
 
 /// A pushed artifact.

@@ -6,6 +6,8 @@ pub mod digest;
 pub mod error;
 pub mod hashring;
 pub mod logging;
+pub mod metrics;
+pub mod metrics_http;
 pub mod open_files;
 pub mod piece;
 pub mod secret;

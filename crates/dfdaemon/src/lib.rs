@@ -4,6 +4,7 @@
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod metrics;
 pub mod proxy;
 pub mod rate;
 pub mod scheduling;

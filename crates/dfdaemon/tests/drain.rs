@@ -145,8 +145,9 @@ async fn a_proxy_stream_in_flight_across_sigterm_completes() {
 /// A config for a daemon in `dir` (no proxy; listeners come from the test).
 fn config_in(dir: &Path) -> DfdaemonConfig {
     let yaml = format!(
-        "dataDir: {d}/data\nlogDir: {d}/log\ndownload:\n  unixListen:\n    socket: {d}/dfdaemon.sock\n",
-        d = dir.display()
+        "dataDir: {d}/data\nlogDir: {d}/log\ndownload:\n  unixListen:\n    socket: {d}/dfdaemon.sock\nmetrics:\n  tcpListen:\n    listen: 127.0.0.1\n    port: {m}\n",
+        d = dir.display(),
+        m = free_port()
     );
     DfdaemonConfig::from_yaml(&yaml, "test.yaml").unwrap().value
 }

@@ -15,6 +15,7 @@ fn modules_depend_downward_only() {
         // Bottom first. Every top-level module of `src/` is in exactly one layer.
         layers: &[
             &["config", "rate", "stats", "sendfile", "serve"],
+            &["metrics"],
             &["storage", "source"],
             &["standalone", "task"],
             &["upload", "proxy", "scheduling"],

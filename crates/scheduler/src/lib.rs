@@ -11,6 +11,7 @@ pub mod evaluator;
 pub mod finished;
 pub mod gc;
 pub mod grpc;
+pub mod metrics;
 pub mod resource;
 pub mod seed;
 pub mod server;

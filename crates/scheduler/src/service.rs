@@ -1,6 +1,7 @@
 //! The `Scheduler` gRPC service: host announces, the per-peer AnnouncePeer stream, stats and leaves.
 
 use crate::evaluator::{self, Limits};
+use crate::metrics::{AnswerKind, AnswerTo, PieceSource};
 use crate::resource::{Peer, PeerState, Task, TaskState};
 use crate::seed::pick_seed;
 use crate::state::SchedulerState;
@@ -64,6 +65,7 @@ impl dragonfly_proto::Scheduler for SchedulerService {
             .host
             .filter(|h| !h.id.is_empty())
             .ok_or_else(|| Status::invalid_argument("AnnounceHostRequest.host.id is empty"))?;
+        self.state.metrics.host_announced();
         let unknown = !self.state.resources.hosts.contains_key(&host.id);
         if unknown {
             tracing::info!(host = %host.id, ip = %host.ip, seed = host.is_seed(), "host announced");
@@ -269,8 +271,10 @@ async fn handle(
         return Ok(None);
     };
     if let Req::RegisterPeerRequest(register) = request {
-        let (c, peers) = register_peer(state, &msg.host_id, &msg.task_id, &msg.peer_id, register)?;
-        let reply = schedule(state, &c).await?;
+        let registered = register_peer(state, &msg.host_id, &msg.task_id, &msg.peer_id, register);
+        state.metrics.peer_registered(registered.is_ok());
+        let (c, peers) = registered?;
+        let reply = timed_schedule(state, &c, AnswerTo::Register).await?;
         // One line per registration, written after every lock is released.
         tracing::info!(host = %c.host_id, peers, answer = %Answer(&reply), "peer registered");
         *ctx = Some(c);
@@ -319,8 +323,13 @@ async fn handle(
     match request {
         Req::RegisterPeerRequest(_) => Ok(None),
         Req::MoreParentsRequest(_) => {
+            let t0 = Instant::now();
             let reply = more_parents(state, &c);
             if let Some(r) = &reply {
+                let kind = answer_kind(r);
+                state
+                    .metrics
+                    .answered(AnswerTo::MoreParents, kind, t0.elapsed());
                 tracing::debug!(answer = %Answer(r), "more parents");
             }
             Ok(reply)
@@ -336,7 +345,7 @@ async fn handle(
                     p.reschedule_count += 1;
                 }
             });
-            let reply = schedule(state, &c).await?;
+            let reply = timed_schedule(state, &c, AnswerTo::Reschedule).await?;
             tracing::info!(
                 reason = r.description.as_deref().unwrap_or(""),
                 answer = %Answer(&reply),
@@ -354,14 +363,17 @@ async fn handle(
             Ok(None)
         }
         Req::DownloadPieceFinishedRequest(r) => {
+            state.metrics.piece_finished(PieceSource::Parent);
             piece_finished(state, &c, r.piece, PeerState::Running);
             Ok(None)
         }
         Req::DownloadPieceBackToSourceFinishedRequest(r) => {
+            state.metrics.piece_finished(PieceSource::Origin);
             piece_finished(state, &c, r.piece, PeerState::BackToSource);
             Ok(None)
         }
         Req::DownloadPieceFailedRequest(r) => {
+            state.metrics.piece_failed(PieceSource::Parent);
             tracing::debug!(piece = r.piece_number, parent = %r.parent_id, temporary = r.temporary, "piece failed");
             if !r.temporary && !r.parent_id.is_empty() {
                 update_peer(state, &c, |task, id| {
@@ -376,19 +388,23 @@ async fn handle(
             Ok(None)
         }
         Req::DownloadPieceBackToSourceFailedRequest(r) => {
+            state.metrics.piece_failed(PieceSource::Origin);
             tracing::debug!(piece = r.piece_number, status = ?r.status_code, "piece from source failed");
             update_peer(state, &c, |_, _| {});
             Ok(None)
         }
         Req::DownloadPeerFinishedRequest(r) => {
+            state.metrics.peer_ended(true);
             peer_finished(state, &c, r.content_length, r.piece_count);
             Ok(None)
         }
         Req::DownloadPeerBackToSourceFinishedRequest(r) => {
+            state.metrics.peer_ended(true);
             peer_finished(state, &c, r.content_length, r.piece_count);
             Ok(None)
         }
         Req::DownloadPeerFailedRequest(r) => {
+            state.metrics.peer_ended(false);
             tracing::info!(
                 reason = r.description.as_deref().unwrap_or(""),
                 "peer failed"
@@ -397,6 +413,7 @@ async fn handle(
             Ok(None)
         }
         Req::DownloadPeerBackToSourceFailedRequest(r) => {
+            state.metrics.peer_ended(false);
             tracing::info!(reason = r.description.as_deref().unwrap_or(""), status = ?r.status_code, temporary = r.temporary, "peer failed from source");
             peer_failed(state, &c, !r.temporary);
             Ok(None)

@@ -1,8 +1,12 @@
 //! The scheduler's shared state: below the gRPC service, the GC and the server that run on it.
 
 use crate::config::SchedulerConfig;
+use crate::metrics::Metrics;
 use crate::resource::Resources;
 use crate::seed::{GrpcSeedTrigger, NoSeedTrigger, SeedTrigger};
+use dragonfly_common::metrics::{ConstValue, encode_const};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
 use std::sync::Arc;
 
 /// Everything one scheduler instance knows, shared by the gRPC service and the GC.
@@ -13,6 +17,8 @@ pub struct SchedulerState {
     pub resources: Arc<Resources>,
     /// How seed peers are asked to fetch a task.
     pub seed_trigger: Arc<dyn SeedTrigger>,
+    /// The scheduler's metrics (`/metrics` on `metrics.addr`).
+    pub metrics: Arc<Metrics>,
 }
 
 impl SchedulerState {
@@ -28,10 +34,14 @@ impl SchedulerState {
 
     /// State with a custom seed trigger (tests, or a different transport).
     pub fn with_seed_trigger(config: SchedulerConfig, seed_trigger: Arc<dyn SeedTrigger>) -> Self {
+        let resources = Arc::new(Resources::default());
+        let metrics = Arc::new(Metrics::new());
+        metrics.register_collector(ResourceCollector(resources.clone()));
         SchedulerState {
             config,
-            resources: Arc::new(Resources::default()),
+            resources,
             seed_trigger,
+            metrics,
         }
     }
 }
@@ -42,5 +52,47 @@ impl std::fmt::Debug for SchedulerState {
             .field("hosts", &self.resources.hosts.len())
             .field("tasks", &self.resources.tasks.len())
             .finish_non_exhaustive()
+    }
+}
+
+/// The hosts, tasks and peers the scheduler knows, counted at scrape time.
+struct ResourceCollector(Arc<Resources>);
+
+impl std::fmt::Debug for ResourceCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ResourceCollector").finish()
+    }
+}
+
+impl Collector for ResourceCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let r = &self.0;
+        let gauge = |n: usize| ConstValue::Gauge(i64::try_from(n).unwrap_or(i64::MAX));
+        let seeds = r.hosts.iter().filter(|h| h.is_seed()).count();
+        let peers: usize = r.tasks.iter().map(|t| t.peers.len()).sum();
+        encode_const(
+            &mut encoder,
+            "hosts",
+            "Hosts (daemons) announced to this scheduler",
+            gauge(r.hosts.len()),
+        )?;
+        encode_const(
+            &mut encoder,
+            "seed_hosts",
+            "Seed peer hosts announced to this scheduler",
+            gauge(seeds),
+        )?;
+        encode_const(
+            &mut encoder,
+            "tasks",
+            "Tasks this scheduler knows",
+            gauge(r.tasks.len()),
+        )?;
+        encode_const(
+            &mut encoder,
+            "peers",
+            "Peers (a host's download of a task) this scheduler knows",
+            gauge(peers),
+        )
     }
 }

@@ -13,7 +13,7 @@ fn modules_depend_downward_only() {
         prefix: "crate::",
         // Bottom first. Every top-level module of `src/` is in exactly one layer.
         layers: &[
-            &["config", "bounds"],
+            &["config", "bounds", "metrics"],
             &["resource"],
             &["evaluator", "seed"],
             &["state"],

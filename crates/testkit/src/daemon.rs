@@ -6,7 +6,7 @@
 use crate::bins::bin;
 use crate::net::free_port;
 use crate::process::KillOnDrop;
-use dfdaemon::config::{DfdaemonConfig, NetAddr, ProxyListen, UploadListen};
+use dfdaemon::config::{DfdaemonConfig, MetricsListen, NetAddr, ProxyListen, UploadListen};
 use dragonfly_common::config::PortRange;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -25,7 +25,8 @@ pub enum Program {
 }
 
 /// A daemon's config and how to run it. Defaults: everything under the directory (`data/`,
-/// `log/`, `dfdaemon.sock`), the upload server on 127.0.0.1 on a free port, no proxy, no
+/// `log/`, `dfdaemon.sock`), the upload server and the metrics server on 127.0.0.1 on free
+/// ports (metrics are on by default: daemons of one test must not share 65003), no proxy, no
 /// scheduler, no parents, every other key at the daemon's own default.
 pub struct DaemonBuilder {
     dir: PathBuf,
@@ -48,6 +49,10 @@ impl DaemonBuilder {
             listen: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port: port_range(free_port()),
         };
+        config.metrics.tcp_listen = MetricsListen {
+            listen: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: port_range(free_port()),
+        };
         DaemonBuilder {
             dir,
             temp,
@@ -64,14 +69,16 @@ impl DaemonBuilder {
     }
 
     /// The upload server on `ip:port` (a restarted daemon keeps its port, so its children's
-    /// `download.parents` still reach it).
+    /// `download.parents` still reach it); the metrics server moves to `ip` too.
     pub fn upload(mut self, ip: &str, port: u16) -> Self {
+        let ip: IpAddr = ip
+            .parse()
+            .unwrap_or_else(|e| panic!("upload ip {ip:?}: {e}"));
         self.config.upload.tcp_listen = UploadListen {
-            listen: ip
-                .parse()
-                .unwrap_or_else(|e| panic!("upload ip {ip:?}: {e}")),
+            listen: ip,
             port: port_range(port),
         };
+        self.config.metrics.tcp_listen.listen = ip;
         self
     }
 
@@ -228,6 +235,7 @@ impl DaemonBuilder {
         let listeners = dfdaemon::daemon::Listeners {
             upload: Some(any("upload")),
             proxy: self.config.proxy_enabled.then(|| any("proxy")),
+            metrics: self.config.metrics.enable.then(|| any("metrics")),
             socket: None,
         };
         let (bound, run) = dfdaemon::daemon::start_with(self.config.clone(), listeners, async {
@@ -241,7 +249,11 @@ impl DaemonBuilder {
         if let Some(proxy) = bound.proxy {
             config.proxy.tcp_listen.port = port_range(proxy.port());
         }
+        if let Some(m) = bound.metrics {
+            config.metrics.tcp_listen.port = port_range(m.port());
+        }
         InProcessDaemon {
+            metrics: bound.metrics,
             proxy: bound.proxy,
             upload: bound.upload,
             config,
@@ -314,6 +326,16 @@ impl DaemonProcess {
             "{}:{}",
             self.config.upload.tcp_listen.listen,
             self.upload_port()
+        )
+    }
+
+    /// `ip:port` of its metrics server (`/metrics`, `/healthy`); panics when `metrics.enable`
+    /// is off (test helper).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        assert!(self.config.metrics.enable, "the daemon's metrics are off");
+        SocketAddr::new(
+            self.config.metrics.tcp_listen.listen,
+            self.config.metrics.tcp_listen.port.start().get(),
         )
     }
 
@@ -425,6 +447,8 @@ pub struct InProcessDaemon {
     pub proxy: Option<SocketAddr>,
     /// Where its upload server listens.
     pub upload: SocketAddr,
+    /// Where its metrics server listens, when `metrics.enable` is set.
+    pub metrics: Option<SocketAddr>,
     /// Its config.
     pub config: DfdaemonConfig,
     _dir: Option<tempfile::TempDir>,

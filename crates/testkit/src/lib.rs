@@ -11,7 +11,8 @@
 //! their real config types; [`dfget`] runs the CLI against a daemon; [`bins`] finds the
 //! workspace's binaries; [`cli`] runs one to the end; [`net`] picks ports; [`files`] looks into what a daemon wrote;
 //! [`storage`] holds the fixtures of storage tests; [`tmpfs`] mounts a small filesystem; [`process`] reads what a running process
-//! was given and signals it; [`layers`] checks that a crate's modules depend downward only.
+//! was given and signals it; [`layers`] checks that a crate's modules depend downward only;
+//! [`python`] makes a venv with pinned PyPI tools.
 #![forbid(unsafe_code)]
 
 pub mod bins;
@@ -24,6 +25,7 @@ pub mod layers;
 pub mod net;
 pub mod origin;
 pub mod process;
+pub mod python;
 pub mod registry;
 pub mod scheduler;
 pub mod storage;

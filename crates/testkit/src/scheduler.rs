@@ -19,7 +19,9 @@ use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
 /// A scheduler's config and how to run it. Defaults: listening on 127.0.0.1 on a free port,
-/// logs in the directory, every other key at the scheduler's own default.
+/// its metrics server on 127.0.0.1 on another (metrics are on by default: schedulers of one
+/// test must not share 8003), logs in the directory, every other key at the scheduler's own
+/// default.
 pub struct SchedulerBuilder {
     dir: PathBuf,
     bin: Option<PathBuf>,
@@ -97,9 +99,18 @@ impl SchedulerBuilder {
             .stderr(Stdio::from(stderr))
             .spawn()
             .unwrap_or_else(|e| panic!("starting {} ({:?}): {e}", bin.display(), self.wrapper));
+        let metrics = self.config.metrics.enable.then(|| {
+            let m = &self.config.metrics.addr;
+            let ip: IpAddr = m
+                .host()
+                .parse()
+                .unwrap_or_else(|e| panic!("metrics.addr {m}: the test harness wants an IP: {e}"));
+            SocketAddr::new(ip, m.port().get())
+        });
         let s = SchedulerProcess {
             child: KillOnDrop(child),
             port: self.config.server.port.get(),
+            metrics,
             dir: self.dir,
         };
         for _ in 0..600 {
@@ -120,6 +131,7 @@ impl SchedulerBuilder {
 pub struct SchedulerProcess {
     child: KillOnDrop,
     port: u16,
+    metrics: Option<SocketAddr>,
     dir: PathBuf,
 }
 
@@ -129,6 +141,9 @@ impl SchedulerProcess {
         let mut config = SchedulerConfig::default();
         config.server.listen_ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
         config.server.log_dir = dir.to_path_buf();
+        config.metrics.addr = format!("127.0.0.1:{}", free_port())
+            .parse()
+            .unwrap_or_else(|e| panic!("metrics.addr: {e}"));
         SchedulerBuilder {
             dir: dir.to_path_buf(),
             bin: None,
@@ -156,6 +171,12 @@ impl SchedulerProcess {
     /// `127.0.0.1:port`, as a daemon's `scheduler.netAddrs` names it.
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Where its metrics server (`/metrics`, `/healthy`) listens; panics when `metrics.enable`
+    /// is off (test helper).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics.expect("the scheduler's metrics are off")
     }
 
     /// What it wrote to stderr so far.

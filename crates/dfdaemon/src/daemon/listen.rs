@@ -8,14 +8,16 @@ use tokio::net::{TcpListener, UnixListener};
 
 /// Listeners bound before [`super::start_with`]; each one left `None` is bound from the config
 /// as [`super::start`] does. A listener given here wins over its config key
-/// (`upload.tcpListen`, `proxy.tcpListen`, `download.unixListen.socket`); the proxy still runs
-/// only when the config enables it.
+/// (`upload.tcpListen`, `proxy.tcpListen`, `metrics.tcpListen`, `download.unixListen.socket`);
+/// the proxy and the metrics server still run only when the config enables them.
 #[derive(Debug, Default)]
 pub struct Listeners {
     /// The upload server's.
     pub upload: Option<TcpListener>,
     /// The proxy's.
     pub proxy: Option<TcpListener>,
+    /// The metrics server's (`/metrics`, `/healthy`).
+    pub metrics: Option<TcpListener>,
     /// The local download socket's (bound to a path: the daemon removes it on exit).
     pub socket: Option<UnixListener>,
 }
@@ -51,7 +53,7 @@ pub(super) async fn tcp(
     }
     Err(DaemonError::Listen {
         what,
-        addr: ip.to_string(),
+        addr: format!("{ip}:{ports}"),
         reason: last_err,
     })
 }

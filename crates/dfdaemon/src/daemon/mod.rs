@@ -5,6 +5,7 @@ mod deliver;
 pub mod download_service;
 pub use dragonfly_common::logging;
 mod listen;
+mod observe;
 mod options;
 pub mod output;
 pub mod setup;
@@ -114,6 +115,8 @@ pub struct Bound {
     pub socket: PathBuf,
     /// The proxy and registry mirror, when the config has a `proxy` section.
     pub proxy: Option<SocketAddr>,
+    /// The metrics server (`/metrics`, `/healthy`), when `metrics.enable` is set.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Start the daemon with listeners bound from the config; returns once everything is bound,
@@ -133,12 +136,18 @@ pub async fn start_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(Bound, impl Future<Output = Result<(), DaemonError>>), DaemonError> {
     let storage = open_storage(&cfg).await?;
-    if cfg.metrics.enable {
-        tracing::warn!(
-            port = ?cfg.metrics.tcp_listen.port,
-            "metrics.enable is set but nothing serves /metrics or /healthy yet; the key is accepted and has no effect"
-        );
-    }
+    let metrics_listener = match cfg.metrics.enable {
+        true => Some(
+            listen::tcp(
+                listeners.metrics,
+                "metrics.tcpListen",
+                cfg.metrics.tcp_listen.listen,
+                &cfg.metrics.tcp_listen.port,
+            )
+            .await?,
+        ),
+        false => None,
+    };
     let (upload_listener, upload_addr) = listen::tcp(
         listeners.upload,
         "upload.tcpListen",
@@ -151,6 +160,8 @@ pub async fn start_with(
     let scheduler_addrs = SchedulerAddrs::try_from(&cfg.scheduler)?;
     let me = Identity::new(&cfg, upload_addr, &scheduler_addrs.0);
     let upload_stats = std::sync::Arc::new(crate::upload::UploadStats::default());
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    observe::collect(&metrics, &storage, upload_stats.clone());
     let schedulers = options::scheduler_options(
         &cfg,
         &scheduler_addrs,
@@ -164,7 +175,8 @@ pub async fn start_with(
         key: "scheduler.netAddrs",
         reason,
     })?;
-    let opts = options::engine_options(&cfg, &me, upload_stats);
+    let mut opts = options::engine_options(&cfg, &me, upload_stats);
+    opts.metrics = metrics.clone();
     let sessions = schedulers
         .clone()
         .map(|s| std::sync::Arc::new(s) as std::sync::Arc<dyn crate::task::Sessions>);
@@ -191,7 +203,11 @@ pub async fn start_with(
             &cfg.proxy.tcp_listen.port,
         )
         .await?;
-        let own = options::own_ports(&cfg, upload_addr, addr);
+        let own = options::own_ports(
+            upload_addr,
+            addr,
+            metrics_listener.as_ref().map(|(_, a)| *a),
+        );
         let proxy = crate::proxy::Proxy::new(&cfg.proxy, engine.clone(), parents.clone(), own)
             .map_err(|e| DaemonError::Config {
                 key: "proxy",
@@ -215,8 +231,14 @@ pub async fn start_with(
         upload: upload_addr,
         socket: socket.clone(),
         proxy: proxy.as_ref().map(|(_, _, a)| *a),
+        metrics: metrics_listener.as_ref().map(|(_, a)| *a),
     };
-    tracing::info!(upload = %upload_addr, socket = %socket.display(), proxy = ?bound.proxy, "dfdaemon ready");
+    tracing::info!(upload = %upload_addr, socket = %socket.display(), proxy = ?bound.proxy, metrics = ?bound.metrics, "dfdaemon ready");
+    let up = observe::Up::default();
+    let metrics_server = metrics_listener.map(|(listener, _)| {
+        let endpoints = observe::endpoints(metrics, engine.storage(), up.clone());
+        (listener, endpoints)
+    });
     let keep_storage = cfg.keep_storage;
     let parts = supervise::Parts {
         engine: engine.clone(),
@@ -230,6 +252,8 @@ pub async fn start_with(
         gc_interval: cfg.gc_interval.get().max(std::time::Duration::from_secs(1)),
         gc_policy: GcPolicy::from(&cfg.storage),
         grace: cfg.graceful_shutdown_timeout.get(),
+        metrics: metrics_server,
+        up,
     };
     let run = async move {
         let result = supervise::run(parts, shutdown).await;

@@ -190,11 +190,11 @@ pub(super) fn engine_options(
     }
 }
 
-/// The ports this daemon listens on (or will: metrics), which its proxy never connects to.
+/// The ports this daemon listens on, which its proxy never connects to.
 pub(super) fn own_ports(
-    cfg: &DfdaemonConfig,
     upload: SocketAddr,
     proxy: SocketAddr,
+    metrics: Option<SocketAddr>,
 ) -> Vec<crate::proxy::OwnPort> {
     use crate::proxy::OwnPort;
     let mut own = vec![
@@ -207,19 +207,11 @@ pub(super) fn own_ports(
             key: "upload.tcpListen.port",
         },
     ];
-    if cfg.metrics.enable {
-        // A range is tried in order; its first ports are where the server ends up.
-        own.extend(
-            cfg.metrics
-                .tcp_listen
-                .port
-                .ports()
-                .take(16)
-                .map(|port| OwnPort {
-                    port,
-                    key: "metrics.tcpListen.port",
-                }),
-        );
+    if let Some(m) = metrics {
+        own.push(OwnPort {
+            port: m.port(),
+            key: "metrics.tcpListen.port",
+        });
     }
     own
 }

@@ -27,6 +27,7 @@ const SOCKET: &str = "download socket (download.unixListen.socket)";
 const ANNOUNCER: &str = "scheduler announcer";
 const FINISHED_SYNC: &str = "finished-task sync to the schedulers";
 const GC: &str = "gc loop";
+const METRICS: &str = "metrics server (metrics.tcpListen)";
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -43,6 +44,10 @@ pub(super) struct Parts {
     pub(super) gc_interval: Duration,
     pub(super) gc_policy: GcPolicy,
     pub(super) grace: Duration,
+    /// The metrics server's listener and answers, when `metrics.enable` is set.
+    pub(super) metrics: Option<(TcpListener, dragonfly_common::metrics_http::Endpoints)>,
+    /// `/healthy`'s flag: set once everything runs, cleared when the drain starts.
+    pub(super) up: super::observe::Up,
 }
 
 /// The daemon's tasks by name.
@@ -106,9 +111,11 @@ pub(super) async fn run(
         gc_interval,
         gc_policy,
         grace,
+        metrics,
+        up,
     } = parts;
     let mut tasks = Tasks::default();
-    let (upload_drain, proxy_drain) = (Drain::new(), Drain::new());
+    let (upload_drain, proxy_drain, metrics_drain) = (Drain::new(), Drain::new(), Drain::new());
     // Stop the local socket's gRPC server (it drains itself), and cut it at the deadline.
     let (socket_stop, socket_cut) = (CancellationToken::new(), CancellationToken::new());
     // The loops that talk to the schedulers and collect garbage.
@@ -159,6 +166,29 @@ pub(super) async fn run(
         });
     }
     let gc = tasks.spawn(GC, gc_loop(engine.clone(), gc_interval, gc_policy));
+    if let Some((listener, endpoints)) = metrics {
+        let drain = metrics_drain.clone();
+        let served = crate::serve::accept_loop(
+            "metrics server",
+            listener,
+            metrics_drain.clone(),
+            None,
+            move |stream, _| {
+                let (endpoints, drain) = (endpoints.clone(), drain.clone());
+                Some(async move {
+                    let stop = drain.clone();
+                    dragonfly_common::metrics_http::serve_connection(
+                        stream,
+                        endpoints,
+                        async move { stop.stopping().await },
+                    )
+                    .await
+                })
+            },
+        );
+        tasks.spawn(METRICS, boxed(served));
+    }
+    up.set(true);
 
     let mut failure = None;
     tokio::select! {
@@ -171,6 +201,7 @@ pub(super) async fn run(
     }
 
     // Drain: stop accepting everywhere, wait up to the grace period, cut what is left.
+    up.set(false);
     let deadline = tokio::time::Instant::now() + grace;
     gc.abort();
     socket_stop.cancel();
@@ -178,8 +209,11 @@ pub(super) async fn run(
         tokio::time::sleep_until(deadline).await;
         socket_cut.cancel();
     });
-    let (upload_cut, proxy_cut) =
-        tokio::join!(upload_drain.finish(grace), proxy_drain.finish(grace));
+    let (upload_cut, proxy_cut, _) = tokio::join!(
+        upload_drain.finish(grace),
+        proxy_drain.finish(grace),
+        metrics_drain.finish(grace)
+    );
     for (server, cut) in [(UPLOAD, upload_cut), (PROXY, proxy_cut)] {
         if cut > 0 {
             tracing::warn!(
@@ -226,7 +260,14 @@ async fn gc_loop(
         tick.tick().await;
         let (e, p) = (engine.clone(), policy.clone());
         let storage = engine.storage().clone();
-        match tokio::task::spawn_blocking(move || storage.gc(&p, &|id| e.in_use(id), 0)).await {
+        let ran = tokio::task::spawn_blocking(move || storage.gc(&p, &|id| e.in_use(id), 0)).await;
+        if let Ok(Ok(r)) = &ran {
+            let trigger = crate::metrics::GcTrigger::Interval;
+            engine
+                .metrics()
+                .gc_ran(trigger, r.evicted.len(), r.bytes_freed);
+        }
+        match ran {
             Ok(Ok(r)) if !r.evicted.is_empty() => {
                 engine.evicted(&r.evicted);
                 tracing::info!(evicted = r.evicted.len(), bytes_freed = r.bytes_freed, "gc")

@@ -70,6 +70,7 @@ pub use fast::SERVED_HEADER;
 pub use reach::{OwnPort, Refusal};
 
 use crate::config::ProxyConfig;
+use crate::metrics::ProxyRoute;
 use crate::serve::{Drain, accept_loop};
 use crate::task::{Parent, TaskManager};
 use bytes::Bytes;
@@ -384,7 +385,18 @@ impl Proxy {
                 &format!("request head of {head} bytes is over the limit of {MAX_HEAD}"),
             );
         }
-        let resp = self.route(req, client, via).await;
+        let mut seen = Seen::default();
+        let metrics = self.engine.metrics().clone();
+        let resp = self.route(req, client, via, &mut seen).await;
+        if let Some(route) = seen.route {
+            use crate::metrics::ProxyResult;
+            let result = match (resp.status().as_u16() >= 400, seen.hit) {
+                (true, _) => ProxyResult::Error,
+                (false, true) => ProxyResult::Hit,
+                (false, false) => ProxyResult::Miss,
+            };
+            metrics.proxy_request(route, result);
+        }
         tracing::debug!(client = %peer, %method, %uri, status = resp.status().as_u16(), "proxy request");
         resp
     }
@@ -394,8 +406,10 @@ impl Proxy {
         mut req: Request<Incoming>,
         client: &Client,
         via: Via,
+        seen: &mut Seen,
     ) -> Response<Body> {
         if req.method() == Method::CONNECT {
+            seen.route = Some(ProxyRoute::Tunnel);
             if let Via::Tunnel { .. } = via {
                 return text(
                     StatusCode::BAD_REQUEST,
@@ -417,8 +431,12 @@ impl Proxy {
                     upstream,
                 },
                 None,
-            ) => (format!("https://{authority}{pq}"), upstream.clone(), None),
+            ) => {
+                seen.route = Some(ProxyRoute::Direct);
+                (format!("https://{authority}{pq}"), upstream.clone(), None)
+            }
             (_, Some(scheme @ ("http" | "https"))) => {
+                seen.route = Some(ProxyRoute::Direct);
                 if let Some(resp) = self.check_auth(req.headers()) {
                     return resp;
                 }
@@ -461,6 +479,7 @@ impl Proxy {
                         ),
                     );
                 }
+                seen.route = Some(ProxyRoute::Mirror);
                 // Mirror requests pass basicAuth and whiteList like proxied ones (only
                 // /ca.crt and the health path answer without credentials).
                 if let Some(resp) = self.check_auth(req.headers()) {
@@ -488,13 +507,19 @@ impl Proxy {
         // an absolute URL) go upstream as `Authorization`, never into a log or a task id.
         let url = crate::source::oras::userinfo_to_authorization(url, req.headers_mut());
         let decision = route::decide(&self.cfg.proxies, mirror, &url);
+        if mirror.is_none() && matches!(decision, route::Decision::P2p(_)) {
+            seen.route = Some(ProxyRoute::P2p);
+        }
         match (decision, req.method()) {
             (route::Decision::P2p(target), &Method::GET) => {
-                p2p::get(&self, req, target, upstream).await
+                p2p::get(&self, req, target, upstream, &mut seen.hit).await
             }
             (route::Decision::P2p(target), &Method::HEAD) => {
                 match p2p::head_from_storage(&self, &target).await {
-                    Some(resp) => resp,
+                    Some(resp) => {
+                        seen.hit = true;
+                        resp
+                    }
                     None => forward::forward(req, &target, &upstream.forward).await,
                 }
             }
@@ -584,6 +609,15 @@ pub fn basic_credentials(auth: &crate::config::BasicAuth) -> String {
 
 /// The path that answers `200 OK` without credentials (Dragonfly's health path).
 pub const HEALTH_PATH: &str = "/healthy";
+
+/// What a request turned out to be, for the metrics.
+#[derive(Default)]
+struct Seen {
+    /// Its route, once known (`None`: not a proxy request, e.g. `GET /ca.crt`).
+    route: Option<ProxyRoute>,
+    /// Served from this node's storage.
+    hit: bool,
+}
 
 /// `host` (as a URL writes it: IPv6 in brackets) and port of an absolute URL.
 pub(crate) fn host_port(url: &str) -> Option<(String, u16)> {

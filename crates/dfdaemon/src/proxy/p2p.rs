@@ -24,6 +24,7 @@ pub(crate) async fn get(
     req: Request<Incoming>,
     url: String,
     upstream: Arc<Upstream>,
+    hit: &mut bool,
 ) -> Response<Body> {
     let digest = blob_digest(&url);
     let range_header = req
@@ -48,6 +49,8 @@ pub(crate) async fn get(
         Ok(t) => t,
         Err(e) => return task_error(&url, &e),
     };
+    // Finished already: from storage, not fetched for this request.
+    *hit = matches!(task.view().phase, crate::task::Phase::Finished);
     let layout = match task.layout().await {
         Ok(l) => l,
         // Content this node cannot store goes straight from the origin to the client.

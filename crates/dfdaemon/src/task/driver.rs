@@ -29,7 +29,9 @@ const DAMAGED_ROUNDS: u32 = 2;
 pub(super) async fn drive(engine: TaskManager, task: Arc<Task>, req: TaskRequest) {
     let started = Instant::now();
     tracing::info!(task = %task.id, peer = %task.peer_id, url = %req.url, parents = req.parents.len(), "peer task started");
-    let mut sched = Sched::new(engine.inner.sessions.as_deref());
+    let metrics = engine.inner.opts.metrics.clone();
+    metrics.task_started();
+    let mut sched = Sched::new(engine.inner.sessions.as_deref(), metrics.clone());
     let result = run(&engine, &task, &req, &mut sched).await;
     let storage = engine.storage().clone();
     let id = task.id.clone();
@@ -71,6 +73,8 @@ pub(super) async fn drive(engine: TaskManager, task: Arc<Task>, req: TaskRequest
         Ok(()) => {
             task.set_phase(Phase::Finished);
             let cost = started.elapsed();
+            let len = task.view().layout.map_or(0, |l| l.content_length());
+            metrics.task_finished(len, cost);
             tracing::info!(
                 task = %task.id,
                 peer = %task.peer_id,
@@ -95,11 +99,28 @@ pub(super) async fn drive(engine: TaskManager, task: Arc<Task>, req: TaskRequest
                 }
             })
             .await;
+            metrics.task_failed(task_failure(&e));
             tracing::warn!(task = %task.id, peer = %task.peer_id, error = %dragonfly_common::error::chain(&e), "peer task failed");
             task.set_phase(Phase::Failed(e));
         }
     }
     engine.inner.tasks.remove(&task.id);
+}
+
+/// A task error as its metrics label.
+fn task_failure(e: &TaskError) -> crate::metrics::TaskFailure {
+    use super::TaskErrorKind as K;
+    use crate::metrics::TaskFailure as F;
+    match e.kind() {
+        K::Source => F::Source,
+        K::Unsplittable => F::Unsplittable,
+        K::NoScheduler => F::NoScheduler,
+        K::Storage => F::Storage,
+        K::NoRoom => F::NoRoom,
+        K::SourceChanged => F::SourceChanged,
+        K::DigestMismatch => F::DigestMismatch,
+        K::Shutdown => F::Shutdown,
+    }
 }
 
 /// Run a storage call on the blocking pool; a panic there is a storage error.
@@ -435,6 +456,10 @@ impl Run<'_> {
                 .find(|p| p.parent_id.as_deref() == Some(*liar))
                 .map_or(0, |p| p.number);
             self.sched.piece_failed(first, liar, &LiedAboutContent);
+            self.engine.inner.opts.metrics.piece_failed(
+                crate::metrics::Source::Parent,
+                crate::metrics::PieceFailure::DigestMismatch,
+            );
         }
         for p in self.parents.list.iter_mut() {
             p.bad = true;

@@ -65,6 +65,8 @@ pub struct EngineOptions {
     pub upload_stats: Arc<crate::stats::UploadStats>,
     /// Download rate limits (`download.totalRateLimit`, `download.perPeerRateLimit`).
     pub download_limits: crate::rate::DownloadLimits,
+    /// The daemon's metrics (tasks, pieces, bytes by source, GC).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Default for EngineOptions {
@@ -78,6 +80,7 @@ impl Default for EngineOptions {
             gc: None,
             upload_stats: Arc::default(),
             download_limits: Default::default(),
+            metrics: Arc::default(),
         }
     }
 }
@@ -211,7 +214,8 @@ impl TaskManager {
             opts.gc.clone(),
             in_use.clone(),
             sessions.clone(),
-        );
+        )
+        .with_metrics(opts.metrics.clone());
         let blobs = room.blobs().clone();
         for r in storage.tasks()?.into_iter().filter(|r| r.is_finished()) {
             // Blob tasks, and those an older daemon keyed by the digest alone.
@@ -244,6 +248,11 @@ impl TaskManager {
     /// The upload server's counters.
     pub fn upload_stats(&self) -> &crate::stats::UploadStats {
         &self.inner.opts.upload_stats
+    }
+
+    /// The daemon's metrics.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.inner.opts.metrics
     }
 
     /// Tell the scheduler that GC evicted these tasks here.
@@ -398,6 +407,7 @@ impl TaskManager {
             task.set_phase(Phase::Finished);
             let storage = self.inner.storage.clone();
             let _ = tokio::task::spawn_blocking(move || storage.touch(&id)).await;
+            self.inner.opts.metrics.task_local(record.content_length);
             tracing::info!(task = %task.id, peer = %task.peer_id, "task served from local storage");
             return Ok(task);
         }

@@ -15,6 +15,7 @@ use super::pieces::{
 };
 use super::session::{Sched, next_answer};
 use super::version::{Version, changed, current_version};
+use crate::metrics::{PieceFailure, Source};
 use crate::storage::{PieceRecord, Storage};
 use dragonfly_common::error::Retry;
 use dragonfly_common::piece::PieceLayout;
@@ -411,12 +412,15 @@ impl<P: ParentPieces, S: SourcePieces> Fetch<'_, P, S> {
                             tracing::warn!(task = %id, piece = n, parent = %ps.parent.id, addr = %ps.parent.addr, error = %dragonfly_common::error::chain(&e), "parent failed; not asking it again");
                             ps.bad = true;
                             let parent_id = ps.parent.id.clone();
+                            sched.fetch_failed(Source::Parent, e.metrics_reason());
                             sched.piece_failed(n, &parent_id, &e);
                         }
                         (Err(PieceError::Remote(e, Retry::No)), From::Source) => {
+                            sched.fetch_failed(Source::Origin, e.metrics_reason());
                             return Err(source_failed(&task.url, e));
                         }
                         (Err(PieceError::Remote(e, _)), From::Source) => {
+                            sched.fetch_failed(Source::Origin, e.metrics_reason());
                             let attempts = source_attempts.entry(n).or_default();
                             *attempts += 1;
                             if *attempts >= SOURCE_ATTEMPTS {
@@ -453,6 +457,7 @@ impl<P: ParentPieces, S: SourcePieces> Fetch<'_, P, S> {
                 }
                 _ = tokio::time::sleep_until(last_progress + stall), if set.is_empty() && !missing.is_empty() => {
                     tracing::warn!(task = %id, "parents made no progress for {:?}; not asking them again", stall);
+                    sched.fetch_failed(Source::Parent, PieceFailure::Timeout);
                     parents.stalled();
                     last_progress = tokio::time::Instant::now();
                 }

@@ -286,7 +286,7 @@ impl Case {
             content,
             layout,
             parents,
-            sched: Sched::new(None),
+            sched: Sched::new(None, Default::default()),
         }
     }
 

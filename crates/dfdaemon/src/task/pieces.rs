@@ -98,6 +98,22 @@ pub enum RemoteError {
     Bytes(#[source] StorageError),
 }
 
+impl RemoteError {
+    /// The failure as a metrics label.
+    pub(super) fn metrics_reason(&self) -> crate::metrics::PieceFailure {
+        use crate::metrics::PieceFailure as F;
+        match self {
+            RemoteError::Parent { .. } => F::Parent,
+            RemoteError::Source(_) => F::Origin,
+            RemoteError::Transfer(_) => F::Transfer,
+            RemoteError::ShortBody(_) => F::ShortBody,
+            RemoteError::LongBody(_) => F::LongBody,
+            RemoteError::WrongRange { .. } => F::WrongRange,
+            RemoteError::Bytes(_) => F::CrcMismatch,
+        }
+    }
+}
+
 /// Why fetching pieces failed.
 pub(super) enum PieceError<A> {
     /// The parent or the source failed; whether to try again, and where.

@@ -54,6 +54,8 @@ pub(crate) struct Room {
     budget: Arc<tokio::sync::Mutex<(u64, Option<Instant>)>>,
     /// Bytes handed out for pieces being written (not yet in the stored tasks' usage).
     inflight: Arc<AtomicU64>,
+    /// Counts the GC passes made here.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Room for one piece; given back when the piece is stored or abandoned.
@@ -69,6 +71,12 @@ impl Drop for Grant {
 }
 
 impl Room {
+    /// Count this room's GC passes in `metrics`.
+    pub(crate) fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
     pub(crate) fn new(
         storage: Storage,
         policy: Option<GcPolicy>,
@@ -97,6 +105,7 @@ impl Room {
             sessions,
             budget: Arc::new(tokio::sync::Mutex::new((0, None))),
             inflight: Arc::new(AtomicU64::new(0)),
+            metrics: Arc::default(),
         }
     }
 
@@ -148,6 +157,11 @@ impl Room {
         let incoming = ahead.saturating_add(self.inflight.load(Ordering::Relaxed));
         let (s, in_use) = (self.storage.clone(), self.in_use.clone());
         let report = blocking(move || s.gc(&policy, &|id| in_use.contains(id), incoming)).await?;
+        self.metrics.gc_ran(
+            crate::metrics::GcTrigger::Admission,
+            report.evicted.len(),
+            report.bytes_freed,
+        );
         *budget = (ahead - bytes, Some(Instant::now()));
         if !report.evicted.is_empty() {
             tracing::info!(

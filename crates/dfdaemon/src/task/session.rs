@@ -128,10 +128,15 @@ pub(super) struct Sched {
     pub(super) told_source: bool,
     /// Pieces stored per origin ("source" or a parent's address).
     fed: BTreeMap<String, u32>,
+    /// Counts the pieces and their bytes by source.
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl Sched {
-    pub(super) fn new(sessions: Option<&dyn Sessions>) -> Self {
+    pub(super) fn new(
+        sessions: Option<&dyn Sessions>,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ) -> Self {
         Self {
             link: None,
             scheduler: None,
@@ -144,6 +149,7 @@ impl Sched {
             told_started: false,
             told_source: false,
             fed: BTreeMap::new(),
+            metrics,
         }
     }
 
@@ -273,6 +279,11 @@ impl Sched {
         from: Option<&Parent>,
         cost: Duration,
     ) {
+        let source = match from {
+            Some(_) => crate::metrics::Source::Parent,
+            None => crate::metrics::Source::Origin,
+        };
+        self.metrics.piece_stored(source, record.length, cost);
         match from {
             Some(p) => *self.fed.entry(p.addr.to_string()).or_default() += 1,
             None => match self.fed.get_mut("source") {
@@ -285,6 +296,15 @@ impl Sched {
         if let Some(l) = self.link.as_mut() {
             l.piece_stored(record, from, cost);
         }
+    }
+
+    /// Count a failed piece fetch from `from`.
+    pub(super) fn fetch_failed(
+        &self,
+        from: crate::metrics::Source,
+        why: crate::metrics::PieceFailure,
+    ) {
+        self.metrics.piece_failed(from, why);
     }
 
     pub(super) fn source_started(&mut self) {

@@ -4,6 +4,8 @@
 //! - gRPC (`application/grpc`, HTTP/2): `DfdaemonUpload.SyncPieces` pushes the metadata of the
 //!   pieces this node holds and of each new one as it lands, so a child can follow a parent that
 //!   is still downloading.
+//!   `grpc.health.v1.Health` answers SERVING for the server (`""`) and for `DfdaemonUpload`
+//!   while it accepts, NOT_SERVING once it drains.
 //! - HTTP/1.1 `GET /pieces/{task_id}/{number}`: the piece bytes, sent with `sendfile(2)` from the
 //!   task's content file (see `data`). Only known tasks (by validated id) and stored pieces are
 //!   served; no path from the network ever reaches the file system.
@@ -105,9 +107,24 @@ async fn serve_on(
         engine: engine.clone(),
         limits: limit::Limiter::new(limits),
     });
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<DfdaemonUploadServer<sync::SyncService>>()
+        .await;
+    let stopping = drain.clone();
+    tokio::spawn(async move {
+        stopping.stopping().await;
+        health
+            .set_not_serving::<DfdaemonUploadServer<sync::SyncService>>()
+            .await;
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+    });
     let grpc = tonic::service::Routes::new(DfdaemonUploadServer::new(sync::SyncService::new(
         engine, seed,
     )))
+    .add_service(health_service)
     .prepare();
     let open = Arc::new(OpenConnections::default());
     let readmit = readmit_children.then(|| {

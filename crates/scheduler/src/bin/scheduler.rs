@@ -1,14 +1,16 @@
 //! `scheduler`: the cluster scheduler that hands each peer its parents.
 //!
 //! Loads its config (`--print-config` shows the effective one), then serves the `Scheduler` gRPC
-//! API on `server.listenIP:server.port` (default 8002) until SIGINT/SIGTERM.
+//! API on `server.listenIP:server.port` (default 8002), and `/metrics` and `/healthy` on
+//! `metrics.addr` (default `:8003`) when `metrics.enable`, until SIGINT/SIGTERM.
 #![forbid(unsafe_code)]
 
 use anyhow::Context;
 use clap::Parser;
 use dragonfly_common::config::config_for_cli;
+use scheduler::SchedulerState;
 use scheduler::config::{self, SchedulerConfig};
-use scheduler::{SchedulerState, serve};
+use scheduler::server;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,23 +61,42 @@ fn run(config: SchedulerConfig) -> anyhow::Result<()> {
         )
     })?;
     dragonfly_common::open_files::raise_to_hard_limit();
-    if config.metrics.enable {
-        tracing::warn!(
-            addr = %config.metrics.addr,
-            "metrics.enable is set but nothing serves /metrics or /healthy yet; the key is accepted and has no effect"
-        );
-    }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
     runtime.block_on(async move {
         let addr = SocketAddr::new(config.server.listen_ip, config.server.port.get());
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
             format!("cannot listen on {addr} (set server.listenIP / server.port)")
         })?;
-        tracing::info!(%addr, "scheduler listening");
+        let metrics = match config.metrics.enable {
+            true => {
+                let m = &config.metrics.addr;
+                let host = match m.host() {
+                    "" => "0.0.0.0",
+                    h => h,
+                };
+                let l = tokio::net::TcpListener::bind((host, m.port().get()))
+                    .await
+                    .with_context(|| {
+                        format!("cannot listen on {m} (set metrics.addr, or metrics.enable: false)")
+                    })?;
+                Some(l)
+            }
+            false => None,
+        };
+        let metrics_addr = match metrics.as_ref().map(|l| l.local_addr()) {
+            Some(Ok(a)) => a.to_string(),
+            Some(Err(e)) => format!("unknown ({e})"),
+            None => "off".to_string(),
+        };
+        tracing::info!(%addr, metrics = %metrics_addr, "scheduler listening");
         let state = Arc::new(SchedulerState::new(config));
-        serve(listener, state, dragonfly_common::signal::shutdown_signal())
-            .await
-            .context("scheduler gRPC server failed")?;
+        server::run(
+            listener,
+            metrics,
+            state,
+            dragonfly_common::signal::shutdown_signal(),
+        )
+        .await?;
         tracing::info!("scheduler stopped");
         Ok(())
     })

@@ -2,6 +2,30 @@
 
 use super::*;
 
+/// [`schedule`], counted in the metrics as an answer to `to`.
+pub(super) async fn timed_schedule(
+    state: &SchedulerState,
+    c: &StreamCtx,
+    to: AnswerTo,
+) -> Result<AnnouncePeerResponse, Status> {
+    let t0 = Instant::now();
+    let reply = schedule(state, c).await;
+    let kind = reply.as_ref().map_or(AnswerKind::Failure, answer_kind);
+    state.metrics.answered(to, kind, t0.elapsed());
+    reply
+}
+
+/// The kind of an answer, for the metrics.
+pub(super) fn answer_kind(reply: &AnnouncePeerResponse) -> AnswerKind {
+    use sch::announce_peer_response::Response as R;
+    match &reply.response {
+        Some(R::NormalTaskResponse(_)) => AnswerKind::Parents,
+        Some(R::NeedBackToSourceResponse(_)) => AnswerKind::BackToSource,
+        Some(R::EmptyTaskResponse(_)) => AnswerKind::Empty,
+        None => AnswerKind::Failure,
+    }
+}
+
 /// Finds parents for the peer, waiting `retryInterval` between attempts up to `retryLimit` times;
 /// answers back-to-source when allowed and nothing better exists.
 pub(super) async fn schedule(
@@ -126,11 +150,14 @@ pub(super) fn decide(
             .filter(|h| h.is_seed())
             .map(|h| h.info.clone())
             .collect();
-        if let Some(seed) = pick_seed(&c.task_id, &seeds)
-            && state
+        let sent = pick_seed(&c.task_id, &seeds).map(|seed| {
+            let sent = state
                 .seed_trigger
-                .trigger(seed, &c.task_id, &c.download, res)
-        {
+                .trigger(seed, &c.task_id, &c.download, res);
+            state.metrics.seed_triggered(sent);
+            (seed, sent)
+        });
+        if let Some((seed, true)) = sent {
             tracing::info!(seed = %seed.id, "seed peer asked to fetch the task");
             task.seed_triggered = true;
             return Ok(Decision::Wait);
