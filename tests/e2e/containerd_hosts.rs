@@ -103,13 +103,18 @@ impl Origin {
     }
 }
 
-/// `dfdaemon containerd-hosts ARGS`: its stdout (panics with stderr when it fails).
-fn containerd_hosts(args: &[&str]) -> String {
-    let out = Command::new(testkit::bins::bin("dfdaemon"))
+/// `dfdaemon containerd-hosts ARGS`: its output.
+fn containerd_hosts_output(args: &[&str]) -> std::process::Output {
+    Command::new(testkit::bins::bin("dfdaemon"))
         .arg("containerd-hosts")
         .args(args)
         .output()
-        .expect("dfdaemon runs");
+        .expect("dfdaemon runs")
+}
+
+/// `dfdaemon containerd-hosts ARGS`: its stdout (panics with stderr when it fails).
+fn containerd_hosts(args: &[&str]) -> String {
+    let out = containerd_hosts_output(args);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -193,9 +198,9 @@ impl Node {
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log"))
             .stderr(file);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("containerd does not start ({e}): install the Debian package containerd"));
+        let child = cmd.spawn().unwrap_or_else(|e| {
+            panic!("containerd does not start ({e}): install the Debian package containerd")
+        });
         let mut c = Containerd {
             _process: KillOnDrop(child),
             socket: self.socket.clone(),
@@ -298,7 +303,13 @@ mod cri {
                 }
             }))
             .await
-            .map_err(|e| format!("{}: {}", socket.display(), dragonfly_common::error::chain(&e)))
+            .map_err(|e| {
+                format!(
+                    "{}: {}",
+                    socket.display(),
+                    dragonfly_common::error::chain(&e)
+                )
+            })
     }
 
     async fn unary<Q, R>(socket: &Path, method: &'static str, req: Q) -> Result<R, String>
@@ -326,8 +337,7 @@ mod cri {
                 image: reference.to_owned(),
             }),
         };
-        let r: PullImageResponse =
-            unary(socket, "/runtime.v1.ImageService/PullImage", req).await?;
+        let r: PullImageResponse = unary(socket, "/runtime.v1.ImageService/PullImage", req).await?;
         Ok(r.image_ref)
     }
 
@@ -479,10 +489,7 @@ async fn an_existing_config_path_and_hosts_toml_are_honoured_backed_up_and_resto
     std::fs::write(&node.config, &config).expect("config");
     let hosts = theirs.join(origin.registry.host_port()).join("hosts.toml");
     std::fs::create_dir_all(hosts.parent().expect("parent")).expect("dir");
-    let old = format!(
-        "# the node's own\nserver = \"{}\"\n",
-        origin.registry.url()
-    );
+    let old = format!("# the node's own\nserver = \"{}\"\n", origin.registry.url());
     std::fs::write(&hosts, &old).expect("hosts.toml");
     std::fs::set_permissions(&hosts, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let backups = node.dir.join("backup");
@@ -516,7 +523,10 @@ async fn an_existing_config_path_and_hosts_toml_are_honoured_backed_up_and_resto
     assert!(out.contains("(not --dir)"), "{out}");
     assert!(!unused.exists());
     assert!(!marker.exists(), "hosts.toml changes need no restart");
-    assert_eq!(std::fs::read_to_string(&node.config).expect("config"), config);
+    assert_eq!(
+        std::fs::read_to_string(&node.config).expect("config"),
+        config
+    );
     assert_eq!(std::fs::read_to_string(&backup).expect("backup"), old);
 
     // containerd reads the replaced file: the pull goes through the daemon.
@@ -531,4 +541,50 @@ async fn an_existing_config_path_and_hosts_toml_are_honoured_backed_up_and_resto
     assert!(out.contains("containerd config: unchanged"), "{out}");
     assert_eq!(std::fs::read_to_string(&hosts).expect("hosts"), old);
     assert_eq!(mode_of(&hosts), 0o600);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_on_change_is_run_again_by_the_next_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::new(dir.path().join("node"));
+    let certs = node.dir.join("certs.d");
+    let backups = node.dir.join("backup");
+    let marker = node.dir.join("on-change.log");
+    let run = |on_change: &str| {
+        containerd_hosts_output(&[
+            "--containerd-config",
+            &s(&node.config),
+            "--dir",
+            &s(&certs),
+            "--backup-dir",
+            &s(&backups),
+            "--on-change",
+            on_change,
+            "registry.test:5000",
+        ])
+    };
+    let failed = run("echo no >&2; exit 3");
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success());
+    assert!(
+        stderr.contains("--on-change command \"echo no >&2; exit 3\" failed (exit status: 3)"),
+        "{stderr}"
+    );
+    // The files are written; the restart is still owed, so the next run runs the command
+    // although nothing changes, and the one after it does not.
+    let on_change = format!("echo ran >> {}", s(&marker));
+    let out = String::from_utf8_lossy(&run(&on_change).stdout).into_owned();
+    assert!(
+        out.contains("earlier run whose --on-change failed"),
+        "{out}"
+    );
+    assert!(out.contains("unchanged: every file is already"), "{out}");
+    assert_eq!(std::fs::read_to_string(&marker).expect("marker"), "ran\n");
+    let again = run(&on_change);
+    assert!(again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("on-change: not run"),
+        "{again:?}"
+    );
+    assert_eq!(std::fs::read_to_string(&marker).expect("marker"), "ran\n");
 }

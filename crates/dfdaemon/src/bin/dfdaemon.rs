@@ -69,7 +69,10 @@ fn gen_ca(args: &GenCaArgs) -> Result<(), SetupError> {
 fn containerd_hosts(args: &ContainerdHostsArgs) -> Result<(), SetupError> {
     if args.restore {
         // `--backup-dir` is required with `--restore` (clap).
-        let backup_dir = args.backup_dir.as_deref().unwrap_or(std::path::Path::new("."));
+        let backup_dir = args
+            .backup_dir
+            .as_deref()
+            .unwrap_or(std::path::Path::new("."));
         let Some(outcome) = setup::containerd_restore(backup_dir)? else {
             println!(
                 "nothing to restore: no {} in {} (never installed, or restored already)",
@@ -107,9 +110,9 @@ fn containerd_hosts(args: &ContainerdHostsArgs) -> Result<(), SetupError> {
     }
     for event in &report.outcome.events {
         match (event, &credentials) {
-            (setup::Event::Wrote(p), Some(_)) if p.ends_with("hosts.toml") => println!(
-                "{event} (mode 0600: it holds the mirror's proxy.basicAuth credentials)"
-            ),
+            (setup::Event::Wrote(p), Some(_)) if p.ends_with("hosts.toml") => {
+                println!("{event} (mode 0600: it holds the mirror's proxy.basicAuth credentials)")
+            }
             _ => println!("{event}"),
         }
     }
@@ -134,21 +137,37 @@ fn containerd_hosts(args: &ContainerdHostsArgs) -> Result<(), SetupError> {
     after_run(args, report.outcome.containerd_config_changed)
 }
 
-/// Say whether containerd's config changed, and run `--on-change` when it did.
+/// Say whether containerd's config changed, and run `--on-change` when it did (or when an
+/// earlier run's `--on-change` failed: the manifest remembers that).
 fn after_run(args: &ContainerdHostsArgs, config_changed: bool) -> Result<(), SetupError> {
-    if !config_changed {
+    let manifest_dir = args.backup_dir.as_deref().filter(|_| !args.restore);
+    let pending = match (manifest_dir, &args.on_change) {
+        (Some(dir), Some(_)) => setup::Manifest::load(dir)?.is_some_and(|m| m.restart_pending),
+        _ => false,
+    };
+    if config_changed {
+        println!("containerd config: changed (containerd must be restarted to read it)");
+    } else if pending {
+        println!(
+            "containerd config: changed by an earlier run whose --on-change failed (running it again)"
+        );
+    } else {
         println!("containerd config: unchanged (no restart needed)");
         if args.on_change.is_some() {
             println!("on-change: not run");
         }
         return Ok(());
     }
-    println!("containerd config: changed (containerd must be restarted to read it)");
-    if let Some(command) = &args.on_change {
-        println!("on-change: running sh -c {command:?}");
-        setup::run_on_change(command)?;
-        println!("on-change: done");
+    let Some(command) = &args.on_change else {
+        return Ok(());
+    };
+    println!("on-change: running sh -c {command:?}");
+    let ran = setup::run_on_change(command);
+    if let Some(dir) = manifest_dir {
+        setup::install::set_restart_pending(dir, ran.is_err())?;
     }
+    ran?;
+    println!("on-change: done");
     Ok(())
 }
 
@@ -170,9 +189,9 @@ fn hint(e: &SetupError) -> Option<&'static str> {
         SetupError::Changed { .. } => Some(
             "someone edited a file dfdaemon wrote: keep their edit (remove the registry from the list) or pass --force",
         ),
-        SetupError::OnChange { .. } => {
-            Some("the files are written; fix the command and run again (a re-run changes nothing, so pass the command once by hand)")
-        }
+        SetupError::OnChange { .. } => Some(
+            "the files are written; fix the command and run again (a re-run changes nothing, so pass the command once by hand)",
+        ),
         SetupError::Exists { .. }
         | SetupError::Ca(_)
         | SetupError::Read { .. }

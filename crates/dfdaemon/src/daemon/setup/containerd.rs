@@ -182,7 +182,10 @@ fn check_deprecated(file: &Path, registry: Option<&Item>, keys: &[&str]) -> Resu
     }
     if let Some(configs) = registry.get("configs").and_then(Item::as_table_like) {
         for (host, config) in configs.iter() {
-            if config.as_table_like().is_some_and(|c| c.contains_key("tls")) {
+            if config
+                .as_table_like()
+                .is_some_and(|c| c.contains_key("tls"))
+            {
                 return Err(deprecated(dotted(&[
                     keys[0], keys[1], keys[2], "configs", host, "tls",
                 ])));
@@ -290,8 +293,7 @@ fn glob(parent: &Path, pattern: &str) -> Result<Vec<PathBuf>, SetupError> {
 fn wildcard(pattern: &str, name: &str) -> bool {
     let parts: Vec<&str> = pattern.split('*').collect();
     let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !name.starts_with(first) || name.len() < first.len() + last.len() || !name.ends_with(last)
-    {
+    if !name.starts_with(first) || name.len() < first.len() + last.len() || !name.ends_with(last) {
         return false;
     }
     let mut rest = &name[first.len()..name.len() - last.len()];
@@ -320,12 +322,9 @@ fn set_config_path(
             table.insert(key, Item::Table(new));
         }
         let item = table.get_mut(key).expect("inserted above");
-        table = item.as_table_like_mut().ok_or_else(|| {
-            bad(
-                path,
-                format!("key {}: not a table", dotted(&keys[..=i])),
-            )
-        })?;
+        table = item
+            .as_table_like_mut()
+            .ok_or_else(|| bad(path, format!("key {}: not a table", dotted(&keys[..=i]))))?;
     }
     match table.get_mut("config_path").and_then(Item::as_value_mut) {
         // Replace the value only: the key keeps its place and indentation, the value its spacing.

@@ -49,7 +49,10 @@ fn each_config_version_has_its_registry_table() {
 #[test]
 fn bad_versions_and_keys_are_named() {
     let cases = [
-        ("version = 4\n", "key version: 4 is not a containerd config version"),
+        (
+            "version = 4\n",
+            "key version: 4 is not a containerd config version",
+        ),
         ("version = \"2\"\n", "key version: not an integer"),
         (
             "version = 2\n[plugins]\n\"io.containerd.grpc.v1.cri\" = 3\n",
@@ -83,7 +86,11 @@ fn dotted_and_inline_registry_tables_are_edited_in_place() {
     let inline = "version = 3\n[plugins.\"io.containerd.cri.v1.images\"]\n  registry = { config_path = \"\" }\n";
     let text = set(inline);
     assert_eq!(
-        config_path(&text, &["plugins", "io.containerd.cri.v1.images", "registry"]).as_deref(),
+        config_path(
+            &text,
+            &["plugins", "io.containerd.cri.v1.images", "registry"]
+        )
+        .as_deref(),
         Some(DIR)
     );
 }
@@ -129,8 +136,11 @@ fn imports_are_followed_as_containerd_merges_them() {
         "version = 2\nimports = [\"{}/*.toml\", \"extra.toml\"]\n",
         confd.display()
     );
-    std::fs::write(root.path().join("extra.toml"), "version = 2\n[debug]\nlevel = \"info\"\n")
-        .unwrap();
+    std::fs::write(
+        root.path().join("extra.toml"),
+        "version = 2\n[debug]\nlevel = \"info\"\n",
+    )
+    .unwrap();
     std::fs::write(confd.join("README"), "not toml").unwrap();
     // An import without the CRI table: the main file is edited.
     std::fs::write(confd.join("10-grpc.toml"), "version = 2\n[grpc]\nuid = 0\n").unwrap();

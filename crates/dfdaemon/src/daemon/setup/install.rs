@@ -102,6 +102,10 @@ pub struct Manifest {
     pub version: u32,
     /// The files we wrote, in the order first written.
     pub files: Vec<Entry>,
+    /// containerd's config changed in a run whose `--on-change` failed: the next run runs it
+    /// again, though nothing changes then (a pod restart must not leave containerd unrestarted).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub restart_pending: bool,
 }
 
 impl Manifest {
@@ -136,6 +140,23 @@ impl Manifest {
         bytes.push(b'\n');
         bytes
     }
+}
+
+/// Record in the manifest of `backup_dir` whether a containerd restart is still owed.
+pub fn set_restart_pending(backup_dir: &Path, pending: bool) -> Result<(), SetupError> {
+    let Some(mut manifest) = Manifest::load(backup_dir)? else {
+        return Ok(());
+    };
+    if manifest.restart_pending != pending {
+        manifest.restart_pending = pending;
+        write_atomic(
+            &backup_dir.join(MANIFEST),
+            &manifest.to_bytes(),
+            0o600,
+            None,
+        )?;
+    }
+    Ok(())
 }
 
 /// A file a run wants on disk.

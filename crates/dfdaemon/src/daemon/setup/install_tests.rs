@@ -51,7 +51,10 @@ fn a_backup_already_there_is_never_overwritten() {
     assert_eq!(manifest.version, 1);
     assert_eq!(manifest.files[0].sha256, sha256_hex(b"ours\n"));
     assert_eq!(
-        manifest.files[0].original.as_ref().map(|o| o.backup.clone()),
+        manifest.files[0]
+            .original
+            .as_ref()
+            .map(|o| o.backup.clone()),
         Some(backup_relative(&file))
     );
 }
@@ -81,6 +84,10 @@ fn a_missing_backup_fails_the_restore_before_anything_changes() {
         matches!(&err, SetupError::Read { path, .. } if *path == copy_b),
         "{err}"
     );
-    assert_eq!(std::fs::read_to_string(&a).unwrap(), "ours\n", "a untouched");
+    assert_eq!(
+        std::fs::read_to_string(&a).unwrap(),
+        "ours\n",
+        "a untouched"
+    );
     assert!(backups.join(MANIFEST).exists());
 }

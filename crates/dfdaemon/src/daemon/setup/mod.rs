@@ -111,7 +111,9 @@ pub enum SetupError {
         path: PathBuf,
     },
     /// A file we wrote was changed since (its sha256 is not the manifest's).
-    #[error("{path} was changed since dfdaemon wrote it (use --force to replace it; its original backup is kept)")]
+    #[error(
+        "{path} was changed since dfdaemon wrote it (use --force to replace it; its original backup is kept)"
+    )]
     Changed {
         /// The file.
         path: PathBuf,
@@ -415,7 +417,11 @@ pub fn containerd_hosts(opts: &HostsOptions<'_>) -> Result<HostsReport, SetupErr
                 }
             };
             match containerd::plan(&config, text.as_deref(), &dir)? {
-                containerd::HostsDir::Configured { dir: found, list, file } => {
+                containerd::HostsDir::Configured {
+                    dir: found,
+                    list,
+                    file,
+                } => {
                     notes.push(format!(
                         "{} sets the CRI registry config_path{}: hosts files go to {}{}",
                         file.display(),
@@ -443,7 +449,11 @@ pub fn containerd_hosts(opts: &HostsOptions<'_>) -> Result<HostsReport, SetupErr
             }
         }
     };
-    let mode = if opts.credentials.is_some() { 0o600 } else { 0o644 };
+    let mode = if opts.credentials.is_some() {
+        0o600
+    } else {
+        0o644
+    };
     let mut planned = Vec::with_capacity(parsed.len() + 1);
     for registry in &parsed {
         planned.push(install::Planned {

@@ -117,8 +117,7 @@ fn credentials_go_into_the_mirror_header_table_and_the_file_is_private() {
     };
     let dir = tempfile::tempdir().unwrap();
     let args = ["registry.test:5443".to_owned()];
-    let written =
-        hosts_only(dir.path(), DEFAULT_MIRROR, &args, false, Some(&auth)).unwrap();
+    let written = hosts_only(dir.path(), DEFAULT_MIRROR, &args, false, Some(&auth)).unwrap();
     let text = std::fs::read_to_string(&written[0]).unwrap();
     // Parsed back as containerd reads it.
     let doc: toml_edit::DocumentMut = text.parse().unwrap_or_else(|e| panic!("{e}\n{text}"));
@@ -141,10 +140,8 @@ fn credentials_go_into_the_mirror_header_table_and_the_file_is_private() {
         Some("https://registry.test:5443")
     );
     assert_eq!(
-        crate::source::oras::base64_decode(
-            basic_credentials(&auth).trim_start_matches("Basic ")
-        )
-        .as_deref(),
+        crate::source::oras::base64_decode(basic_credentials(&auth).trim_start_matches("Basic "))
+            .as_deref(),
         Some(&b"alice:s3cret:\"x\""[..])
     );
     let mode = std::fs::metadata(&written[0]).unwrap().permissions().mode();
@@ -309,7 +306,10 @@ fn mode_of(p: &Path) -> u32 {
 fn an_unset_config_path_is_set_backed_up_and_restored_byte_for_byte() {
     let node = Node::new();
     node.write("etc/containerd/config.toml", DEFAULT_V2, 0o640);
-    let hosts = node.path("etc/containerd/certs.d").join(REG).join("hosts.toml");
+    let hosts = node
+        .path("etc/containerd/certs.d")
+        .join(REG)
+        .join("hosts.toml");
     let config = node.config();
     let backup = node.backups().join(config.strip_prefix("/").unwrap());
 
@@ -354,7 +354,10 @@ fn an_unset_config_path_is_set_backed_up_and_restored_byte_for_byte() {
     );
     assert_eq!(
         manifest.files[0].created_dirs,
-        [hosts.parent().unwrap(), hosts.parent().unwrap().parent().unwrap()]
+        [
+            hosts.parent().unwrap(),
+            hosts.parent().unwrap().parent().unwrap()
+        ]
     );
 
     // A pod restart: the same run changes nothing, not even the manifest.
@@ -379,7 +382,10 @@ fn an_unset_config_path_is_set_backed_up_and_restored_byte_for_byte() {
             format!("removed {}", hosts.display()),
             format!("restored {}", config.display()),
             format!("removed {}", hosts.parent().unwrap().display()),
-            format!("removed {}", hosts.parent().unwrap().parent().unwrap().display()),
+            format!(
+                "removed {}",
+                hosts.parent().unwrap().parent().unwrap().display()
+            ),
         ]
     );
     assert_eq!(std::fs::read_to_string(&config).unwrap(), DEFAULT_V2);
@@ -419,8 +425,15 @@ fn an_existing_config_path_is_honoured_and_the_hosts_toml_there_backed_up_once()
             format!("wrote {}", hosts.display()),
         ]
     );
-    assert_eq!(std::fs::read_to_string(&node.config()).unwrap(), config_text);
-    assert!(std::fs::read_to_string(&hosts).unwrap().contains(DEFAULT_MIRROR));
+    assert_eq!(
+        std::fs::read_to_string(&node.config()).unwrap(),
+        config_text
+    );
+    assert!(
+        std::fs::read_to_string(&hosts)
+            .unwrap()
+            .contains(DEFAULT_MIRROR)
+    );
     assert_eq!(mode_of(&hosts), 0o644);
 
     // Another mirror: our file is rewritten, the original's backup is not touched.
@@ -434,7 +447,10 @@ fn an_existing_config_path_is_honoured_and_the_hosts_toml_there_backed_up_once()
     node.restore().unwrap();
     assert_eq!(std::fs::read_to_string(&hosts).unwrap(), old);
     assert_eq!(mode_of(&hosts), 0o600);
-    assert_eq!(std::fs::read_to_string(&node.config()).unwrap(), config_text);
+    assert_eq!(
+        std::fs::read_to_string(&node.config()).unwrap(),
+        config_text
+    );
 }
 
 #[test]
@@ -442,7 +458,10 @@ fn a_file_edited_since_is_refused_on_install_and_left_on_restore() {
     let node = Node::new();
     node.write("etc/containerd/config.toml", DEFAULT_V2, 0o644);
     node.run(DEFAULT_MIRROR, &[REG]).unwrap();
-    let hosts = node.path("etc/containerd/certs.d").join(REG).join("hosts.toml");
+    let hosts = node
+        .path("etc/containerd/certs.d")
+        .join(REG)
+        .join("hosts.toml");
     std::fs::write(&hosts, "# mine now\n").unwrap();
     let err = node.run(DEFAULT_MIRROR, &[REG]).unwrap_err();
     assert!(
@@ -476,7 +495,10 @@ fn a_missing_config_toml_is_created_with_only_config_path_and_removed_on_restore
     );
     assert!(out.notes[0].contains("does not exist"), "{:?}", out.notes);
     node.restore().unwrap();
-    assert!(!node.path("etc").exists(), "every directory we made is gone");
+    assert!(
+        !node.path("etc").exists(),
+        "every directory we made is gone"
+    );
 }
 
 #[test]
