@@ -7,6 +7,7 @@
 //! `cargo build --workspace --bins` first.
 
 mod config_effects;
+mod containerd_hosts;
 mod daemon_process;
 mod metrics;
 mod oras;

@@ -1,5 +1,11 @@
 //! One-off setup commands around the daemon: `dfdaemon gen-ca` (a CA for `proxy.hijackHTTPS`)
-//! and `dfdaemon containerd-hosts` (containerd `hosts.toml` files that pull through the mirror).
+//! and `dfdaemon containerd-hosts` (containerd `hosts.toml` files that pull through the mirror,
+//! containerd's `config_path` pointed at them when unset, backed up and restorable).
+
+pub mod containerd;
+pub mod install;
+
+pub use install::{Event, Manifest, Outcome};
 
 use crate::config::{BasicAuth, ConfigError, DfdaemonConfig};
 use crate::proxy::basic_credentials;
@@ -37,23 +43,45 @@ pub struct GenCaArgs {
 /// Options of `dfdaemon containerd-hosts`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ContainerdHostsArgs {
-    /// containerd's host-config directory (its `config_path`).
+    /// containerd's host-config directory. With --containerd-config, used only when its
+    /// config_path is unset (then config_path is set to it).
     #[arg(long, value_name = "DIR", default_value = DEFAULT_CONTAINERD_CERTS_DIR)]
     pub dir: PathBuf,
     /// The dfdaemon registry mirror containerd should pull through.
     #[arg(long, value_name = "URL", default_value = DEFAULT_MIRROR)]
     pub mirror: String,
-    /// Replace existing hosts.toml files.
-    #[arg(long)]
+    /// Replace existing files that are not ours without a backup (or ours, edited since).
+    #[arg(long, conflicts_with = "restore")]
     pub force: bool,
     /// The daemon's config file: when it sets proxy.basicAuth, each hosts.toml makes containerd
     /// send those credentials to the mirror (a Proxy-Authorization header; the file is then
     /// written with mode 0600).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "restore")]
     pub config: Option<PathBuf>,
+    /// containerd's config.toml: its CRI registry config_path is honoured when set (the hosts
+    /// files go into its first directory); when unset it is set to --dir (a containerd config
+    /// change: see --on-change). A missing file is created with only that setting.
+    #[arg(long, value_name = "FILE", conflicts_with = "restore")]
+    pub containerd_config: Option<PathBuf>,
+    /// Copy every file replaced that is not ours into DIR (once), and keep there a manifest of
+    /// what was written, for --restore. Existing files are then replaced without --force.
+    #[arg(long, value_name = "DIR")]
+    pub backup_dir: Option<PathBuf>,
+    /// Run `sh -c CMD` when containerd's config.toml changed on disk in this run (e.g. restart
+    /// containerd); hosts.toml changes need none: containerd reads them on every pull.
+    #[arg(long, value_name = "CMD")]
+    pub on_change: Option<String>,
+    /// Undo a previous run: put back what the manifest in --backup-dir lists, delete what had
+    /// no original, then remove the manifest.
+    #[arg(long, requires = "backup_dir")]
+    pub restore: bool,
     /// Registries to route through the mirror: `docker.io`, `registry.test:5443`,
     /// `https://ghcr.io`, `http://insecure.local:5000`.
-    #[arg(value_name = "REGISTRY", required = true)]
+    #[arg(
+        value_name = "REGISTRY",
+        required_unless_present = "restore",
+        conflicts_with = "restore"
+    )]
     pub registries: Vec<String>,
 }
 
@@ -76,11 +104,63 @@ pub enum SetupError {
         /// What is wrong with it.
         reason: String,
     },
-    /// A file exists and `--force` was not given.
-    #[error("{path} already exists (use --force to replace it)")]
+    /// A file exists, is not ours, and neither `--backup-dir` nor `--force` was given.
+    #[error("{path} already exists (give --backup-dir to back it up and replace it, or --force)")]
     Exists {
         /// The file.
         path: PathBuf,
+    },
+    /// A file we wrote was changed since (its sha256 is not the manifest's).
+    #[error(
+        "{path} was changed since dfdaemon wrote it (use --force to replace it; its original backup is kept)"
+    )]
+    Changed {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A file could not be read.
+    #[error("cannot read {path}: {reason}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// containerd's config.toml (or a file it imports) cannot be used.
+    #[error("containerd config {path}: {reason}")]
+    ContainerdConfig {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the key.
+        reason: String,
+    },
+    /// containerd's config sets the deprecated registry mirrors/TLS configs, with which its CRI
+    /// plugin refuses `config_path` (it does not load at all).
+    #[error(
+        "containerd config {path}: key {key} is set; containerd's CRI plugin does not load with it \
+         and config_path together: move it to a hosts.toml and remove it from the file"
+    )]
+    DeprecatedRegistry {
+        /// The file.
+        path: PathBuf,
+        /// The key, dotted.
+        key: String,
+    },
+    /// The manifest in the backup directory cannot be used.
+    #[error("manifest {path}: {reason}")]
+    Manifest {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// `--on-change` failed.
+    #[error("--on-change command {command:?} {reason}")]
+    OnChange {
+        /// The command.
+        command: String,
+        /// How it failed.
+        reason: String,
     },
     /// A file or directory could not be written.
     #[error("cannot write {path}: {reason}")]
@@ -263,267 +343,160 @@ pub fn credentials_from_config(
     Ok((loaded.value.proxy.basic_auth, loaded.warnings))
 }
 
-/// Write `dir/<registry>/hosts.toml` for every registry; returns the files written. With
-/// `credentials` (`proxy.basicAuth`), containerd sends them to the mirror, and the files are
-/// readable by their owner only (mode 0600).
+/// What `dfdaemon containerd-hosts` is to do.
+#[derive(Debug, Clone, Copy)]
+pub struct HostsOptions<'a> {
+    /// `--dir`.
+    pub dir: &'a Path,
+    /// `--mirror`.
+    pub mirror: &'a str,
+    /// The registries.
+    pub registries: &'a [String],
+    /// `--force`.
+    pub force: bool,
+    /// `proxy.basicAuth` of `--config`.
+    pub credentials: Option<&'a BasicAuth>,
+    /// `--containerd-config`.
+    pub containerd_config: Option<&'a Path>,
+    /// `--backup-dir`.
+    pub backup_dir: Option<&'a Path>,
+}
+
+/// What `dfdaemon containerd-hosts` did.
+#[derive(Debug, Clone)]
+pub struct HostsReport {
+    /// The directory the hosts files went into.
+    pub hosts_dir: PathBuf,
+    /// Files written, unchanged, backed up, restored or removed.
+    pub outcome: Outcome,
+    /// Things to tell the user (which config_path was honoured, ...).
+    pub notes: Vec<String>,
+}
+
+fn absolute(path: &Path) -> Result<PathBuf, SetupError> {
+    std::path::absolute(path).map_err(|e| SetupError::Write {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// Write `<hosts dir>/<registry>/hosts.toml` for every registry; with `containerd_config`, the
+/// hosts dir is its `config_path` (set to `dir` when unset). With `credentials`
+/// (`proxy.basicAuth`), containerd sends them to the mirror, and the files are readable by their
+/// owner only (mode 0600).
 ///
-/// Every argument is checked before anything is written. Existing files are replaced only
-/// with `force` (atomically, via a rename).
-pub fn containerd_hosts(
-    dir: &Path,
-    mirror: &str,
-    registries: &[String],
-    force: bool,
-    credentials: Option<&BasicAuth>,
-) -> Result<Vec<PathBuf>, SetupError> {
-    let mirror = parse_mirror(mirror)?;
-    let mut parsed: Vec<Registry> = Vec::with_capacity(registries.len());
-    for value in registries {
+/// Every argument and file is checked before anything is written. A file identical to ours is
+/// left alone; one that is not ours is replaced only with `backup_dir` (copied there first) or
+/// `force`.
+pub fn containerd_hosts(opts: &HostsOptions<'_>) -> Result<HostsReport, SetupError> {
+    let mirror = parse_mirror(opts.mirror)?;
+    let mut parsed: Vec<Registry> = Vec::with_capacity(opts.registries.len());
+    for value in opts.registries {
         let registry = Registry::parse(value)?;
         // The same registry twice (e.g. docker.io and https://docker.io) is written once.
         if !parsed.iter().any(|r| r.dir_name == registry.dir_name) {
             parsed.push(registry);
         }
     }
-    let file_of = |r: &Registry| dir.join(&r.dir_name).join("hosts.toml");
-    if !force
-        && let Some(path) = parsed
-            .iter()
-            .map(file_of)
-            .find(|p| p.symlink_metadata().is_ok())
-    {
-        return Err(SetupError::Exists { path });
-    }
-    let mut written = Vec::with_capacity(parsed.len());
-    for registry in &parsed {
-        let path = file_of(registry);
-        let mode = if credentials.is_some() { 0o600 } else { 0o644 };
-        write_replacing(
-            &path,
-            registry.hosts_toml(&mirror, credentials).as_bytes(),
-            mode,
-        )?;
-        written.push(path);
-    }
-    Ok(written)
-}
-
-/// Write `data` to `path` (with file `mode`) through a temporary file and a rename, so
-/// containerd never reads half a file.
-fn write_replacing(path: &Path, data: &[u8], mode: u32) -> Result<(), SetupError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let failed = |p: &Path, e: std::io::Error| SetupError::Write {
-        path: p.to_path_buf(),
-        reason: e.to_string(),
+    let dir = absolute(opts.dir)?;
+    let backup_dir = opts.backup_dir.map(absolute).transpose()?;
+    let mut notes = Vec::new();
+    let mut config_file = None;
+    let hosts_dir = match opts.containerd_config {
+        None => dir,
+        Some(config) => {
+            let config = absolute(config)?;
+            let text = match std::fs::read_to_string(&config) {
+                Ok(text) => Some(text),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => {
+                    return Err(SetupError::Read {
+                        path: config,
+                        reason: e.to_string(),
+                    });
+                }
+            };
+            match containerd::plan(&config, text.as_deref(), &dir)? {
+                containerd::HostsDir::Configured {
+                    dir: found,
+                    list,
+                    file,
+                } => {
+                    notes.push(format!(
+                        "{} sets the CRI registry config_path{}: hosts files go to {}{}",
+                        file.display(),
+                        list.map(|l| format!(" to {l:?}")).unwrap_or_default(),
+                        found.display(),
+                        if found == dir { "" } else { " (not --dir)" },
+                    ));
+                    absolute(&found)?
+                }
+                containerd::HostsDir::Set { text, created } => {
+                    if created {
+                        notes.push(format!(
+                            "{} does not exist: writing one that sets only the CRI registry config_path",
+                            config.display()
+                        ));
+                    }
+                    config_file = Some(install::Planned {
+                        path: config,
+                        data: text.into_bytes(),
+                        mode: None,
+                        kind: install::Kind::ContainerdConfig,
+                    });
+                    dir
+                }
+            }
+        }
     };
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| failed(parent, e))?;
+    let mode = if opts.credentials.is_some() {
+        0o600
+    } else {
+        0o644
+    };
+    let mut planned = Vec::with_capacity(parsed.len() + 1);
+    for registry in &parsed {
+        planned.push(install::Planned {
+            path: hosts_dir.join(&registry.dir_name).join("hosts.toml"),
+            data: registry.hosts_toml(&mirror, opts.credentials).into_bytes(),
+            mode: Some(mode),
+            kind: install::Kind::HostsToml,
+        });
     }
-    let tmp = path.with_extension("toml.tmp");
-    let _ = std::fs::remove_file(&tmp);
-    // Created with `mode` (less what the umask takes), never wider for a moment.
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(data));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(failed(&tmp, e));
-    }
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        failed(path, e)
+    // Hosts files first: containerd restarted for the config then finds them in place.
+    planned.extend(config_file);
+    let outcome = install::apply(&planned, backup_dir.as_deref(), opts.force)?;
+    Ok(HostsReport {
+        hosts_dir,
+        outcome,
+        notes,
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Undo `containerd_hosts` runs recorded in `backup_dir`; `None` when there is nothing to undo
+/// (no such directory, or no manifest in it).
+pub fn containerd_restore(backup_dir: &Path) -> Result<Option<Outcome>, SetupError> {
+    install::restore(&absolute(backup_dir)?)
+}
 
-    fn reg(value: &str) -> (String, String) {
-        let r = Registry::parse(value).unwrap_or_else(|e| panic!("{value}: {e}"));
-        (r.dir_name, r.server)
-    }
-
-    #[test]
-    fn registries_parse_to_dir_and_server() {
-        let cases = [
-            ("docker.io", "docker.io", "https://registry-1.docker.io"),
-            (
-                "https://docker.io/",
-                "docker.io",
-                "https://registry-1.docker.io",
-            ),
-            (
-                "registry.test:5443",
-                "registry.test:5443",
-                "https://registry.test:5443",
-            ),
-            ("https://ghcr.io", "ghcr.io", "https://ghcr.io"),
-            (
-                "HTTP://insecure.local:5000",
-                "insecure.local:5000",
-                "http://insecure.local:5000",
-            ),
-            ("10.0.0.1:5000", "10.0.0.1:5000", "https://10.0.0.1:5000"),
-            ("[fd00::1]:5000", "[fd00::1]:5000", "https://[fd00::1]:5000"),
-            (
-                "registry.test:443",
-                "registry.test:443",
-                "https://registry.test:443",
-            ),
-        ];
-        for (value, dir, server) in cases {
-            assert_eq!(reg(value), (dir.to_owned(), server.to_owned()), "{value}");
-        }
-    }
-
-    #[test]
-    fn bad_registries_are_named() {
-        for value in [
-            "",
-            " docker.io",
-            "docker io",
-            "docker.io/library",
-            "https://ghcr.io/owner",
-            "ftp://ghcr.io",
-            "https://",
-            "..",
-            "host:",
-            "host:99999",
-            "user@host",
-            "host?x=1",
-            "a\"b",
-        ] {
-            let err = Registry::parse(value).unwrap_err();
-            assert!(
-                matches!(&err, SetupError::Registry { value: v, .. } if v == value),
-                "{value}"
-            );
-            assert!(err.to_string().contains(&format!("{value:?}")), "{err}");
-        }
-    }
-
-    #[test]
-    fn hosts_toml_has_containerd_shape() {
-        let r = Registry::parse("registry.test:5443").unwrap();
-        assert_eq!(
-            r.hosts_toml("http://127.0.0.1:65001", None),
-            "server = \"https://registry.test:5443\"\n\
-             \n\
-             [host.\"http://127.0.0.1:65001\"]\n  \
-               capabilities = [\"pull\", \"resolve\"]\n  \
-               [host.\"http://127.0.0.1:65001\".header]\n    \
-                 X-Dragonfly-Registry = [\"https://registry.test:5443\"]\n"
-        );
-    }
-
-    #[test]
-    fn credentials_go_into_the_mirror_header_table_and_the_file_is_private() {
-        use std::os::unix::fs::PermissionsExt;
-        let auth = BasicAuth {
-            username: "alice".into(),
-            password: "s3cret:\"x\"".into(),
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let args = ["registry.test:5443".to_owned()];
-        let written =
-            containerd_hosts(dir.path(), DEFAULT_MIRROR, &args, false, Some(&auth)).unwrap();
-        let text = std::fs::read_to_string(&written[0]).unwrap();
-        // Parsed back as containerd reads it.
-        let doc: toml_edit::DocumentMut = text.parse().unwrap_or_else(|e| panic!("{e}\n{text}"));
-        assert_eq!(doc["server"].as_str(), Some("https://registry.test:5443"));
-        let host = &doc["host"][DEFAULT_MIRROR];
-        let header = &host["header"];
-        let first = |key: &str| {
-            header[key]
-                .as_array()
-                .and_then(|a| a.get(0))
-                .and_then(|v| v.as_str())
-                .map(str::to_owned)
-        };
-        assert_eq!(
-            first(CREDENTIALS_HEADER).as_deref(),
-            Some(basic_credentials(&auth).as_str())
-        );
-        assert_eq!(
-            first(REGISTRY_HEADER).as_deref(),
-            Some("https://registry.test:5443")
-        );
-        assert_eq!(
-            crate::source::oras::base64_decode(
-                basic_credentials(&auth).trim_start_matches("Basic ")
-            )
-            .as_deref(),
-            Some(&b"alice:s3cret:\"x\""[..])
-        );
-        let mode = std::fs::metadata(&written[0]).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
-        // Without credentials: no header.
-        let plain = containerd_hosts(dir.path(), DEFAULT_MIRROR, &args, true, None).unwrap();
-        let text = std::fs::read_to_string(&plain[0]).unwrap();
-        assert!(!text.contains(CREDENTIALS_HEADER), "{text}");
-    }
-
-    #[test]
-    fn mirrors_are_checked_and_normalised() {
-        assert_eq!(
-            parse_mirror("http://127.0.0.1:65001/").unwrap(),
-            "http://127.0.0.1:65001"
-        );
-        assert_eq!(
-            parse_mirror("http://node:65001/p").unwrap(),
-            "http://node:65001/p"
-        );
-        for bad in ["127.0.0.1:65001", "ftp://x", "http://x/?a", "nope"] {
-            let err = parse_mirror(bad).unwrap_err().to_string();
-            assert!(err.contains(&format!("{bad:?}")), "{err}");
-        }
-    }
-
-    #[test]
-    fn containerd_hosts_checks_everything_before_writing() {
-        let dir = tempfile::tempdir().unwrap();
-        let args = ["ghcr.io".to_owned(), "bad/path".to_owned()];
-        assert!(containerd_hosts(dir.path(), DEFAULT_MIRROR, &args, false, None).is_err());
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-
-        let args = ["docker.io".to_owned(), "https://docker.io".to_owned()];
-        let written = containerd_hosts(dir.path(), DEFAULT_MIRROR, &args, false, None).unwrap();
-        assert_eq!(written, vec![dir.path().join("docker.io/hosts.toml")]);
-        let err = containerd_hosts(dir.path(), DEFAULT_MIRROR, &args, false, None).unwrap_err();
-        assert!(
-            matches!(err, SetupError::Exists { ref path } if *path == written[0]),
-            "{err}"
-        );
-        containerd_hosts(dir.path(), "http://10.0.0.2:65001", &args, true, None).unwrap();
-        let text = std::fs::read_to_string(&written[0]).unwrap();
-        assert!(text.contains("[host.\"http://10.0.0.2:65001\"]"), "{text}");
-        assert!(!dir.path().join("docker.io/hosts.toml.tmp").exists());
-    }
-
-    #[test]
-    fn snippet_quotes_only_odd_paths() {
-        let ca = GeneratedCa {
-            cert: "/etc/dragonfly/ca.crt".into(),
-            key: "/tmp/my dir: x/ca.key".into(),
-        };
-        let snippet = hijack_config_snippet(&ca);
-        assert!(
-            snippet.contains("cert: /etc/dragonfly/ca.crt\n"),
-            "{snippet}"
-        );
-        assert!(
-            snippet.contains("key: \"/tmp/my dir: x/ca.key\"\n"),
-            "{snippet}"
-        );
-        let parsed: serde_json::Value = yaml_serde::from_str(&snippet).unwrap();
-        assert_eq!(
-            parsed["proxy"]["hijackHTTPS"]["key"],
-            "/tmp/my dir: x/ca.key"
-        );
+/// Run `sh -c command` (after containerd's config changed), failing when it does.
+pub fn run_on_change(command: &str) -> Result<(), SetupError> {
+    let failed = |reason: String| SetupError::OnChange {
+        command: command.to_owned(),
+        reason,
+    };
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .status()
+        .map_err(|e| failed(format!("did not start: {e}")))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(failed(format!("failed ({status})")))
     }
 }
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;
