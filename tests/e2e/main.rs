@@ -8,10 +8,12 @@
 
 mod config_effects;
 mod daemon_process;
+mod image;
 mod oras;
 mod registry;
 mod scheduler_restart;
 mod secrets;
 mod support;
 mod swarm;
+mod systemd;
 mod trust;
