@@ -9,6 +9,7 @@
 mod config_effects;
 mod containerd_hosts;
 mod daemon_process;
+mod image;
 mod metrics;
 mod oras;
 mod registry;
@@ -16,4 +17,5 @@ mod scheduler_restart;
 mod secrets;
 mod support;
 mod swarm;
+mod systemd;
 mod trust;
