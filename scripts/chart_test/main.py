@@ -4,8 +4,9 @@
 with the defaults and every ci/*-values.yaml; 3. every rendered object validated offline for two
 Kubernetes versions (validate.py), the hook Job's kubectl command lines parsed by kubectl; 4. every
 rendered config loaded by our binaries with --print-config and no warning (configs.py); 5. the
-README lists every value and the schema names every key (readme.py); 6. the three-schedulers value
-set run as processes (topology.py).
+README lists every value and the schema names every key (readme.py); 6. the containerd node
+configuration and its restore hook run on a fake node root (nodeconfig.py); 7. the three-schedulers
+value set run as processes, probes and /metrics checked against the chart's alerts (topology.py).
 """
 import argparse
 import sys
@@ -13,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 import configs
+import nodeconfig
 import readme
 import render
 import tools
@@ -88,9 +90,13 @@ def main() -> int:
     n = readme.check(CHART)
     say(f"== README: the values table matches values.yaml ({n} rows); every values key is in the schema")
 
+    say("== node configuration (default values): install, pod restart, restore hook on a fake node")
+    with tempfile.TemporaryDirectory(prefix="chart-node-", dir=a.work) as tmp:
+        nodeconfig.run(objs_by_set["default"], Path(tmp), a.bin, say)
+
     say(f"== topology ({TOPOLOGY_SET}) as processes on {topology.NET}x")
     with tempfile.TemporaryDirectory(prefix="chart-topology-", dir=a.work) as tmp:
-        topology.run(objs_by_set[TOPOLOGY_SET], Path(tmp), a.bin, say)
+        topology.run(objs_by_set[TOPOLOGY_SET], Path(tmp), a.bin, say, objs_by_set["metrics"])
     say("chart-test: ok")
     return 0
 

@@ -238,7 +238,88 @@ def hosts_remove() -> None:
         HOSTS.write_text("".join(kept))
 
 
-def run(objs: list[dict], work: Path, bin_dir: Path, report) -> None:
+def metrics_addr(pod: Pod) -> str:
+    m = pod.config["metrics"]
+    if pod.role == "scheduler":
+        return m["addr"]
+    return f"{m['tcpListen']['listen']}:{m['tcpListen']['port']}"
+
+
+SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([^}]*)\})?\s+(\S+)')
+
+
+def scrape(pod: Pod) -> list[tuple[str, dict, float]]:
+    """The pod's /metrics as (name, labels, value) samples."""
+    import urllib.request
+    url = f"http://{metrics_addr(pod)}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as r:
+        assert r.status == 200, f"{pod.name}: GET {url} answered {r.status}"
+        text = r.read().decode()
+    out = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = SAMPLE.match(line)
+        assert m, f"{pod.name}: unparsable line in {url}: {line!r}"
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(3) or ""))
+        out.append((m.group(1), labels, float(m.group(4))))
+    return out
+
+
+def used_metrics(objs: list[dict]) -> dict[str, set[tuple[str, str]]]:
+    """Every dragonfly_* name the rendered PrometheusRule and Grafana dashboard query, with the
+    label="value" matchers they put on it (namespace aside: Prometheus adds it)."""
+    texts = []
+    for o in objs:
+        if o["kind"] == "PrometheusRule":
+            texts += [r["expr"] for g in o["spec"]["groups"] for r in g["rules"]]
+        if o["kind"] == "ConfigMap":
+            texts += [v for k, v in o.get("data", {}).items() if k.endswith(".json")]
+    used: dict[str, set[tuple[str, str]]] = {}
+    for t in texts:
+        t = t.replace('\\"', '"')
+        for m in re.finditer(r'(dragonfly_[a-z_]+)(\{([^}]*)\})?', t):
+            name = re.sub(r"_(bucket|sum|count)$", "", m.group(1))
+            # Exact matchers with a literal value (`source="origin"`); `$namespace` and `=~` aside.
+            # `namespace`, `job` and `pod` are target labels Prometheus adds when it scrapes.
+            matchers = {(k, v) for k, v in re.findall(r'(\w+)="([^"$]*)"', m.group(3) or "")
+                        if k not in ("namespace", "job", "pod")}
+            used.setdefault(name, set()).update(matchers)
+    return used
+
+
+def check_metrics(pods, monitoring: list[dict], report) -> None:
+    """Scrape every process: the origin bytes the daemons count agree with the origin's own count,
+    the bytes the nodes took from peers agree with what peers sent, and every metric the chart's
+    alerts and dashboard query exists, with the label values they select."""
+    samples = {pod.name: scrape(pod) for pod, _ in pods}
+    def total(name, **want):
+        return sum(v for p in samples.values() for n, l, v in p if n == name and all(l.get(k) == x for k, x in want.items()))
+    origin = total("dragonfly_dfdaemon_download_bytes_total", source="origin")
+    parent = total("dragonfly_dfdaemon_download_bytes_total", source="parent")
+    sent = total("dragonfly_dfdaemon_upload_bytes_total")
+    report(f"  scraped {len(samples)} processes: bytes in from the origin {int(origin)}, from parents {int(parent)}, out to peers {int(sent)}")
+    assert origin == SIZE, f"the daemons count {origin} bytes from the origin, the origin sent the file once ({SIZE})"
+    assert parent == 3 * SIZE, f"the 3 nodes count {parent} bytes from parents, not 3 x {SIZE}"
+    assert sent == parent, f"peers count {sent} bytes sent, the nodes {parent} received"
+    regs = total("dragonfly_scheduler_register_peer_total")
+    assert regs == 4, f"the schedulers count {regs} registrations, 4 daemons downloaded"
+    used = used_metrics(monitoring)
+    assert used, "no dragonfly_* metric found in the rendered PrometheusRule and dashboard"
+    present: dict[str, set[tuple[str, str]]] = {}
+    for p in samples.values():
+        for n, l, _ in p:
+            base = re.sub(r"_(bucket|sum|count|created)$", "", n)
+            for key in (n, base):
+                present.setdefault(key, set()).update(l.items())
+    for name, matchers in sorted(used.items()):
+        assert name in present, f"the chart's alerts or dashboard query {name}, which no process exports"
+        for k, v in sorted(matchers):
+            assert (k, v) in present[name], f"the chart selects {name}{{{k}=\"{v}\"}}, which no process exports"
+    report(f"  the chart's alerts and dashboard query {len(used)} metrics; every one is exported: {', '.join(sorted(used))}")
+
+
+def run(objs: list[dict], work: Path, bin_dir: Path, report, monitoring: list[dict] | None = None) -> None:
     sched = find(objs, "StatefulSet", "-scheduler")
     seed = find(objs, "StatefulSet", "-seed-peer")
     ds = find(objs, "DaemonSet", "-dfdaemon")
@@ -304,6 +385,7 @@ def run(objs: list[dict], work: Path, bin_dir: Path, report) -> None:
         report(f"  origin served {origin.sent} bytes for a {SIZE}-byte file ({origin.sent / SIZE:.2f}x) to {len(nodes) + 1} daemons")
         assert origin.sent == SIZE, f"the origin served {origin.sent} bytes, not the file once ({SIZE})"
         probe(pods, report)
+        check_metrics(pods, monitoring or [], report)
     finally:
         for pod in started:
             if pod.proc.poll() is None:
@@ -338,7 +420,8 @@ def probe(pods, report) -> None:
                     status = s.recv(64).split(b"\r\n")[0].decode(errors="replace")
                     s.close()
                 except OSError as e:
-                    status = f"not served yet ({e.strerror})"
+                    raise AssertionError(f"{pod.name} {kind}: GET {pr['httpGet']['path']} on {pod.ip}:{port}: {e}")
+                assert status.split(" ")[1:2] == ["200"], f"{pod.name} {kind}: GET {pr['httpGet']['path']} on :{port} answered {status!r}"
                 report(f"  {pod.role} {kind} GET {pr['httpGet']['path']} on :{port}: {status}")
             else:
                 port = pr["grpc"]["port"]
