@@ -79,8 +79,8 @@ install: $(if $(BINS_FROM),,release)
 	done
 	for c in dfdaemon scheduler; do \
 	  f=$(DESTDIR)$(SYSCONFDIR)/dragonfly/$$c.yaml; \
-	  if [ -e $$f ]; then echo "install: kept $$f (the new defaults are in config/$$c.yaml)"; \
-	  else install -m 0644 config/$$c.yaml $$f || exit 1; fi; \
+	  if [ ! -e $$f ]; then install -m 0644 config/$$c.yaml $$f || exit 1; \
+	  elif ! cmp -s config/$$c.yaml $$f; then echo "install: kept $$f (the new defaults are in config/$$c.yaml)"; fi; \
 	done
 	@echo "installed; then: systemctl daemon-reload && systemctl enable --now dfdaemon (and scheduler)"
 

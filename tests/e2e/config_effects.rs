@@ -118,10 +118,11 @@ async fn keep_storage_decides_whether_tasks_survive_a_clean_exit() {
     assert!(std::fs::read(&out).unwrap() == data);
     let log = d.log();
     assert!(log.contains("stored tasks deleted on exit"), "{log}");
-    // metrics.enable defaults to true: the ready line names the metrics server's address.
+    // metrics.enable defaults to true: the ready line (of this, the last start in the shared
+    // log) names the metrics server's address.
     let ready = log
         .lines()
-        .find(|l| l.contains("dfdaemon ready"))
+        .rfind(|l| l.contains("dfdaemon ready"))
         .unwrap_or_else(|| panic!("no 'dfdaemon ready' line:\n{log}"));
     assert!(ready.contains(&d.metrics_addr().to_string()), "{ready}");
     assert_eq!(

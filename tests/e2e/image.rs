@@ -348,7 +348,12 @@ fn elf_interpreter(path: &Path) -> String {
 
 #[test]
 fn the_scratch_image_runs_in_a_chroot_and_pulls_through_its_own_daemon() {
-    let out = tempfile::tempdir().expect("tempdir");
+    // Under the target dir, not /tmp: the debug binaries make the store, layout, rootfs,
+    // registry and pulls about 1.5 GB together, too much for a /tmp in memory.
+    let out = tempfile::Builder::new()
+        .prefix("image-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("tempdir");
     let bin_dir = bin("dfdaemon").parent().expect("bin dir").to_path_buf();
     let run = Command::new("bash")
         .arg(repo_file("scripts/image.sh"))

@@ -2,7 +2,7 @@
 //! units cannot be started: `systemd-analyze verify` checks them, and each unit's exact
 //! `ExecStart` runs with its installed config in a namespace that rebuilds the unit's file
 //! system sandbox (`ProtectSystem=strict` with only its `*Directory=` and `ReadWritePaths=`
-//! writable, `PrivateTmp`, `ProtectHome`), its `CapabilityBoundingSet`, `NoNewPrivileges` and
+//! writable, `PrivateTmp`, `ProtectHome`, `ProtectProc`), its `CapabilityBoundingSet`, `NoNewPrivileges` and
 //! `LimitNOFILE`, in a network namespace of its own so the default ports are free. The seccomp
 //! based settings (`MemoryDenyWriteExecute`, `RestrictNamespaces`, ...) and `PrivateDevices`
 //! are not rebuilt. Needs root, `systemd-analyze` (Debian systemd), `unshare` and `setpriv`
@@ -257,18 +257,22 @@ wait "$pid"
 echo "service-exit=$?"
 "#;
 
-/// The service side: `PrivateTmp`, `ProtectHome`, `ProtectSystem=strict` (every mount
+/// The service side: `PrivateTmp`, `ProtectProc`, `ProtectHome`, `ProtectSystem=strict` (every mount
 /// read-only but /dev, /proc, /sys and `WRITABLE`), then the bounding set and
 /// `NoNewPrivileges` with setpriv, and `exec` of the `ExecStart` words.
 const SANDBOX_SERVICE: &str = r#"
 set -euo pipefail
 if [ "$PRIVATE_TMP" = yes ]; then mount -t tmpfs -o mode=1777 tmpfs /tmp; WRITABLE+="/tmp "; fi
+if [ "$PROTECT_PROC" = invisible ]; then mount -t proc -o hidepid=invisible proc /proc; fi
 if [ "$PROTECT_HOME" = yes ]; then
   for h in /home /root; do [ -d "$h" ] && mount -t tmpfs -o ro,mode=0755 tmpfs "$h"; done
 fi
 for mp in $(awk '{print $5}' /proc/self/mountinfo | sort -u); do
   case "$mp" in /proc | /proc/* | /sys | /sys/* | /dev | /dev/*) continue ;; esac
   case "$WRITABLE" in *" $mp "*) continue ;; esac
+  # Mounts under what this namespace covered (its /tmp, the tmpfs tops) are out of reach.
+  [ "$PRIVATE_TMP" = yes ] && case "$mp" in /tmp/*) continue ;; esac
+  [ -e "$mp" ] || continue
   mount -o remount,bind,ro "$mp" || { echo "sandbox: cannot make $mp read-only"; exit 1; }
 done
 for probe in /etc /usr "$PROBE_RO"; do
@@ -364,6 +368,7 @@ fn run_sandboxed(root: &Path, unit: &str, dropin: &str, ready: &str, client: &st
         .env("BINDS", &binds)
         .env("PRIVATE_TMP", bool_of("PrivateTmp"))
         .env("PROTECT_HOME", bool_of("ProtectHome"))
+        .env("PROTECT_PROC", bool_of("ProtectProc"))
         .env("PROBE_RO", root)
         .env("NOFILE", one("LimitNOFILE"))
         .env("CAPS", setpriv_caps(&one("CapabilityBoundingSet")))

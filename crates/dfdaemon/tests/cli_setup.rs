@@ -95,10 +95,25 @@ fn containerd_hosts_writes_one_file_per_registry() {
     assert!(stdout.contains(&docker.display().to_string()), "{stdout}");
     assert!(stdout.contains(&private.display().to_string()), "{stdout}");
 
-    // An existing file is kept unless --force.
+    // The same run again: nothing to write (a pod restart), success.
     let again = dfdaemon(&["containerd-hosts", "--dir", certs_d, "docker.io"]);
-    let stderr = text(&again.stderr);
-    assert!(!again.status.success());
+    let stdout = text(&again.stdout);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert!(
+        stdout.contains(&format!("unchanged {}", docker.display())),
+        "{stdout}"
+    );
+    // A different file where one exists: kept unless --force (or --backup-dir).
+    let other = dfdaemon(&[
+        "containerd-hosts",
+        "--dir",
+        certs_d,
+        "--mirror",
+        "http://10.0.0.7:65001",
+        "docker.io",
+    ]);
+    let stderr = text(&other.stderr);
+    assert!(!other.status.success());
     assert!(stderr.contains(&docker.display().to_string()), "{stderr}");
     assert!(stderr.contains("--force"), "{stderr}");
 

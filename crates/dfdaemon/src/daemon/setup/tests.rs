@@ -425,10 +425,7 @@ fn an_existing_config_path_is_honoured_and_the_hosts_toml_there_backed_up_once()
             format!("wrote {}", hosts.display()),
         ]
     );
-    assert_eq!(
-        std::fs::read_to_string(&node.config()).unwrap(),
-        config_text
-    );
+    assert_eq!(std::fs::read_to_string(node.config()).unwrap(), config_text);
     assert!(
         std::fs::read_to_string(&hosts)
             .unwrap()
@@ -447,10 +444,7 @@ fn an_existing_config_path_is_honoured_and_the_hosts_toml_there_backed_up_once()
     node.restore().unwrap();
     assert_eq!(std::fs::read_to_string(&hosts).unwrap(), old);
     assert_eq!(mode_of(&hosts), 0o600);
-    assert_eq!(
-        std::fs::read_to_string(&node.config()).unwrap(),
-        config_text
-    );
+    assert_eq!(std::fs::read_to_string(node.config()).unwrap(), config_text);
 }
 
 #[test]
