@@ -70,12 +70,24 @@ async fn sigterm_lets_a_child_finish_256_mib_from_the_daemon_then_it_exits_0() {
 
     let out_b = work.path().join("out-b");
     let child = tokio::spawn(b.dfget(&[&url, "-O", out_b.to_str().unwrap(), "--digest", &digest]));
-    for _ in 0..1200 {
+    // Under load the child's dfget and its daemon's first piece request can take a while: wait
+    // for the connection (up to 2 minutes), never send SIGTERM before it.
+    let mut connected = false;
+    for _ in 0..12_000 {
         if has_connection_to(a.upload_port()) {
+            connected = true;
+            break;
+        }
+        if child.is_finished() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    assert!(
+        connected,
+        "the child never connected to the parent's upload port; the child's log:\n{}",
+        b.log()
+    );
     assert!(
         !child.is_finished(),
         "the child finished before SIGTERM; the test needs a transfer in flight"
