@@ -26,8 +26,9 @@ all: build
 build:
 	$(CARGO) build --workspace
 
+# Release binaries say their commit in dragonfly_*_build_info (docs/metrics.md).
 release:
-	$(CARGO) build --release --workspace --bins
+	GIT_COMMIT=$$(git rev-parse --short HEAD 2>/dev/null || echo unknown) $(CARGO) build --release --workspace --bins
 
 demo: release
 	bash scripts/ensure-deps.sh curl
