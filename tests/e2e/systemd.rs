@@ -22,12 +22,28 @@ fn text(out: &Output) -> String {
     )
 }
 
-/// A directory for an install, outside /tmp (the scheduler's unit has PrivateTmp) and /root.
+/// A directory for an install, outside what the sandbox covers: /tmp (the scheduler's unit has
+/// PrivateTmp), /root and /home (ProtectHome), and the tmpfs tops /var/lib, /var/log, /var/cache,
+/// /run. The target dir, or /opt when the checkout itself is under one of them (a CI clone in
+/// /tmp).
 fn install_root() -> tempfile::TempDir {
+    let target = env!("CARGO_TARGET_TMPDIR");
+    let covered = [
+        "/tmp/",
+        "/var/tmp/",
+        "/root/",
+        "/home/",
+        "/var/lib/",
+        "/var/log/",
+        "/var/cache/",
+        "/run/",
+    ];
+    let hidden = covered.iter().any(|p| target.starts_with(p));
+    let base = if hidden { "/opt" } else { target };
     tempfile::Builder::new()
-        .prefix("install-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .expect("tempdir")
+        .prefix("dragonfly-e2e-install-")
+        .tempdir_in(base)
+        .unwrap_or_else(|e| panic!("a temp dir in {base}: {e}"))
 }
 
 /// `make install` (or another target) with `vars`, binaries from this test's directory.
