@@ -103,8 +103,10 @@ pub fn init(
         .event_format(DragonflyJson)
         .with_writer(writer)
         .with_filter(filter());
+    // Colours only on a terminal: under systemd (the journal) or `2>file` they are noise.
     let human = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .with_filter(filter());
     let _ = tracing_subscriber::registry()
