@@ -59,6 +59,9 @@ upload:
     port: $2
 storage:
   multiplex: ${MULTIPLEX:-false}
+# Several daemons share 127.0.0.1: none serves /metrics (counting still happens).
+metrics:
+  enable: false
 CONF
   "$BIN/dfdaemon" --config "$d/dfget.yaml" >"$d/stdout.log" 2>"$d/stderr.log" &
   echo $! >"$d/pid"

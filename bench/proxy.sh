@@ -107,6 +107,9 @@ upload:
   tcpListen:
     listen: 127.0.0.1
     port: $UPLOAD_PORT
+metrics:
+  tcpListen:
+    listen: 127.0.0.1
 proxy:
   tcpListen:
     listen: 127.0.0.1

@@ -72,7 +72,7 @@ start_origin() {
 start_scheduler() {
   local d="$S/run/scheduler"
   mkdir -p "$d"
-  printf 'server:\n  listenIP: 127.0.0.1\n  port: %s\n  logDir: %s/log\nseedPeer:\n  enable: true\n' \
+  printf 'server:\n  listenIP: 127.0.0.1\n  port: %s\n  logDir: %s/log\nseedPeer:\n  enable: true\nmetrics:\n  addr: 127.0.0.1:8003\n' \
     "$SCHED_PORT" "$d" >"$d/scheduler.yaml"
   "$BIN/scheduler" --config "$d/scheduler.yaml" >"$d/stdout.log" 2>"$d/stderr.log" &
   SCHED_PID=$!
@@ -103,6 +103,9 @@ upload:
   tcpListen:
     listen: $2
     port: $UPLOAD_PORT
+metrics:
+  tcpListen:
+    listen: $2
 storage:
   multiplex: true
 CONF

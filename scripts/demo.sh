@@ -14,6 +14,7 @@ SIZE_MIB=${SIZE_MIB:-256}
 PORT=${PORT:-18080}
 SCHED_PORT=${SCHED_PORT:-18002}
 UPLOAD_PORT=${UPLOAD_PORT:-18102}
+METRICS_PORT=${METRICS_PORT:-18103}   # each daemon's /metrics on its own address; the scheduler's on 127.0.0.1
 WORK=$(mktemp -d /tmp/dfdemo.XXXXXX)
 PIDS=()
 # KEEP=1 keeps the work directory (configs, logs) for a look afterwards.
@@ -36,8 +37,8 @@ URL="http://127.0.0.1:$PORT/file.bin"
 DIGEST="sha256:$(sha256sum "$WORK/origin/file.bin" | cut -d' ' -f1)"
 
 echo "== scheduler on 127.0.0.1:$SCHED_PORT"
-printf 'server:\n  listenIP: 127.0.0.1\n  port: %s\n  logDir: %s/scheduler\nseedPeer:\n  enable: true\n' \
-  "$SCHED_PORT" "$WORK" >"$WORK/scheduler.yaml"
+printf 'server:\n  listenIP: 127.0.0.1\n  port: %s\n  logDir: %s/scheduler\nseedPeer:\n  enable: true\nmetrics:\n  addr: 127.0.0.1:%s\n' \
+  "$SCHED_PORT" "$WORK" "$METRICS_PORT" >"$WORK/scheduler.yaml"
 "$BIN/scheduler" --config "$WORK/scheduler.yaml" 2>"$WORK/scheduler.log" &
 PIDS+=($!)
 SCHED_PID=$!
@@ -47,8 +48,8 @@ kill -0 "$SCHED_PID" 2>/dev/null || { echo "scheduler did not start: $(cat "$WOR
 daemon() { # NAME IP SEED
   local d="$WORK/$1"
   mkdir -p "$d"
-  printf 'dataDir: %s/data\nlogDir: %s/log\nhost:\n  hostname: %s\nscheduler:\n  netAddrs: ["127.0.0.1:%s"]\nseedPeer:\n  enable: %s\ndownload:\n  unixListen:\n    socket: %s/sock\nupload:\n  tcpListen:\n    listen: %s\n    port: %s\nstorage:\n  multiplex: true\n' \
-    "$d" "$d" "$1" "$SCHED_PORT" "$3" "$d" "$2" "$UPLOAD_PORT" >"$d/dfget.yaml"
+  printf 'dataDir: %s/data\nlogDir: %s/log\nhost:\n  hostname: %s\nscheduler:\n  netAddrs: ["127.0.0.1:%s"]\nseedPeer:\n  enable: %s\ndownload:\n  unixListen:\n    socket: %s/sock\nupload:\n  tcpListen:\n    listen: %s\n    port: %s\nmetrics:\n  tcpListen:\n    listen: %s\n    port: %s\nstorage:\n  multiplex: true\n' \
+    "$d" "$d" "$1" "$SCHED_PORT" "$3" "$d" "$2" "$UPLOAD_PORT" "$2" "$METRICS_PORT" >"$d/dfget.yaml"
   "$BIN/dfdaemon" --config "$d/dfget.yaml" 2>"$d/stderr.log" &
   PIDS+=($!)
   for _ in $(seq 100); do [ -S "$d/sock" ] && return 0; sleep 0.05; done
@@ -82,6 +83,19 @@ for n in seed peer1 peer2 peer3; do
   IFS=, read -ra kv <<<"$from"
   for e in "${kv[@]}"; do parts+=("$(name_of "${e%=*}") ${e##*=}"); done
   printf '   %-6s <- %s   (%s ms)\n' "$n" "$(IFS=,; echo "${parts[*]}" | sed 's/,/, /g')" "$cost"
+done
+
+echo
+echo "== what each daemon's /metrics says (dragonfly_dfdaemon_download_bytes_total, upload_bytes_total)"
+ip=2
+for n in seed peer1 peer2 peer3; do
+  m=$(curl -fsS "http://127.0.0.$ip:$METRICS_PORT/metrics")
+  val() { awk -v k="$1" 'index($0, k) == 1 {print $NF}' <<<"$m"; }
+  printf '   %-6s in from origin %s, from parents %s; out to peers %s\n' "$n" \
+    "$(val 'dragonfly_dfdaemon_download_bytes_total{source="origin"}')" \
+    "$(val 'dragonfly_dfdaemon_download_bytes_total{source="parent"}')" \
+    "$(val 'dragonfly_dfdaemon_upload_bytes_total ')"
+  ip=$((ip + 1))
 done
 
 served=$(bytes)

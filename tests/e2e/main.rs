@@ -9,6 +9,7 @@
 mod config_effects;
 mod containerd_hosts;
 mod daemon_process;
+mod demo;
 mod image;
 mod metrics;
 mod oras;

@@ -144,6 +144,15 @@ fn a_port_in_use_is_a_clear_startup_error() {
             && err.contains(&format!("127.0.0.1:{port}")),
         "{err}"
     );
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no error: line in {err}"));
+    assert_eq!(
+        line.matches(&format!("127.0.0.1:{port}")).count(),
+        1,
+        "the address is said once: {line}"
+    );
 }
 
 #[test]

@@ -48,7 +48,9 @@ pub(super) async fn tcp(
                 })?;
                 return Ok((l, addr));
             }
-            Err(e) => last_err = format!("{ip}:{port}: {e}"),
+            // One port: the address is already in the message; a range: say which was last.
+            Err(e) if ports.ports().count() == 1 => last_err = e.to_string(),
+            Err(e) => last_err = format!("last tried {ip}:{port}: {e}"),
         }
     }
     Err(DaemonError::Listen {
