@@ -131,6 +131,18 @@ pub const GIT_COMMIT: &str = match option_env!("GIT_COMMIT") {
     None => "unknown",
 };
 
+/// Register `metric` as `name` and hand it back (the registry keeps a clone: metrics share
+/// their value between clones).
+pub fn registered<M: prometheus_client::registry::Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 /// Register `build_info`: a gauge at 1 with labels `version` and `git_commit`.
 pub fn register_build_info(registry: &mut Registry, help: &str, version: &'static str) {
     let build = Family::<Labels, prometheus_client::metrics::gauge::Gauge>::default();

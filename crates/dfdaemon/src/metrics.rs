@@ -11,7 +11,7 @@
 
 use crate::stats::UploadStats;
 use dragonfly_common::label_values;
-use dragonfly_common::metrics::{ByLabel, ByLabels, Labels};
+use dragonfly_common::metrics::{ByLabel, ByLabels, Labels, registered};
 pub use dragonfly_common::metrics::{ConstValue, LabelValues, encode_const};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
@@ -212,89 +212,93 @@ impl Metrics {
             env!("CARGO_PKG_VERSION"),
         );
 
-        let task_started = Counter::default();
-        r.register(
+        let task_started = registered(
+            &mut r,
             "download_task",
             "Tasks this daemon started downloading (not counting those served from storage)",
-            task_started.clone(),
+            Counter::default(),
         );
-        let task_running = Gauge::default();
-        r.register(
+        let task_running = registered(
+            &mut r,
             "download_task_running",
             "Tasks being downloaded right now",
-            task_running.clone(),
+            Gauge::default(),
         );
-        let task_local = Counter::default();
-        r.register(
+        let task_local = registered(
+            &mut r,
             "download_task_local",
             "Requests for a task already finished here, served from local storage",
-            task_local.clone(),
+            Counter::default(),
         );
-        let finished = counters();
-        r.register(
+        let finished = registered(
+            &mut r,
             "download_task_finished",
             "Tasks downloaded completely, by size level",
-            finished.clone(),
+            counters(),
         );
-        let failed = counters();
-        r.register(
+        let failed = registered(
+            &mut r,
             "download_task_failure",
             "Tasks that failed, by reason",
-            failed.clone(),
+            counters(),
         );
-        let task_duration = Family::<Labels, Histogram, _>::new_with_constructor(
-            (|| Histogram::new(task_buckets())) as fn() -> Histogram,
-        );
-        r.register(
+        let task_duration = registered(
+            &mut r,
             "download_task_duration_seconds",
             "Time from start to end of the tasks that finished, by size level",
-            task_duration.clone(),
+            Family::<Labels, Histogram, _>::new_with_constructor(
+                (|| Histogram::new(task_buckets())) as fn() -> Histogram,
+            ),
         );
-        let bytes_in = counters();
-        r.register(
+        let bytes_in = registered(
+            &mut r,
             "download_bytes",
             "Piece bytes stored from parents and the origin, and bytes of finished tasks served again from local storage",
-            bytes_in.clone(),
+            counters(),
         );
-        let pieces = counters();
-        r.register(
+        let pieces = registered(
+            &mut r,
             "download_piece",
             "Pieces stored, by where they came from",
-            pieces.clone(),
+            counters(),
         );
-        let piece_duration = Family::<Labels, Histogram, _>::new_with_constructor(
-            (|| Histogram::new(piece_buckets())) as fn() -> Histogram,
-        );
-        r.register(
+        let piece_duration = registered(
+            &mut r,
             "download_piece_duration_seconds",
             "Time to fetch and store one piece, by where it came from",
-            piece_duration.clone(),
+            Family::<Labels, Histogram, _>::new_with_constructor(
+                (|| Histogram::new(piece_buckets())) as fn() -> Histogram,
+            ),
         );
-        let piece_failed = counters();
-        r.register(
+        let piece_failed = registered(
+            &mut r,
             "download_piece_failure",
             "Piece fetches that failed, by where they were asked and why",
-            piece_failed.clone(),
+            counters(),
         );
-        let proxy = counters();
-        r.register(
+        let proxy = registered(
+            &mut r,
             "proxy_request",
             "Requests the proxy and registry mirror answered, by route and result",
-            proxy.clone(),
+            counters(),
         );
-        let gc_runs = counters();
-        r.register("gc_runs", "Storage GC passes, by trigger", gc_runs.clone());
-        let gc_freed = Counter::default();
-        r.register(
+        let gc_runs = registered(
+            &mut r,
+            "gc_runs",
+            "Storage GC passes, by trigger",
+            counters(),
+        );
+        let gc_freed = registered(
+            &mut r,
             "gc_freed_bytes",
             "Bytes freed by evicting tasks",
-            gc_freed.clone(),
+            Counter::default(),
         );
-        let gc_evicted = Counter::default();
-        r.register(
+        let gc_evicted = registered(
+            &mut r,
             "gc_evicted_tasks",
             "Tasks evicted by the GC",
-            gc_evicted.clone(),
+            Counter::default(),
         );
         Metrics {
             task_finished: ByLabel::new(&finished),

@@ -5,7 +5,7 @@
 //! (`crate::state` registers that collector).
 
 use dragonfly_common::label_values;
-use dragonfly_common::metrics::{ByLabel, ByLabels, Labels};
+use dragonfly_common::metrics::{ByLabel, ByLabels, Labels, registered};
 use prometheus_client::collector::Collector;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -95,11 +95,8 @@ impl Metrics {
             "The scheduler's version and the git commit it was built from (always 1)",
             env!("CARGO_PKG_VERSION"),
         );
-        let mut counter = |name: &str, help: &str| {
-            let c = Counter::default();
-            r.register(name, help, c.clone());
-            c
-        };
+        let mut counter =
+            |name: &str, help: &str| registered(&mut r, name, help, Counter::default());
         let announce_host = counter("announce_host", "Host announcements received");
         let register_peer = counter("register_peer", "Peers that registered for a task");
         let register_peer_failed = counter(
@@ -122,31 +119,31 @@ impl Metrics {
             "download_peer_failure",
             "Peers that reported their download failed",
         );
-        let answers = Family::<Labels, Counter>::default();
-        r.register(
+        let answers = registered(
+            &mut r,
             "schedule_answer",
             "Answers to peers, by what they asked (trigger) and what they got (kind)",
-            answers.clone(),
+            Family::<Labels, Counter>::default(),
         );
-        let duration = Family::<Labels, Histogram, _>::new_with_constructor(
-            (|| Histogram::new(schedule_buckets())) as fn() -> Histogram,
-        );
-        r.register(
+        let duration = registered(
+            &mut r,
             "schedule_duration_seconds",
             "Time from a peer's request to the scheduler's answer, waits for parents included",
-            duration.clone(),
+            Family::<Labels, Histogram, _>::new_with_constructor(
+                (|| Histogram::new(schedule_buckets())) as fn() -> Histogram,
+            ),
         );
-        let pieces = Family::<Labels, Counter>::default();
-        r.register(
+        let pieces = registered(
+            &mut r,
             "download_piece_finished",
             "Pieces peers reported stored, by where they came from",
-            pieces.clone(),
+            Family::<Labels, Counter>::default(),
         );
-        let piece_failed = Family::<Labels, Counter>::default();
-        r.register(
+        let piece_failed = registered(
+            &mut r,
             "download_piece_failure",
             "Piece failures peers reported, by where the piece was asked",
-            piece_failed.clone(),
+            Family::<Labels, Counter>::default(),
         );
         Metrics {
             answers: ByLabels::new(&answers),
