@@ -61,23 +61,9 @@ impl Origin {
     /// Wait until the origin has served every layer of `image`, then check each was served
     /// exactly once, whole.
     async fn assert_served_once(&self, image: &TestImage) {
-        self.registry
-            .wait_for_requests(WAIT, |reqs| {
-                image
-                    .layers
-                    .iter()
-                    .all(|l| reqs.iter().any(|r| r.is_blob_get_of(&l.digest)))
-            })
-            .await
-            .expect("origin saw the layers");
+        self.registry.assert_layers_served_once(image, WAIT).await;
         for l in &image.layers {
             assert_eq!(self.registry.blob_gets(&l.digest).expect("log"), 1);
-            assert_eq!(
-                self.registry.blob_bytes_served(&l.digest).expect("log"),
-                l.size,
-                "origin bytes for layer {}",
-                l.digest
-            );
         }
     }
 }

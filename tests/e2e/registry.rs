@@ -110,24 +110,7 @@ impl Setup {
     }
 
     async fn assert_served_once(&self, image: &TestImage) {
-        self.registry
-            .wait_for_requests(WAIT, |reqs| {
-                image
-                    .layers
-                    .iter()
-                    .all(|l| reqs.iter().any(|r| r.is_blob_get_of(&l.digest)))
-            })
-            .await
-            .expect("origin saw the layers");
-        for l in &image.layers {
-            assert_eq!(
-                self.registry.blob_bytes_served(&l.digest).expect("log"),
-                l.size,
-                "origin bytes for layer {} ({} B)",
-                l.digest,
-                l.size
-            );
-        }
+        self.registry.assert_layers_served_once(image, WAIT).await;
     }
 }
 

@@ -331,6 +331,28 @@ impl Registry {
             .sum())
     }
 
+    /// Wait (up to `timeout`) until every layer of `image` was asked for, then assert each
+    /// layer's bytes were served exactly once, whole (Range requests add up).
+    pub async fn assert_layers_served_once(&self, image: &super::TestImage, timeout: Duration) {
+        self.wait_for_requests(timeout, |reqs| {
+            image
+                .layers
+                .iter()
+                .all(|l| reqs.iter().any(|r| r.is_blob_get_of(&l.digest)))
+        })
+        .await
+        .expect("the registry saw every layer asked for");
+        for l in &image.layers {
+            assert_eq!(
+                self.blob_bytes_served(&l.digest).expect("access log"),
+                l.size,
+                "origin bytes for layer {} ({} B)",
+                l.digest,
+                l.size
+            );
+        }
+    }
+
     /// Where the registry keeps the bytes of `digest`.
     pub fn blob_data_path(&self, digest: &str) -> Result<PathBuf> {
         blob_data_path(&self.storage, digest)
