@@ -98,6 +98,13 @@ fn containerd_hosts_output(args: &[&str]) -> std::process::Output {
         .expect("dfdaemon runs")
 }
 
+/// Each of `lines` is a whole line of `out`.
+fn assert_lines(out: &str, lines: &[String]) {
+    for line in lines {
+        assert!(out.lines().any(|l| l == line), "{line:?} in:\n{out}");
+    }
+}
+
 /// `dfdaemon containerd-hosts ARGS`: its stdout (panics with stderr when it fails).
 fn containerd_hosts(args: &[&str]) -> String {
     let out = containerd_hosts_output(args);
@@ -373,15 +380,16 @@ async fn containerd_gets_config_path_pulls_through_the_mirror_falls_back_and_is_
     // 1. No config_path: set, config.toml backed up, the hosts file written, on-change run.
     let out = containerd_hosts(&install);
     let backup = backups.join(node.config.strip_prefix("/").expect("absolute"));
-    for line in [
-        format!("wrote {}", s(&hosts)),
-        format!("backed up {} to {}", s(&node.config), s(&backup)),
-        format!("wrote {}", s(&node.config)),
-        "containerd config: changed (containerd must be restarted to read it)".to_owned(),
-        "on-change: done".to_owned(),
-    ] {
-        assert!(out.lines().any(|l| l == line), "{line:?} in:\n{out}");
-    }
+    assert_lines(
+        &out,
+        &[
+            format!("wrote {}", s(&hosts)),
+            format!("backed up {} to {}", s(&node.config), s(&backup)),
+            format!("wrote {}", s(&node.config)),
+            "containerd config: changed (containerd must be restarted to read it)".to_owned(),
+            "on-change: done".to_owned(),
+        ],
+    );
     assert_eq!(std::fs::read_to_string(&marker).expect("marker"), "ran\n");
     assert_eq!(std::fs::read(&backup).expect("backup"), original);
     assert_eq!(mode_of(&node.config), 0o640);
@@ -395,14 +403,15 @@ async fn containerd_gets_config_path_pulls_through_the_mirror_falls_back_and_is_
 
     // 3. A pod restart: the same run changes nothing and does not run on-change.
     let out = containerd_hosts(&install);
-    for line in [
-        format!("unchanged {}", s(&hosts)),
-        "unchanged: every file is already as dfdaemon writes it".to_owned(),
-        "containerd config: unchanged (no restart needed)".to_owned(),
-        "on-change: not run".to_owned(),
-    ] {
-        assert!(out.lines().any(|l| l == line), "{line:?} in:\n{out}");
-    }
+    assert_lines(
+        &out,
+        &[
+            format!("unchanged {}", s(&hosts)),
+            "unchanged: every file is already as dfdaemon writes it".to_owned(),
+            "containerd config: unchanged (no restart needed)".to_owned(),
+            "on-change: not run".to_owned(),
+        ],
+    );
     assert_eq!(std::fs::read_to_string(&marker).expect("marker"), "ran\n");
 
     // 4. The daemon down (its port refuses): containerd falls back to the hosts file's
@@ -433,14 +442,15 @@ async fn containerd_gets_config_path_pulls_through_the_mirror_falls_back_and_is_
         &on_change,
     ];
     let out = containerd_hosts(&restore);
-    for line in [
-        format!("removed {}", s(&hosts)),
-        format!("restored {}", s(&node.config)),
-        format!("removed {}", s(&certs)),
-        "on-change: done".to_owned(),
-    ] {
-        assert!(out.lines().any(|l| l == line), "{line:?} in:\n{out}");
-    }
+    assert_lines(
+        &out,
+        &[
+            format!("removed {}", s(&hosts)),
+            format!("restored {}", s(&node.config)),
+            format!("removed {}", s(&certs)),
+            "on-change: done".to_owned(),
+        ],
+    );
     assert_eq!(std::fs::read(&node.config).expect("config"), original);
     assert_eq!(mode_of(&node.config), 0o640);
     assert!(!certs.exists());
@@ -498,14 +508,15 @@ async fn an_existing_config_path_and_hosts_toml_are_honoured_backed_up_and_resto
         &host_port,
     ]);
     let backup = backups.join(hosts.strip_prefix("/").expect("absolute"));
-    for line in [
-        format!("backed up {} to {}", s(&hosts), s(&backup)),
-        format!("wrote {}", s(&hosts)),
-        "containerd config: unchanged (no restart needed)".to_owned(),
-        "on-change: not run".to_owned(),
-    ] {
-        assert!(out.lines().any(|l| l == line), "{line:?} in:\n{out}");
-    }
+    assert_lines(
+        &out,
+        &[
+            format!("backed up {} to {}", s(&hosts), s(&backup)),
+            format!("wrote {}", s(&hosts)),
+            "containerd config: unchanged (no restart needed)".to_owned(),
+            "on-change: not run".to_owned(),
+        ],
+    );
     assert!(out.contains("(not --dir)"), "{out}");
     assert!(!unused.exists());
     assert!(!marker.exists(), "hosts.toml changes need no restart");

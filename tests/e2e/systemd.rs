@@ -406,6 +406,22 @@ fn run_sandboxed(root: &Path, unit: &str, dropin: &str, ready: &str, client: &st
     SandboxRun { output, binds }
 }
 
+impl SandboxRun {
+    /// What the sandbox printed, once the service ran with NoNewPrivileges and exited 0 on
+    /// SIGTERM.
+    fn stopped_cleanly(&self) -> &str {
+        let out = &self.output;
+        println!("{out}");
+        assert_eq!(
+            printed(out, "service-exit"),
+            "0",
+            "exit after SIGTERM:\n{out}"
+        );
+        assert_eq!(printed(out, "service-nonewprivs"), "1");
+        out
+    }
+}
+
 /// A value `key=` the sandbox printed.
 fn printed<'a>(output: &'a str, key: &str) -> &'a str {
     output
@@ -456,14 +472,7 @@ fn dfdaemon_runs_its_exec_start_in_the_units_sandbox_and_stops_cleanly_on_sigter
         "[ -S /var/run/dragonfly/dfdaemon.sock ] && curl -fsS http://127.0.0.1:65001/healthy",
         &client,
     );
-    let out = &run.output;
-    println!("{out}");
-    assert_eq!(
-        printed(out, "service-exit"),
-        "0",
-        "exit after SIGTERM:\n{out}"
-    );
-    assert_eq!(printed(out, "service-nonewprivs"), "1");
+    let out = run.stopped_cleanly();
     let nofile = printed(out, "limit-nofile");
     assert_eq!(printed(out, "service-nofile"), format!("{nofile}:{nofile}"));
     // CAP_DAC_OVERRIDE (1) and CAP_FOWNER (3) only.
@@ -502,14 +511,7 @@ fn the_scheduler_runs_its_exec_start_in_the_units_sandbox_and_stops_cleanly_on_s
         "(exec 3<>/dev/tcp/127.0.0.1/8002)",
         "",
     );
-    let out = &run.output;
-    println!("{out}");
-    assert_eq!(
-        printed(out, "service-exit"),
-        "0",
-        "exit after SIGTERM:\n{out}"
-    );
-    assert_eq!(printed(out, "service-nonewprivs"), "1");
+    let out = run.stopped_cleanly();
     assert_eq!(printed(out, "service-capbnd"), "0000000000000000");
     let core_log = run.binds.join("_var_log_dragonfly_scheduler/core.log");
     assert!(core_log.is_file(), "{} missing:\n{out}", core_log.display());
